@@ -1,0 +1,114 @@
+"""MICO track specifications and the per-challenge parameters.
+
+A track fixes the base dataset, the model architecture and MICO's split sizes.
+A challenge tree may override the sizes in ``<data-dir>/<track>/challenge.json``
+(the synthetic challenge does); everything reads them through :func:`load_params`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, asdict
+
+SCENARIO_SUFFIXES = ("inf", "hi", "lo")  # no DP, eps=10, eps=4 (delta=1e-5)
+PHASES = ("train", "dev", "final")
+TARGET_PHASES = ("dev", "final")
+LEN_CHALLENGE = 100  # members = non-members = 100, so 200 challenge points per model
+
+CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
+CIFAR10_STD = (0.24703223, 0.24348513, 0.26158784)
+
+
+@dataclass(frozen=True)
+class Track:
+    name: str
+    n_points: int | None  # None: take N from the dataset file (Purchase-100)
+    len_training: int
+    num_classes: int
+    input_shape: tuple
+    dataset: str  # base dataset path relative to <data-dir>/<track>/
+    epsilons: dict  # scenario suffix -> target epsilon (None = no DP)
+
+
+TRACKS = {
+    "cifar10": Track("cifar10", 60_000, 50_000, 10, (3, 32, 32), "cifar-10-batches-py",
+                     {"inf": None, "hi": 10.0, "lo": 4.0}),
+    "purchase100": Track("purchase100", None, 150_000, 100, (600,), "dataset_purchase",
+                         {"inf": None, "hi": 10.0, "lo": 4.0}),
+}
+DP_DELTA = 1e-5
+
+
+def get_track(name: str) -> Track:
+    try:
+        return TRACKS[name]
+    except KeyError:
+        raise ValueError(f"unknown challenge {name!r}: choose one of {', '.join(TRACKS)}") from None
+
+
+def scenario_names(track: str) -> list[str]:
+    return [f"{track}_{s}" for s in SCENARIO_SUFFIXES]
+
+
+def scenario_suffix(scenario: str) -> str:
+    """'cifar10_hi' -> 'hi'."""
+    suffix = scenario.rsplit("_", 1)[-1]
+    if suffix not in SCENARIO_SUFFIXES:
+        raise ValueError(f"unknown scenario {scenario!r}: expected <track>_{{{','.join(SCENARIO_SUFFIXES)}}}")
+    return suffix
+
+
+@dataclass(frozen=True)
+class ChallengeParams:
+    """Sizes needed to rebuild every model's splits, and where the base dataset lives."""
+    track: str
+    n_points: int | None
+    len_training: int
+    len_challenge: int
+    dataset: str  # absolute path of the base dataset
+    synthetic: bool = False
+
+    def to_json(self, track_dir: str) -> dict:
+        d = asdict(self)
+        d["dataset"] = os.path.relpath(self.dataset, track_dir)
+        return d
+
+
+def challenge_json_path(data_dir: str, track: str) -> str:
+    return os.path.join(data_dir, track, "challenge.json")
+
+
+def load_params(data_dir: str, track: str) -> ChallengeParams:
+    """The challenge's parameters: ``challenge.json`` if present, else MICO's constants."""
+    spec = get_track(track)
+    track_dir = os.path.join(data_dir, track)
+    path = challenge_json_path(data_dir, track)
+    if not os.path.exists(path):
+        return ChallengeParams(track, spec.n_points, spec.len_training, LEN_CHALLENGE,
+                               os.path.join(track_dir, spec.dataset))
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        return ChallengeParams(
+            track=track,
+            n_points=None if d.get("n_points") is None else int(d["n_points"]),
+            len_training=int(d["len_training"]),
+            len_challenge=int(d["len_challenge"]),
+            dataset=os.path.normpath(os.path.join(track_dir, d["dataset"])),
+            synthetic=bool(d.get("synthetic", False)),
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: malformed challenge parameters ({e}); delete it to use MICO's "
+                         "constants or regenerate it with download_files.py --synthetic") from None
+
+
+def save_params(data_dir: str, params: ChallengeParams) -> str:
+    track_dir = os.path.join(data_dir, params.track)
+    os.makedirs(track_dir, exist_ok=True)
+    path = challenge_json_path(data_dir, params.track)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(params.to_json(track_dir), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
