@@ -1,0 +1,142 @@
+"""The one walker over a MICO challenge tree.
+
+``<data-dir>/<track>/<track>_{inf,hi,lo}/{train,dev,final}/model_<id>/`` holds ``model.pt`` and
+``seed_challenge``; train models also hold ``seed_training``, ``seed_membership`` and
+``solution.csv``. Ground truth for dev/final, when known (the synthetic challenge), lives in a
+separate tree ``<data-dir>/<track>/solutions/<scenario>/<phase>/model_<id>/solution.csv`` so
+that model folders never reveal it. Nothing else in the project lists directories.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .splits import Splits, reconstruct
+from .tracks import PHASES, ChallengeParams, get_track, scenario_names
+
+_MODEL_RE = re.compile(r"^model_(0|[1-9][0-9]*)$")
+SEED_FILES = ("seed_challenge", "seed_training", "seed_membership")
+
+
+class LayoutError(ValueError):
+    """A challenge tree that is missing something or holds a malformed file."""
+
+
+def read_seed(path: str) -> int:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError as e:
+        raise LayoutError(f"{path}: cannot read seed ({e.strerror}); re-download the model folder") from None
+    try:
+        return int(text)
+    except ValueError:
+        raise LayoutError(f"{path}: malformed seed {text[:40]!r} (expected one integer); "
+                          "re-download the model folder") from None
+
+
+def read_row(path: str) -> np.ndarray:
+    """A one-row CSV of numbers (solution.csv, prediction.csv) as float64."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return np.array([float(v) for v in text.replace("\n", ",").split(",") if v.strip()])
+    except OSError as e:
+        raise LayoutError(f"{path}: cannot read ({e.strerror})") from None
+    except ValueError:
+        raise LayoutError(f"{path}: not a comma-separated row of numbers") from None
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    data_dir: str
+    track: str
+    scenario: str
+    phase: str
+    model_id: int
+
+    @property
+    def name(self) -> str:
+        return f"model_{self.model_id}"
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.data_dir, self.track, self.scenario, self.phase, self.name)
+
+    @property
+    def model_file(self) -> str:
+        return os.path.join(self.path, "model.pt")
+
+    @property
+    def prediction_file(self) -> str:
+        return os.path.join(self.path, "prediction.csv")
+
+    @property
+    def key(self) -> str:
+        """``<scenario>/<phase>/model_<id>``: the model's path inside the track folder."""
+        return f"{self.scenario}/{self.phase}/{self.name}"
+
+    def seeds(self) -> tuple[int, int | None, int | None]:
+        """(seed_challenge, seed_training, seed_membership); the last two None when absent."""
+        out = []
+        for i, name in enumerate(SEED_FILES):
+            p = os.path.join(self.path, name)
+            if os.path.exists(p):
+                out.append(read_seed(p))
+            elif i == 0:
+                raise LayoutError(f"{p}: missing; every model folder needs seed_challenge "
+                                  "(re-download it with download_files.py)")
+            else:
+                out.append(None)
+        return tuple(out)
+
+    def splits(self, params: ChallengeParams, n_points: int) -> Splits:
+        return reconstruct(n_points, params.len_training, params.len_challenge, *self.seeds())
+
+    def solution_file(self) -> str | None:
+        """solution.csv in the model folder, else in the separate solutions tree, else None."""
+        for p in (os.path.join(self.path, "solution.csv"),
+                  os.path.join(self.data_dir, self.track, "solutions", self.key, "solution.csv")):
+            if os.path.exists(p):
+                return p
+        return None
+
+    def solution(self) -> np.ndarray | None:
+        p = self.solution_file()
+        return None if p is None else read_row(p).astype(np.int64)
+
+
+def track_dir(data_dir: str, track: str) -> str:
+    get_track(track)
+    return os.path.join(data_dir, track)
+
+
+def scenarios(data_dir: str, track: str, scenario: str | None = None) -> list[str]:
+    """Scenarios present on disk, in MICO order (inf, hi, lo); ``scenario`` restricts to one."""
+    names = scenario_names(track)
+    if scenario is not None:
+        if scenario not in names:
+            raise LayoutError(f"unknown scenario {scenario!r} for {track}: choose one of {', '.join(names)}")
+        names = [scenario]
+    found = [s for s in names if os.path.isdir(os.path.join(data_dir, track, s))]
+    if not found:
+        where = os.path.join(data_dir, track)
+        raise LayoutError(f"{where}: no scenario folder ({', '.join(names)}); run download_files.py "
+                          f"--challenge {track} (or --synthetic for an offline challenge)")
+    return found
+
+
+def models(data_dir: str, track: str, scenario: str, phases=PHASES) -> list[ModelDir]:
+    """Model folders of one scenario, phase by phase, ids in numeric order."""
+    out = []
+    for phase in phases:
+        d = os.path.join(data_dir, track, scenario, phase)
+        if not os.path.isdir(d):
+            continue
+        ids = sorted(int(m.group(1)) for m in map(_MODEL_RE.match, os.listdir(d))
+                     if m and os.path.isdir(os.path.join(d, m.group(0))))
+        out.extend(ModelDir(data_dir, track, scenario, phase, i) for i in ids)
+    return out
