@@ -1,0 +1,74 @@
+"""Training MICO model folders from seeds: the synthetic challenge and extra shadow models.
+
+A model folder is built under a temporary name beside its final place and renamed only once
+complete, so a killed run never leaves a folder that looks finished; a rerun skips done ids.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from .datasets import BaseDataset, to_tensor
+from .layout import ModelDir
+from .splits import Splits, reconstruct
+from .tracks import ChallengeParams, scenario_suffix
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def draw_seeds(rng: np.random.Generator) -> tuple[int, int, int]:
+    """Fresh (challenge, training, membership) seeds; torchcsprng keeps their low 32 bits."""
+    return tuple(int(v) for v in rng.integers(0, 2**32, size=3, dtype=np.uint64))
+
+
+def train_model_folder(md: ModelDir, params: ChallengeParams, dataset: BaseDataset,
+                       seeds: tuple[int, int, int], *, reveal: bool, device="cpu",
+                       progress=None, **overrides) -> dict:
+    """Train the model that ``seeds`` define with its scenario's recipe and write ``md.path``.
+
+    ``reveal``: write seed_training, seed_membership and solution.csv into the model folder
+    (MICO's train phase); otherwise solution.csv goes to the separate ``solutions/`` tree.
+    Returns {'accuracy': ..., 'epsilon': ...}.
+    """
+    from models import save_state_dict
+    from models.train import recipe_for, train_model
+
+    sc, st, sm = seeds
+    s: Splits = reconstruct(len(dataset), params.len_training, params.len_challenge, sc, st, sm)
+    tr, ev = s.train_indices(), s.evaluation
+    recipe = recipe_for(params.track, scenario_suffix(md.scenario), **overrides)
+    result = train_model(params.track, recipe,
+                         to_tensor(params.track, dataset.x[tr]), torch.from_numpy(dataset.y[tr]),
+                         to_tensor(params.track, dataset.x[ev]), torch.from_numpy(dataset.y[ev]),
+                         device=device, seed=sc, progress=progress)
+
+    parent = os.path.dirname(md.path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{md.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_state_dict(result.model, os.path.join(tmp, "model.pt"))
+    _write(os.path.join(tmp, "seed_challenge"), f"{sc}\n")
+    solution = ",".join(str(v) for v in s.solutions()) + "\n"
+    if reveal:
+        _write(os.path.join(tmp, "seed_training"), f"{st}\n")
+        _write(os.path.join(tmp, "seed_membership"), f"{sm}\n")
+        _write(os.path.join(tmp, "solution.csv"), solution)
+    else:
+        sol_dir = os.path.join(md.data_dir, md.track, "solutions", md.key)
+        os.makedirs(sol_dir, exist_ok=True)
+        _write(os.path.join(sol_dir, "solution.csv.tmp"), solution)
+        os.replace(os.path.join(sol_dir, "solution.csv.tmp"), os.path.join(sol_dir, "solution.csv"))
+    acc = result.eval_accuracy if result.eval_accuracy is not None else result.train_accuracy
+    _write(os.path.join(tmp, "accuracy"), f"{acc:.6f}\n")
+    if result.epsilon is not None:
+        _write(os.path.join(tmp, "epsilon"), f"{result.epsilon:.6f}\n")
+    os.replace(tmp, md.path)
+    return {"accuracy": acc, "train_accuracy": result.train_accuracy, "epsilon": result.epsilon}
+

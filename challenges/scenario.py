@@ -1,0 +1,57 @@
+"""One scenario's cached signals and ground truth, assembled as arrays for the attacks.
+
+Everything is indexed by ``points``: the sorted union of the scenario's challenge points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import cache, layout
+from .splits import membership_matrix
+from .tracks import ChallengeParams
+
+
+@dataclass
+class ScenarioData:
+    scenario: str
+    models: list              # ModelDir, train then dev then final
+    points: np.ndarray        # int64 [P] dataset indices
+    signal: np.ndarray        # float32 [n_models, P, V(, C)]: the requested cache field
+    challenge: np.ndarray     # int64 [n_models, 2m]: positions in ``points``, challenge order
+    shadow_in: np.ndarray     # bool [n_train, P]: point in the train model's training set
+    solutions: np.ndarray     # int8 [n_models, 2m]: 0/1, -1 where unknown
+
+    def phase_rows(self, phase: str) -> np.ndarray:
+        return np.array([i for i, md in enumerate(self.models) if md.phase == phase], dtype=np.int64)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.shadow_in)
+
+
+def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, params: ChallengeParams,
+                  n_points: int, field: str = "phi") -> ScenarioData:
+    mds = layout.models(data_dir, track, scenario)
+    if not mds:
+        raise layout.LayoutError(f"{data_dir}/{track}/{scenario}: no model folders")
+    train = [md for md in mds if md.phase == "train"]
+    splits = [md.splits(params, n_points) for md in mds]
+    points = np.unique(np.concatenate([s.challenge for s in splits]))
+    challenge = np.stack([np.searchsorted(points, s.challenge) for s in splits])
+    member = membership_matrix(n_points, params.len_training, params.len_challenge,
+                               [md.seeds() for md in train])
+    solutions = np.full(challenge.shape, -1, dtype=np.int8)
+    for i, (md, s) in enumerate(zip(mds, splits)):
+        sol = md.solution()
+        if sol is not None:
+            if len(sol) != challenge.shape[1]:
+                raise layout.LayoutError(f"{md.solution_file()}: {len(sol)} values, expected "
+                                         f"{challenge.shape[1]}")
+            solutions[i] = sol
+        if s.member is not None and sol is not None and not np.array_equal(sol, s.solutions()):
+            raise layout.LayoutError(f"{md.solution_file()}: disagrees with the split rebuilt from "
+                                     "the seeds (wrong challenge parameters or base dataset?)")
+    signal = cache.load(cache_dir, mds, points, field)
+    return ScenarioData(scenario, mds, points, signal, challenge, member[:, points], solutions)

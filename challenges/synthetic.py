@@ -1,0 +1,151 @@
+"""An offline challenge in MICO's exact layout, for demos and tests without the network.
+
+``build_synthetic`` generates a base dataset in the real file format (a Purchase-100-like CSV or
+CIFAR-10-like python batches), draws fresh seeds, reconstructs every model's splits with
+:mod:`challenges.splits` and trains every model with MICO's recipe for its scenario. Train models
+reveal their seeds and solution.csv as in MICO; dev/final ground truth goes to a separate
+``<data-dir>/<track>/solutions/`` tree so the local scorer can grade a submission as the
+competition did. The parameters are recorded in ``<data-dir>/<track>/challenge.json``.
+
+Purchase-100-like data: class c has feature logits ``base_d + 0.6 * g_cd`` (``base_d`` uniform in
+[-4, -1.5], ``g`` standard normal), so classes overlap and the MLP overfits as on the real data.
+CIFAR-10-like data: per-class smooth colour templates plus pixel noise, stored as uint8.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .build import train_model_folder
+from .datasets import CIFAR_FILES, load_dataset
+from .layout import ModelDir
+from .tracks import (PHASES, ChallengeParams, challenge_json_path, get_track, load_params,
+                     save_params, scenario_names)
+
+
+@dataclass(frozen=True)
+class SyntheticSize:
+    n_points: int
+    len_training: int
+    n_train: int
+    n_dev: int
+    n_final: int
+    epochs: int | None = None  # None: MICO's recipe
+
+
+# Sized so that `make demo` (purchase100) trains, attacks and scores in a few minutes on 2 cores.
+DEFAULTS = {
+    "purchase100": SyntheticSize(n_points=10_000, len_training=5_000, n_train=16, n_dev=4, n_final=4),
+    "cifar10": SyntheticSize(n_points=3_000, len_training=1_500, n_train=8, n_dev=2, n_final=2, epochs=5),
+}
+
+
+def make_purchase_like(n: int, rng: np.random.Generator, n_classes: int = 100, n_features: int = 600):
+    base = rng.uniform(-4.0, -1.5, size=n_features)
+    g = rng.standard_normal((n_classes, n_features))
+    y = rng.integers(0, n_classes, size=n)
+    p = 1.0 / (1.0 + np.exp(-(base + 0.6 * g[y])))
+    x = (rng.random((n, n_features)) < p).astype(np.uint8)
+    return x, y.astype(np.int64)
+
+
+def make_cifar_like(n: int, rng: np.random.Generator, n_classes: int = 10):
+    # Smooth per-class templates: low-resolution colour patterns upsampled to 32x32.
+    coarse = rng.uniform(40, 215, size=(n_classes, 3, 4, 4))
+    templates = coarse.repeat(8, axis=2).repeat(8, axis=3)
+    y = rng.integers(0, n_classes, size=n)
+    x = templates[y] + rng.normal(0, 48, size=(n, 3, 32, 32))
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8), y.astype(np.int64)
+
+
+def write_purchase_csv(path: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Purchase-100's format: one row per record, ``label(1..100),600 binary features``."""
+    tmp = path + ".tmp"
+    np.savetxt(tmp, np.column_stack([y + 1, x]), fmt="%d", delimiter=",")
+    os.replace(tmp, path)
+
+
+def write_cifar_batches(path: str, x: np.ndarray, y: np.ndarray) -> None:
+    """CIFAR-10's python format: five data batches then a test batch of pickled dicts."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name, idx in zip(CIFAR_FILES, np.array_split(np.arange(len(y)), len(CIFAR_FILES))):
+        batch = {b"batch_label": name.encode(), b"labels": y[idx].tolist(),
+                 b"data": x[idx].reshape(len(idx), -1), b"filenames": [b"synthetic.png"] * len(idx)}
+        with open(os.path.join(tmp, name), "wb") as f:
+            pickle.dump(batch, f)
+    with open(os.path.join(tmp, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [f"class_{i}".encode() for i in range(10)]}, f)
+    os.replace(tmp, path)
+
+
+def _resolve(track: str, n_points, len_training, n_train, n_dev, n_final, epochs) -> SyntheticSize:
+    d = DEFAULTS[track]
+    n = n_points or d.n_points
+    lt = len_training or (d.len_training * n // d.n_points)
+    return SyntheticSize(n, lt, d.n_train if n_train is None else n_train,
+                         d.n_dev if n_dev is None else n_dev, d.n_final if n_final is None else n_final,
+                         epochs if epochs is not None else d.epochs)
+
+
+def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> ChallengeParams:
+    """Write (or reuse) the base dataset and challenge.json; refuse to mix with another challenge."""
+    spec = get_track(track)
+    track_dir = os.path.join(data_dir, track)
+    dataset = os.path.join(track_dir, spec.dataset)
+    want = ChallengeParams(track, size.n_points, size.len_training, 100, dataset, synthetic=True)
+    if os.path.exists(challenge_json_path(data_dir, track)):
+        have = load_params(data_dir, track)
+        if have != want:
+            raise ValueError(f"{challenge_json_path(data_dir, track)}: a different challenge is already "
+                             "there; remove that folder or pick another --data-dir")
+    elif any(os.path.isdir(os.path.join(track_dir, s)) for s in scenario_names(track)):
+        raise ValueError(f"{track_dir}: holds a challenge without challenge.json (the real MICO "
+                         "data?); pick another --data-dir for the synthetic one")
+    if not os.path.exists(dataset):
+        os.makedirs(track_dir, exist_ok=True)
+        rng = np.random.default_rng([seed, 0])
+        if track == "purchase100":
+            write_purchase_csv(dataset, *make_purchase_like(size.n_points, rng))
+        else:
+            write_cifar_batches(dataset, *make_cifar_like(size.n_points, rng))
+    save_params(data_dir, want)
+    return want
+
+
+def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=None, n_train=None,
+                    n_dev=None, n_final=None, seed=None, device="cpu", epochs=None,
+                    scenarios=None) -> ChallengeParams:
+    """Build (or finish building) a synthetic challenge under ``<data_dir>/<track>/``."""
+    size = _resolve(track, n_points, len_training, n_train, n_dev, n_final, epochs)
+    seed = 0 if seed is None else int(seed)
+    params = _prepare(data_dir, track, size, seed)
+    dataset = load_dataset(params)
+    counts = {"train": size.n_train, "dev": size.n_dev, "final": size.n_final}
+    overrides = {} if size.epochs is None else {"epochs": size.epochs}
+    for si, scenario in enumerate(scenarios or scenario_names(track)):
+        jobs, next_id = [], 0
+        for phase in PHASES:
+            for _ in range(counts[phase]):
+                jobs.append(ModelDir(data_dir, track, scenario, phase, next_id))
+                next_id += 1
+        todo = [md for md in jobs if not os.path.isdir(md.path)]
+        bar = tqdm(todo, desc=f"{scenario}: training", unit="model", initial=len(jobs) - len(todo),
+                   total=len(jobs))
+        for md in bar:
+            seeds = tuple(int(v) for v in np.random.default_rng([seed, 1 + si, md.model_id])
+                          .integers(0, 2**32, size=3, dtype=np.uint64))
+            info = train_model_folder(md, params, dataset, seeds, reveal=md.phase == "train",
+                                      device=device, **overrides)
+            post = {"acc": f"{info['accuracy']:.3f}"}
+            if info["epsilon"] is not None:
+                post["eps"] = f"{info['epsilon']:.2f}"
+            bar.set_postfix(post)
+        bar.close()
+    return params

@@ -1,0 +1,81 @@
+"""Cache every model's outputs on its scenario's challenge points (see README: cache format).
+
+Each model (train, dev, final) runs once over the union of the scenario's challenge points, in
+large batches, on CUDA when present. Reruns skip models whose cache is current and only add the
+points that new shadow models brought.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from challenges import cache, layout
+from challenges.datasets import load_dataset, to_tensor
+from challenges.tracks import TRACKS, load_params
+from models import load_model, resolve_device
+from models.query import query, view_names
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="MICO track")
+    p.add_argument("--data-dir", default="data", help="root of the challenge trees")
+    p.add_argument("--cache-dir", default="cache", help="where the per-model signal files go")
+    p.add_argument("--scenario", default=None, help="one scenario only, e.g. cifar10_hi (default: all)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=4096, help="points per forward pass")
+    p.add_argument("--save-logits", action="store_true", help="also store full logits (needed by --attack classifier)")
+    p.add_argument("--augment", action="store_true", help="cifar10: add query views (horizontal flip, shifts)")
+    p.add_argument("--shifts", type=int, default=0, help="with --augment: pixel shifts up to k (reflect padding)")
+    return p.parse_args(argv)
+
+
+def scenario_union(mds, params, n_points) -> np.ndarray:
+    """Sorted dataset indices of every challenge point of a scenario's models."""
+    return np.unique(np.concatenate([md.splits(params, n_points).challenge for md in mds]))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.augment and args.challenge != "cifar10":
+        sys.exit("save_preds.py: --augment applies to cifar10 images only; drop it for purchase100")
+    views = view_names(args.augment, args.shifts)
+    device = resolve_device(args.device)
+    params = load_params(args.data_dir, args.challenge)
+    dataset = load_dataset(params)
+    for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
+        mds = layout.models(args.data_dir, args.challenge, scenario)
+        union = scenario_union(mds, params, len(dataset))
+        x = y = None
+        bar = tqdm(mds, desc=f"{scenario}: {len(union)} points x {len(views)} views", unit="model")
+        done = 0
+        for md in bar:
+            path = cache.cache_file(args.cache_dir, md)
+            entry, todo = cache.pending(cache.read(path), md.model_file, union, views, args.save_logits)
+            if len(todo) == 0:
+                continue
+            if x is None:  # inputs for the whole union, moved to the device once per scenario
+                x = to_tensor(args.challenge, dataset.x[union]).to(device)
+                y = torch.from_numpy(dataset.y[union]).to(device)
+            rows = torch.from_numpy(np.searchsorted(union, todo)).to(device)
+            # An entry that already holds logits keeps them, so merged rows stay complete.
+            logits = args.save_logits or (entry is not None and "logits" in entry)
+            model = load_model(args.challenge, md.model_file, device)
+            out = query(model, x[rows], y[rows], views, args.batch_size, keep_logits=logits)
+            points, arrays = cache.merge(entry, todo, {k: v.numpy() for k, v in out.items()})
+            cache.write(path, points, views, cache.model_stamp(md.model_file), arrays)
+            done += 1
+        bar.close()
+        print(f"{scenario}: {done} model(s) queried, {len(mds) - done} already cached")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as e:
+        sys.exit(f"save_preds.py: {e}")

@@ -1,0 +1,43 @@
+"""Validate every dev/final prediction.csv and pack them into MICO's submission zip.
+
+Writes predictions_<track>.zip with entries <track>/<scenario>/<phase>/model_<id>/prediction.csv
+as MICO's starting kit did; names every missing or invalid file and writes nothing if any is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from challenges.submission import validate, write_zip
+from challenges.tracks import TRACKS, load_params
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="MICO track")
+    p.add_argument("--data-dir", default="data", help="root of the challenge trees")
+    p.add_argument("--output", default=None, help="zip path (default: predictions_<track>.zip)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = args.output or f"predictions_{args.challenge}.zip"
+    params = load_params(args.data_dir, args.challenge)
+    problems = validate(args.data_dir, args.challenge, 2 * params.len_challenge)
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(f"save_zip.py: {len(problems)} invalid or missing prediction file(s); run run_lira_mia.py "
+              f"--challenge {args.challenge} first. Nothing written.", file=sys.stderr)
+        return 1
+    n = write_zip(args.data_dir, args.challenge, out)
+    print(f"wrote {out} ({n} prediction files)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as e:
+        sys.exit(f"save_zip.py: {e}")
