@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Fetch a MICO challenge (models and seeds) and its base dataset into <data-dir>/<track>/.
+
+By default the challenge comes from the public Hugging Face mirror; --url takes an original
+competition archive instead; --synthetic builds a small offline challenge. Rerunning skips what
+is already in place. See challenges/download.py for the guarantees.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from challenges import download
+from challenges.tracks import TRACKS, scenario_names
+
+SYNTHETIC_OPTIONS = ("n_points", "n_train", "n_dev", "n_final", "seed", "device")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    mirrors = ", ".join(f"{t}: {r}" for t, r in download.HF_REPOS.items())
+    p = argparse.ArgumentParser(description="Download a MICO challenge and its base dataset into "
+                                "<data-dir>/<challenge>/; rerunning skips what is in place.",
+                                epilog=f"Hugging Face mirrors ({mirrors}). Offline: --synthetic.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="track to fetch")
+    p.add_argument("--data-dir", default="data", help="root folder; files go to <data-dir>/<challenge>/")
+    p.add_argument("--scenario", help="fetch only this scenario (e.g. cifar10_hi) instead of all three")
+    src = p.add_argument_group("challenge source")
+    src.add_argument("--url", help="competition archive URL (cifar10.zip / purchase100.zip) instead of the "
+                     "Hugging Face mirror; 'original' for the competition's own URL")
+    src.add_argument("--md5",
+                     help="expected md5 of the --url archive (built in for cifar10.zip, purchase100.zip)")
+    src.add_argument("--hub-repo", help="Hugging Face dataset repo instead of the track's MICO mirror")
+    src.add_argument("--revision", help="branch, tag or commit of the Hugging Face repo")
+    ds = p.add_argument_group("base dataset")
+    ds.add_argument("--no-dataset", action="store_true", help="do not fetch the base dataset")
+    ds.add_argument("--dataset-url", help="base dataset archive URL instead of the track's public source")
+    ds.add_argument("--dataset-md5", help="expected md5 of the base dataset archive")
+    p.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extraction")
+    syn = p.add_argument_group("synthetic challenge (offline)",
+                               "options left at None take the synthetic builder's defaults")
+    syn.add_argument("--synthetic", action="store_true",
+                     help="build an offline synthetic challenge instead of downloading")
+    syn.add_argument("--n-points", type=int, help="synthetic: size of the base dataset")
+    syn.add_argument("--n-train", type=int, help="synthetic: number of models in train")
+    syn.add_argument("--n-dev", type=int, help="synthetic: number of models in dev")
+    syn.add_argument("--n-final", type=int, help="synthetic: number of models in final")
+    syn.add_argument("--seed", type=int, help="synthetic: random seed")
+    syn.add_argument("--device", help="synthetic: torch device for training, e.g. cpu or cuda")
+    syn.add_argument("--epochs", type=int, help="synthetic: override the number of training epochs")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.scenario is not None and args.scenario not in scenario_names(args.challenge):
+        parser.error(f"--scenario must be one of {', '.join(scenario_names(args.challenge))}")
+    if args.md5 and not args.url:
+        parser.error("--md5 needs --url")
+    synthetic_given = [o for o in SYNTHETIC_OPTIONS + ("epochs",) if getattr(args, o) is not None]
+    if args.synthetic:
+        if args.url or args.hub_repo:
+            parser.error("--synthetic builds the challenge locally; drop --url / --hub-repo")
+        from challenges.synthetic import build_synthetic
+        options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
+        if args.scenario:
+            options["scenarios"] = [args.scenario]
+        build_synthetic(args.data_dir, args.challenge, epochs=args.epochs, **options)
+        return 0
+    if synthetic_given:
+        parser.error(f"--{synthetic_given[0].replace('_', '-')} only applies with --synthetic")
+    scenarios = [args.scenario] if args.scenario else None
+    try:
+        download.check_not_synthetic(args.data_dir, args.challenge)
+        if args.url:
+            download.fetch_challenge_archive(args.data_dir, args.challenge, args.url, args.md5, scenarios,
+                                             keep_archive=args.keep_archives)
+        else:
+            download.fetch_challenge_hub(args.data_dir, args.challenge, scenarios,
+                                         repo_id=args.hub_repo, revision=args.revision)
+        if not args.no_dataset:
+            download.fetch_dataset(args.data_dir, args.challenge, args.dataset_url, args.dataset_md5,
+                                   keep_archive=args.keep_archives)
+    except download.DownloadError as e:
+        print(f"download_files.py: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permissions: the user's to fix, no traceback
+        print(f"download_files.py: error: {download.one_line(str(e))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("download_files.py: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny synthetic challenges in MICO's exact layout (seconds to build)."""
+import os
+import shutil
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+TINY = {
+    "purchase100": dict(n_points=1200, len_training=700, n_train=6, n_dev=2, n_final=2, epochs=4, seed=1),
+    "cifar10": dict(n_points=400, len_training=250, n_train=3, n_dev=1, n_final=1, epochs=1, seed=2),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_challenges(tmp_path_factory):
+    """A read-only data dir holding tiny synthetic purchase100 and cifar10 challenges."""
+    from challenges.synthetic import build_synthetic
+    root = str(tmp_path_factory.mktemp("tiny") / "data")
+    for track, opts in TINY.items():
+        build_synthetic(root, track, **opts)
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny_challenges, tmp_path):
+    """A private, writable copy of the tiny challenges."""
+    dst = str(tmp_path / "data")
+    shutil.copytree(tiny_challenges, dst)
+    return dst

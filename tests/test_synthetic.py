@@ -1,0 +1,69 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from challenges import layout
+from challenges.datasets import load_dataset
+from challenges.synthetic import build_synthetic
+from challenges.tracks import load_params, scenario_names
+from tests.conftest import TINY
+
+
+@pytest.mark.parametrize("track", ["purchase100", "cifar10"])
+def test_layout_matches_mico(tiny_challenges, track):
+    root = tiny_challenges
+    opts = TINY[track]
+    meta = json.load(open(os.path.join(root, track, "challenge.json")))
+    assert meta["n_points"] == opts["n_points"] and meta["len_training"] == opts["len_training"]
+    assert meta["len_challenge"] == 100 and not os.path.isabs(meta["dataset"])
+    params = load_params(root, track)
+    ds = load_dataset(params)
+    assert len(ds) == opts["n_points"]
+    assert layout.scenarios(root, track) == scenario_names(track)
+    for scenario in scenario_names(track):
+        mds = layout.models(root, track, scenario)
+        counts = {ph: sum(m.phase == ph for m in mds) for ph in ("train", "dev", "final")}
+        assert counts == {"train": opts["n_train"], "dev": opts["n_dev"], "final": opts["n_final"]}
+        for md in mds:
+            files = set(os.listdir(md.path))
+            assert {"model.pt", "seed_challenge", "accuracy"} <= files
+            if md.phase == "train":
+                assert {"seed_training", "seed_membership", "solution.csv"} <= files
+                s = md.splits(params, len(ds))
+                assert np.array_equal(md.solution(), s.solutions())
+            else:
+                # Ground truth never sits in a target's folder, only in the solutions tree.
+                assert not files & {"seed_training", "seed_membership", "solution.csv"}
+                sol = md.solution()
+                assert md.solution_file().startswith(os.path.join(root, track, "solutions"))
+                assert sol.shape == (200,) and sol.sum() == 100
+            assert ("epsilon" in files) == (not scenario.endswith("_inf"))
+
+
+def test_dp_epsilon_recorded(tiny_challenges):
+    md = layout.models(tiny_challenges, "purchase100", "purchase100_lo")[0]
+    eps = float(open(os.path.join(md.path, "epsilon")).read())
+    assert 3.5 < eps <= 4.0 + 1e-6
+
+
+def test_resume_rebuilds_only_missing(tiny_copy):
+    track = "purchase100"
+    mds = layout.models(tiny_copy, track, "purchase100_inf")
+    before = {md.model_id: os.path.getmtime(md.model_file) for md in mds}
+    shutil.rmtree(mds[1].path)
+    os.makedirs(os.path.join(os.path.dirname(mds[1].path), ".tmp-model_1"))  # a killed run's leftovers
+    build_synthetic(tiny_copy, track, **TINY[track])
+    after = {md.model_id: os.path.getmtime(md.model_file)
+             for md in layout.models(tiny_copy, track, "purchase100_inf")}
+    assert set(after) == set(before)
+    assert after[1] != before[1] and all(after[k] == before[k] for k in before if k != 1)
+    assert not os.path.exists(os.path.join(os.path.dirname(mds[1].path), ".tmp-model_1"))
+
+
+def test_refuses_other_parameters(tiny_copy):
+    opts = dict(TINY["purchase100"], n_points=1300)
+    with pytest.raises(ValueError, match="different challenge"):
+        build_synthetic(tiny_copy, "purchase100", **opts)
