@@ -1,0 +1,98 @@
+"""Running an attack over a scenario, writing predictions, and scoring where truth is known.
+
+An attack is a callable ``attack(data, rows, exclude) -> scores``: ``rows`` (T,) are model rows
+of ``data`` to attack, ``exclude`` (T,) the shadow row each must leave out of its statistics
+(-1 for none: dev/final targets), and ``scores`` (T, 2m) membership scores in [0, 1] in
+challenge order. Train models are attacked leave-one-out, so their scores estimate the score
+of a submission before it is made.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from . import scoring
+from .scenario import ScenarioData
+from .submission import write_prediction
+from .tracks import TARGET_PHASES
+
+PHASE_LABELS = {"train": "train (leave-one-out)", "dev": "dev", "final": "final"}
+
+
+def attack_scenario(data: ScenarioData, attack, evaluate: bool) -> dict:
+    """{phase: (rows, scores)} for dev and final, plus train (leave-one-out) if ``evaluate``."""
+    phases = (("train",) if evaluate else ()) + TARGET_PHASES
+    parts = {ph: data.phase_rows(ph) for ph in phases}
+    rows = np.concatenate([parts[ph] for ph in phases])
+    exclude = np.where(rows < data.n_train, rows, -1)
+    if len(rows) == 0:
+        return {}
+    scores = attack(data, rows, exclude)
+    out, start = {}, 0
+    for ph in phases:
+        n = len(parts[ph])
+        if n:
+            out[ph] = (parts[ph], scores[start:start + n])
+        start += n
+    return out
+
+
+def write_predictions(data: ScenarioData, results: dict) -> int:
+    n = 0
+    for ph in TARGET_PHASES:
+        if ph in results:
+            for row, s in zip(*results[ph]):
+                write_prediction(data.models[row].prediction_file, s)
+                n += 1
+    return n
+
+
+def score_results(data: ScenarioData, results: dict) -> dict:
+    """{phase: MICO metrics} over every model of a phase pooled, where all truth is known."""
+    out = {}
+    for ph, (rows, scores) in results.items():
+        truth = data.solutions[rows]
+        if len(rows) and (truth >= 0).all():
+            out[ph] = scoring.score(truth.ravel(), scores.ravel())
+    return out
+
+
+def save_report(report_dir: str, track: str, scores: dict, title: str = "") -> list[str]:
+    """Write scores.json, scores.csv and one ROC PNG per scenario; return the paths.
+
+    ``scores``: {scenario: {phase: metrics}}.
+    """
+    os.makedirs(report_dir, exist_ok=True)
+    table = {sc: {ph: {k: v for k, v in m.items() if k in scoring.METRIC_KEYS} for ph, m in phs.items()}
+             for sc, phs in scores.items()}
+    paths = [os.path.join(report_dir, "scores.json"), os.path.join(report_dir, "scores.csv")]
+    with open(paths[0] + ".tmp", "w") as f:
+        json.dump(table, f, indent=2)
+    os.replace(paths[0] + ".tmp", paths[0])
+    with open(paths[1] + ".tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scenario", "phase", *scoring.METRIC_KEYS])
+        for sc, phs in table.items():
+            for ph, m in phs.items():
+                w.writerow([sc, ph, *(f"{m[k]:.6f}" for k in scoring.METRIC_KEYS)])
+    os.replace(paths[1] + ".tmp", paths[1])
+    for sc, phs in scores.items():
+        if phs:
+            p = os.path.join(report_dir, f"roc_{sc}.png")
+            scoring.plot_roc({PHASE_LABELS[ph]: (m["fpr"], m["tpr"]) for ph, m in phs.items()}, p,
+                             title=f"{sc} {title}".strip())
+            paths.append(p)
+    return paths
+
+
+def print_scores(scores: dict) -> str:
+    """One table per phase (scenarios as rows) with MICO's ranking metric under each."""
+    blocks = []
+    for ph in ("train", "dev", "final"):
+        by_sc = {sc: phs[ph] for sc, phs in scores.items() if ph in phs}
+        if by_sc:
+            blocks.append(f"== {PHASE_LABELS[ph]} ==\n{scoring.score_table(by_sc)}")
+    return "\n\n".join(blocks)
