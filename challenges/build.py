@@ -22,8 +22,11 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def draw_seeds(rng: np.random.Generator) -> tuple[int, int, int]:
-    """Fresh (challenge, training, membership) seeds; torchcsprng keeps their low 32 bits."""
+def model_seeds(*key: int) -> tuple[int, int, int]:
+    """(challenge, training, membership) seeds drawn from ``key`` (e.g. run seed, scenario, id):
+    fresh per model, yet the same on a rerun, so an interrupted build resumes identically.
+    Values below 2**32: torchcsprng keeps only the low 32 bits."""
+    rng = np.random.default_rng([int(k) for k in key])
     return tuple(int(v) for v in rng.integers(0, 2**32, size=3, dtype=np.uint64))
 
 

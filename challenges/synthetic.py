@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from .build import train_model_folder
+from .build import model_seeds, train_model_folder
 from .datasets import CIFAR_FILES, load_dataset
 from .layout import ModelDir
 from .tracks import (PHASES, ChallengeParams, challenge_json_path, get_track, load_params,
@@ -120,7 +120,7 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> Chall
 
 
 def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=None, n_train=None,
-                    n_dev=None, n_final=None, seed=None, device="cpu", epochs=None,
+                    n_dev=None, n_final=None, seed=None, device="auto", epochs=None,
                     scenarios=None) -> ChallengeParams:
     """Build (or finish building) a synthetic challenge under ``<data_dir>/<track>/``."""
     size = _resolve(track, n_points, len_training, n_train, n_dev, n_final, epochs)
@@ -139,9 +139,7 @@ def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=No
         bar = tqdm(todo, desc=f"{scenario}: training", unit="model", initial=len(jobs) - len(todo),
                    total=len(jobs))
         for md in bar:
-            seeds = tuple(int(v) for v in np.random.default_rng([seed, 1 + si, md.model_id])
-                          .integers(0, 2**32, size=3, dtype=np.uint64))
-            info = train_model_folder(md, params, dataset, seeds, reveal=md.phase == "train",
+            info = train_model_folder(md, params, dataset, model_seeds(seed, 1 + si, md.model_id), reveal=md.phase == "train",
                                       device=device, **overrides)
             post = {"acc": f"{info['accuracy']:.3f}"}
             if info["epsilon"] is not None:

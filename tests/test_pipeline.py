@@ -1,0 +1,178 @@
+"""The four scripts end to end on the tiny synthetic challenges, as a user runs them."""
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import run_lira_mia
+import save_preds
+import save_zip
+import train_shadows
+from challenges import cache, layout
+from tests.conftest import ROOT
+
+FLAGS = ["--global_variance", "--online_attack", "--logit_scaling", "--stable_logit_scaling"]
+
+
+def _run(main, *argv):
+    return main(list(argv))
+
+
+@pytest.fixture(scope="session")
+def cached_session(tiny_challenges, tmp_path_factory):
+    """The tiny challenges with every purchase100 model's signals cached (shared, read-only)."""
+    cache_dir = str(tmp_path_factory.mktemp("cache") / "cache")
+    assert _run(save_preds.main, "--challenge", "purchase100", "--data-dir", tiny_challenges,
+                "--cache-dir", cache_dir, "--device", "cpu") == 0
+    return tiny_challenges, cache_dir
+
+
+@pytest.fixture
+def cached(cached_session, tmp_path):
+    """A private, writable copy of ``cached_session``."""
+    data_dir, cache_dir = (str(tmp_path / name) for name in ("data", "cache"))
+    shutil.copytree(cached_session[0], data_dir)
+    shutil.copytree(cached_session[1], cache_dir)
+    return data_dir, cache_dir
+
+
+def test_save_preds_cache_and_resume(cached, capsys):
+    data_dir, cache_dir = cached
+    mds = layout.models(data_dir, "purchase100", "purchase100_inf")
+    files = [cache.cache_file(cache_dir, md) for md in mds]
+    entry = cache.read(files[0])
+    assert entry["phi"].dtype == np.float32 and entry["phi"].shape == (len(entry["points"]), 1)
+    assert list(entry["views"]) == ["orig"] and np.all(np.diff(entry["points"]) > 0)
+    stamps = [os.path.getmtime(f) for f in files]
+    capsys.readouterr()
+    _run(save_preds.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir)
+    assert "0 model(s) queried" in capsys.readouterr().out
+    assert [os.path.getmtime(f) for f in files] == stamps
+    # A changed model file is queried again; the others are not.
+    with open(mds[2].model_file, "ab") as f:
+        f.write(b"")
+    os.utime(mds[2].model_file, ns=(1, 1))
+    torch_state = __import__("torch").load(mds[2].model_file, weights_only=True)
+    torch_state["mlp.2.bias"] += 1.0
+    __import__("torch").save(torch_state, mds[2].model_file)
+    _run(save_preds.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+         "--scenario", "purchase100_inf")
+    new = [os.path.getmtime(f) for f in files]
+    assert new[2] != stamps[2] and new[:2] == stamps[:2] and new[3:] == stamps[3:]
+    assert not any(name.endswith(".tmp.npz") for _, _, fs in os.walk(cache_dir) for name in fs)
+
+
+def test_signal_matches_direct_forward(cached_session):
+    import torch
+    from challenges.datasets import load_dataset, to_tensor
+    from challenges.tracks import load_params
+    from models import load_model
+    data_dir, cache_dir = cached_session
+    md = layout.models(data_dir, "purchase100", "purchase100_hi")[-1]
+    entry = cache.read(cache.cache_file(cache_dir, md))
+    ds = load_dataset(load_params(data_dir, "purchase100"))
+    pts = entry["points"][:50]
+    with torch.no_grad():
+        logits = load_model("purchase100", md.model_file)(to_tensor("purchase100", ds.x[pts])).double()
+    p = torch.softmax(logits, 1)[torch.arange(50), torch.from_numpy(ds.y[pts])]
+    np.testing.assert_allclose(entry["phi"][:50, 0], torch.log(p / (1 - p)).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mask", range(16))
+def test_every_flag_combination_writes_valid_predictions(cached, mask, tmp_path):
+    data_dir, cache_dir = cached
+    flags = [f for i, f in enumerate(FLAGS) if mask >> i & 1]
+    assert _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+                "--report-dir", str(tmp_path / "report"), "--evaluate", *flags) == 0
+    for scenario in layout.scenarios(data_dir, "purchase100"):
+        for md in layout.models(data_dir, "purchase100", scenario, ["dev", "final"]):
+            values = layout.read_row(md.prediction_file)
+            assert values.shape == (200,) and np.all((values >= 0) & (values <= 1))
+    report = tmp_path / "report" / "purchase100"
+    assert (report / "scores.json").exists() and (report / "roc_purchase100_inf.png").exists()
+
+
+def test_inf_scenario_shows_membership_signal(cached, tmp_path, capsys):
+    import json
+    data_dir, cache_dir = cached
+    _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+         "--report-dir", str(tmp_path), "--evaluate", "--online_attack", "--stable_logit_scaling")
+    scores = json.load(open(tmp_path / "purchase100" / "scores.json"))
+    assert scores["purchase100_inf"]["train"]["AUC"] > 0.6
+    assert set(scores["purchase100_inf"]) == {"train", "dev", "final"}
+
+
+def test_save_zip_validates_then_writes(cached, tmp_path, capsys):
+    data_dir, cache_dir = cached
+    out = str(tmp_path / "sub.zip")
+    assert _run(save_zip.main, "--challenge", "purchase100", "--data-dir", data_dir, "--output", out) == 1
+    assert not os.path.exists(out) and "prediction.csv: missing" in capsys.readouterr().err
+    _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+         "--report-dir", str(tmp_path / "r"))
+    targets = [md for s in layout.scenarios(data_dir, "purchase100")
+               for md in layout.models(data_dir, "purchase100", s, ["dev", "final"])]
+    bad = targets[0].prediction_file
+    good = open(bad).read()
+    for text, why in [("0.5," * 199 + "1.5\n", "outside [0, 1]"), ("0.5," * 198 + "0.5\n", "199 values"),
+                      ("0.5," * 199 + "nan\n", "non-finite"), ("a,b\n", "comma-separated")]:
+        open(bad, "w").write(text)
+        assert _run(save_zip.main, "--challenge", "purchase100", "--data-dir", data_dir, "--output", out) == 1
+        err = capsys.readouterr().err
+        assert bad in err and why in err and not os.path.exists(out)
+    open(bad, "w").write(good)
+    assert _run(save_zip.main, "--challenge", "purchase100", "--data-dir", data_dir, "--output", out) == 0
+    names = zipfile.ZipFile(out).namelist()
+    assert len(names) == len(targets)
+    assert sorted(names) == sorted(f"purchase100/{md.scenario}/{md.phase}/model_{md.model_id}/prediction.csv"
+                                   for md in targets)
+
+
+def test_missing_cache_is_a_clear_error(tiny_copy, tmp_path):
+    r = subprocess.run([sys.executable, "run_lira_mia.py", "--challenge", "purchase100", "--data-dir", tiny_copy,
+                        "--cache-dir", str(tmp_path / "nothing")], cwd=ROOT, capture_output=True, text=True)
+    last = r.stderr.strip().splitlines()[-1]  # after tqdm's bar: the one-line error
+    assert r.returncode != 0 and last.startswith("run_lira_mia.py: ") and "save_preds.py --challenge" in last
+
+
+def test_cifar_augmented_views(tiny_copy, tmp_path):
+    cache_dir = str(tmp_path / "cache")
+    assert _run(save_preds.main, "--challenge", "cifar10", "--data-dir", tiny_copy, "--cache-dir", cache_dir,
+                "--scenario", "cifar10_inf", "--augment", "--shifts", "1") == 0
+    md = layout.models(tiny_copy, "cifar10", "cifar10_inf")[0]
+    entry = cache.read(cache.cache_file(cache_dir, md))
+    assert entry["phi"].shape[1] == 18 and list(entry["views"][:2]) == ["orig", "flip"]
+    assert _run(run_lira_mia.main, "--challenge", "cifar10", "--data-dir", tiny_copy, "--cache-dir", cache_dir,
+                "--scenario", "cifar10_inf", "--online_attack", "--report-dir", str(tmp_path)) == 0
+
+
+def test_extra_shadows_resume_shard_and_are_used(cached, tmp_path, capsys):
+    data_dir, cache_dir = cached
+    common = ["--challenge", "purchase100", "--scenario", "purchase100_inf", "--data-dir", data_dir,
+              "--n", "3", "--epochs", "2", "--device", "cpu"]
+    assert _run(train_shadows.main, *common, "--shard", "1/2") == 0
+    train = {md.model_id for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["train"])}
+    assert {1000, 1002}.isdisjoint(train) and 1001 in train
+    assert _run(train_shadows.main, *common, "--shard", "0/2") == 0
+    assert _run(train_shadows.main, *common) == 0
+    assert "3 of 3" in capsys.readouterr().out
+    new = [md for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["train"]) if md.model_id >= 1000]
+    assert [md.model_id for md in new] == [1000, 1001, 1002]
+    for md in new:
+        assert {"model.pt", "seed_challenge", "seed_training", "seed_membership", "solution.csv",
+                "accuracy"} <= set(os.listdir(md.path))
+    # save_preds picks them up and widens every cache to their challenge points.
+    _run(save_preds.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+         "--scenario", "purchase100_inf")
+    assert _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+                "--scenario", "purchase100_inf", "--evaluate", "--report-dir", str(tmp_path)) == 0
+
+
+@pytest.mark.parametrize("script", ["download_files.py", "save_preds.py", "run_lira_mia.py", "save_zip.py",
+                                    "train_shadows.py"])
+def test_help(script):
+    r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "--challenge" in r.stdout
