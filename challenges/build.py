@@ -46,10 +46,12 @@ def train_model_folder(md: ModelDir, params: ChallengeParams, dataset: BaseDatas
     s: Splits = reconstruct(len(dataset), params.len_training, params.len_challenge, sc, st, sm)
     tr, ev = s.train_indices(), s.evaluation
     recipe = recipe_for(params.track, scenario_suffix(md.scenario), **overrides)
+    x_eval = y_eval = None
+    if len(ev):
+        x_eval, y_eval = to_tensor(params.track, dataset.x[ev]), torch.from_numpy(dataset.y[ev])
     result = train_model(params.track, recipe,
                          to_tensor(params.track, dataset.x[tr]), torch.from_numpy(dataset.y[tr]),
-                         to_tensor(params.track, dataset.x[ev]), torch.from_numpy(dataset.y[ev]),
-                         device=device, seed=sc, progress=progress)
+                         x_eval, y_eval, device=device, seed=sc, progress=progress)
 
     parent = os.path.dirname(md.path)
     os.makedirs(parent, exist_ok=True)

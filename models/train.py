@@ -330,7 +330,9 @@ def train_model(track: str, recipe: Recipe, x_train: torch.Tensor, y_train: torc
         steps_done = sum(int(h[2]) for h in engine.accountant.history)
         if steps_done != num_steps:  # every Poisson batch, empty or not, must be accounted for
             raise RuntimeError(f"DP accounting mismatch: {steps_done} steps recorded, {num_steps} expected")
-        epsilon = _quiet_prv_epsilon(engine.accountant, float(recipe.delta))
+        # Every step ran with the same (noise, sample rate), as the check above confirms, so the
+        # spent epsilon is that of (noise, rate, steps): cached, since shadows share recipes.
+        epsilon = prv_epsilon(noise_multiplier, sample_rate, num_steps, float(recipe.delta))
         # A clean module (no Opacus hooks or per-sample attributes) with the trained weights.
         final = build_model(track)
         final.load_state_dict(plain_state_dict(dp_model), strict=True)
@@ -354,6 +356,16 @@ def _quiet_prv_epsilon(accountant, delta: float) -> float:
         return float(accountant.get_epsilon(delta=delta))
 
 
+@functools.lru_cache(maxsize=1024)
+def prv_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """Epsilon (PRV upper bound) of ``steps`` DP-SGD steps at one noise level and sample rate."""
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism="prv")
+    acc.history = [(noise_multiplier, sample_rate, steps)]
+    return _quiet_prv_epsilon(acc, delta)
+
+
 @functools.lru_cache(maxsize=64)
 def find_noise_multiplier(target_epsilon: float, target_delta: float, sample_rate: float,
                           steps: int, tolerance: float = _PRV_EPS_TOLERANCE) -> float:
@@ -368,11 +380,8 @@ def find_noise_multiplier(target_epsilon: float, target_delta: float, sample_rat
 
     if not (target_epsilon > 0 and 0 < target_delta < 1 and 0 < sample_rate <= 1 and steps >= 1):
         raise ValueError("find_noise_multiplier: need epsilon > 0, 0 < delta < 1, 0 < sample_rate <= 1, steps >= 1")
-    acc = create_accountant(mechanism="prv")
-
     def eps_of(sigma: float) -> float:
-        acc.history = [(sigma, sample_rate, steps)]
-        return _quiet_prv_epsilon(acc, target_delta)
+        return prv_epsilon(sigma, sample_rate, steps, target_delta)
 
     # Keep a bracket eps(lo) > target >= eps(hi) and refine it by (Illinois) regula falsi on
     # log(eps) - log(target) as a function of log(sigma), where eps is close to a power law.

@@ -10,7 +10,7 @@ sys.path.insert(0, ROOT)
 
 TINY = {
     "purchase100": dict(n_points=1200, len_training=700, n_train=6, n_dev=2, n_final=2, epochs=4, seed=1),
-    "cifar10": dict(n_points=400, len_training=250, n_train=3, n_dev=1, n_final=1, epochs=1, seed=2),
+    "cifar10": dict(n_points=300, len_training=180, n_train=2, n_dev=1, n_final=1, epochs=1, seed=2),
 }
 
 
