@@ -141,10 +141,10 @@ def test_missing_cache_is_a_clear_error(tiny_copy, tmp_path):
 def test_cifar_augmented_views(tiny_copy, tmp_path):
     cache_dir = str(tmp_path / "cache")
     assert _run(save_preds.main, "--challenge", "cifar10", "--data-dir", tiny_copy, "--cache-dir", cache_dir,
-                "--scenario", "cifar10_inf", "--augment", "--shifts", "1") == 0
+                "--scenario", "cifar10_inf", "--augment") == 0
     md = layout.models(tiny_copy, "cifar10", "cifar10_inf")[0]
     entry = cache.read(cache.cache_file(cache_dir, md))
-    assert entry["phi"].shape[1] == 18 and list(entry["views"][:2]) == ["orig", "flip"]
+    assert entry["phi"].shape[1] == 2 and list(entry["views"]) == ["orig", "flip"]
     assert _run(run_lira_mia.main, "--challenge", "cifar10", "--data-dir", tiny_copy, "--cache-dir", cache_dir,
                 "--scenario", "cifar10_inf", "--online_attack", "--report-dir", str(tmp_path)) == 0
 
@@ -176,3 +176,16 @@ def test_extra_shadows_resume_shard_and_are_used(cached, tmp_path, capsys):
 def test_help(script):
     r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "--challenge" in r.stdout
+
+
+def test_query_views():
+    import torch
+    from models.query import apply_view, view_names
+    names = view_names(True, 1)
+    assert len(names) == 18 == len(set(names)) and names[:2] == ["orig", "flip"]
+    assert view_names(False, 3) == ["orig"]
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    assert torch.equal(apply_view(x, "flip"), x.flip(3))
+    shifted = apply_view(x, "orig:1,0")  # content moves left by one column, reflect-padded
+    assert shifted.shape == x.shape and torch.equal(shifted[..., :3], x[..., 1:])
+    assert torch.equal(shifted[..., 3], x[..., 2])
