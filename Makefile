@@ -12,7 +12,7 @@ install:
 demo: install
 	$(PYTHON) download_files.py --challenge $(TRACK) --data-dir $(DATA) --synthetic
 	$(PYTHON) save_preds.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE)
-	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --global_variance --evaluate
+	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir report/demo --global_variance --evaluate
 	$(PYTHON) save_zip.py --challenge $(TRACK) --data-dir $(DATA) --output $(DATA)/predictions_$(TRACK).zip
 
 test: install
