@@ -49,7 +49,7 @@ def make_lira(args):
     kind = signal_kind(args.logit_scaling, args.stable_logit_scaling)
 
     def attack(data, rows, exclude):
-        sig = signal_from_phi(data.signal, kind)  # [models, P, V]
+        sig = signal_from_phi(data.phi, kind)  # [models, P, V]
         idx = data.challenge[rows]
         return lira(sig[rows[:, None], idx], sig[:data.n_train], data.shadow_in, idx, exclude,
                     online=args.online_attack, global_variance=args.global_variance,

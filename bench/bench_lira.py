@@ -140,7 +140,7 @@ def main() -> None:
         fast, slow = dict.fromkeys(configs, 0.0), dict.fromkeys(configs, 0.0)
         for scenario in scenario_names("purchase100")[:args.scenarios]:
             data = load_scenario(data_dir, cache_dir, "purchase100", scenario, params, N)
-            sig = signal_from_phi(data.signal, "stable_logit")
+            sig = signal_from_phi(data.phi, "stable_logit")
             rows = np.arange(len(data.models))
             exclude = np.where(rows < data.n_train, rows, -1)
             idx = data.challenge[rows]

@@ -90,33 +90,38 @@ def merge(entry: dict | None, points: np.ndarray, arrays: dict) -> tuple[np.ndar
     return allp[order], {k: np.concatenate([entry[k], v])[order] for k, v in arrays.items()}
 
 
-def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, field: str = "phi") -> np.ndarray:
-    """``field`` of every model on ``points``: float32 [n_models, len(points), V(, C)].
+def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",)) -> dict:
+    """{field: float32 [n_models, len(points), V(, C)]} for every model on ``points``.
 
-    Raises CacheError naming the first model whose cache is missing or lacks a point.
+    Raises CacheError naming the first model whose cache is missing, lacks a field or a point.
     """
-    out = None
+    out = {}
     for k, md in enumerate(mds):
         path = cache_file(cache_dir, md)
         entry = read(path)
         if entry is None:
             raise CacheError(f"{path}: missing; run save_preds.py --challenge {md.track} first")
-        if field not in entry:
-            raise CacheError(f"{path}: has no {field!r}; rerun save_preds.py --challenge {md.track}"
-                             + (" --save-logits" if field == "logits" else ""))
-        pos = np.searchsorted(entry["points"], points)
-        pos = np.minimum(pos, len(entry["points"]) - 1)
+        pos = np.minimum(np.searchsorted(entry["points"], points), len(entry["points"]) - 1)
         if not np.array_equal(entry["points"][pos], points):
             raise CacheError(f"{path}: does not cover every challenge point; rerun save_preds.py "
                              f"--challenge {md.track}")
-        arr = entry[field][pos]
-        if out is None:
-            out = np.empty((len(mds),) + arr.shape, dtype=np.float32)
-        elif arr.shape != out.shape[1:]:
-            raise CacheError(f"{path}: shape {arr.shape} differs from the other models' "
-                             f"{out.shape[1:]} (other query views?); rerun save_preds.py")
-        out[k] = arr
+        for field in fields:
+            if field not in entry:
+                raise CacheError(f"{path}: has no {field!r}; rerun save_preds.py --challenge {md.track}"
+                                 + (" --save-logits" if field == "logits" else ""))
+            arr = entry[field][pos]
+            if field not in out:
+                out[field] = np.empty((len(mds),) + arr.shape, dtype=np.float32)
+            elif arr.shape != out[field].shape[1:]:
+                raise CacheError(f"{path}: {field} shape {arr.shape} differs from the other models' "
+                                 f"{out[field].shape[1:]} (other query views?); rerun save_preds.py")
+            out[field][k] = arr
     return out
+
+
+def has_field(cache_dir: str, md: ModelDir, field: str) -> bool:
+    entry = read(cache_file(cache_dir, md))
+    return entry is not None and field in entry
 
 
 def pending(entry: dict | None, model_file: str, union: np.ndarray, views: list[str],

@@ -18,10 +18,14 @@ class ScenarioData:
     scenario: str
     models: list              # ModelDir, train then dev then final
     points: np.ndarray        # int64 [P] dataset indices
-    signal: np.ndarray        # float32 [n_models, P, V(, C)]: the requested cache field
+    fields: dict              # cache field -> float32 [n_models, P, V(, C)] ('phi', 'mentr', ...)
     challenge: np.ndarray     # int64 [n_models, 2m]: positions in ``points``, challenge order
     shadow_in: np.ndarray     # bool [n_train, P]: point in the train model's training set
     solutions: np.ndarray     # int8 [n_models, 2m]: 0/1, -1 where unknown
+
+    @property
+    def phi(self) -> np.ndarray:
+        return self.fields["phi"]
 
     def phase_rows(self, phase: str) -> np.ndarray:
         return np.array([i for i, md in enumerate(self.models) if md.phase == phase], dtype=np.int64)
@@ -32,7 +36,7 @@ class ScenarioData:
 
 
 def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, params: ChallengeParams,
-                  n_points: int, field: str = "phi") -> ScenarioData:
+                  n_points: int, fields=("phi",)) -> ScenarioData:
     mds = layout.models(data_dir, track, scenario)
     if not mds:
         raise layout.LayoutError(f"{data_dir}/{track}/{scenario}: no model folders")
@@ -53,5 +57,5 @@ def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, para
         if s.member is not None and sol is not None and not np.array_equal(sol, s.solutions()):
             raise layout.LayoutError(f"{md.solution_file()}: disagrees with the split rebuilt from "
                                      "the seeds (wrong challenge parameters or base dataset?)")
-    signal = cache.load(cache_dir, mds, points, field)
-    return ScenarioData(scenario, mds, points, signal, challenge, member[:, points], solutions)
+    arrays = cache.load(cache_dir, mds, points, fields)
+    return ScenarioData(scenario, mds, points, arrays, challenge, member[:, points], solutions)
