@@ -1,9 +1,11 @@
-"""Run LiRA on every scenario of a challenge and write each dev/final model's prediction.csv.
+"""Attack every scenario of a challenge and write each dev/final model's prediction.csv.
 
 Shadow models are the scenario's train models (plus any added by train_shadows.py); their
-membership comes from their seeds. --evaluate also attacks every train model leave-one-out and
-scores it against its solution.csv (and dev/final against a solutions/ tree, when present), so
-a submission's score is known before it is made.
+membership comes from their seeds. The default attack is LiRA with the runner-up's four flags;
+--attack picks another. --evaluate also attacks every train model leave-one-out and scores it
+against its solution.csv (and dev/final against a solutions/ tree, when present), so a
+submission's score is known before it is made. --compare ranks every attack that way and writes
+report/<track>/report.md (no prediction.csv is written then).
 """
 from __future__ import annotations
 
@@ -13,65 +15,114 @@ import sys
 
 from tqdm.auto import tqdm
 
-from attacks.lira import lira, signal_from_phi, signal_kind
-from challenges import evaluation, layout
+from attacks.suite import ATTACKS, COMPARE, fields_needed, make_attack
+from challenges import cache, evaluation, layout
 from challenges.datasets import load_dataset
 from challenges.scenario import load_scenario
 from challenges.tracks import TRACKS, load_params
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="MICO track")
     p.add_argument("--data-dir", default="data", help="root of the challenge trees")
     p.add_argument("--cache-dir", default="cache", help="signal cache written by save_preds.py")
-    p.add_argument("--report-dir", default="report", help="scores and ROC plots go to <report-dir>/<track>/")
+    p.add_argument("--report-dir", default="report", help="scores, ROC plots and report.md go to <report-dir>/<track>/")
     p.add_argument("--scenario", default=None, help="one scenario only (default: all)")
-    lira_opts = p.add_argument_group("LiRA (the runner-up's flags)")
-    lira_opts.add_argument("--global_variance", action="store_true",
-                           help="one sigma per target model from all pooled shadow signals, not one per point")
-    lira_opts.add_argument("--online_attack", action="store_true",
-                           help="likelihood ratio of IN vs OUT Gaussians (default: one-sided OUT test)")
-    lira_opts.add_argument("--logit_scaling", action="store_true",
-                           help="signal log(p/(1-p)) from the float32 probability p")
-    lira_opts.add_argument("--stable_logit_scaling", action="store_true",
-                           help="signal log(p/(1-p)) computed stably from logits (wins over --logit_scaling)")
-    lira_opts.add_argument("--mu", choices=["mean", "median"], default="mean",
-                           help="per-point location estimate of the shadow signals")
-    lira_opts.add_argument("--min-shadows", type=int, default=2,
-                           help="fewer IN/OUT shadows than this at a point: use the documented fallback")
+    p.add_argument("--attack", choices=ATTACKS, default="lira", help="attack to run")
     p.add_argument("--evaluate", action="store_true",
                    help="also score train models leave-one-out, and dev/final where ground truth exists")
-    return p.parse_args(argv)
+    p.add_argument("--compare", action="store_true",
+                   help="run every attack leave-one-out and write a comparison report instead of predictions")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling in rmia and classifier")
+    lira = p.add_argument_group("LiRA (the runner-up's flags; --online_attack also selects online RMIA)")
+    lira.add_argument("--global_variance", action="store_true",
+                      help="one sigma per target model from all pooled shadow signals, not one per point")
+    lira.add_argument("--online_attack", action="store_true",
+                      help="use IN shadows too: likelihood ratio of IN vs OUT Gaussians (default: one-sided OUT test)")
+    lira.add_argument("--logit_scaling", action="store_true", help="signal log(p/(1-p)) from the float32 probability p")
+    lira.add_argument("--stable_logit_scaling", action="store_true",
+                      help="signal log(p/(1-p)) computed stably from logits (wins over --logit_scaling)")
+    lira.add_argument("--mu", choices=["mean", "median"], default="mean", help="per-point location of shadow signals")
+    lira.add_argument("--min-shadows", type=int, default=2,
+                      help="fewer IN/OUT shadows than this at a point: use the documented fallback")
+    rm = p.add_argument_group("RMIA")
+    rm.add_argument("--rmia-a", default="0.3", help="offline coefficient a in [0,1], or 'auto' (best leave-one-out AUC)")
+    rm.add_argument("--rmia-gamma", type=float, default=1.0, help="likelihood-ratio threshold gamma")
+    rm.add_argument("--rmia-population", type=int, default=5000, help="population points z per target")
+    cal = p.add_argument_group("calibrated")
+    cal.add_argument("--signal", choices=["loss", "confidence"], default="loss", help="signal to calibrate")
+    cal.add_argument("--calibration", choices=["in", "mid", "z"], default="mid",
+                     help="s - mu_in, s - (mu_in + mu_out)/2, or (s - mu_all)/sigma_all")
+    return p
 
 
-def make_lira(args):
-    kind = signal_kind(args.logit_scaling, args.stable_logit_scaling)
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.rmia_a != "auto":
+        try:
+            if not 0 <= float(args.rmia_a) <= 1:
+                raise ValueError
+        except ValueError:
+            p.error(f"--rmia-a must be a number in [0, 1] or 'auto', got {args.rmia_a!r}")
+    return args
 
-    def attack(data, rows, exclude):
-        sig = signal_from_phi(data.phi, kind)  # [models, P, V]
-        idx = data.challenge[rows]
-        return lira(sig[rows[:, None], idx], sig[:data.n_train], data.shadow_in, idx, exclude,
-                    online=args.online_attack, global_variance=args.global_variance,
-                    mu_estimator=args.mu, min_shadows=args.min_shadows)
-    return attack
+
+def cache_fields(args, attack: str) -> tuple:
+    """Cache fields ``attack`` reads; logits only where save_preds.py stored them."""
+    first = layout.models(args.data_dir, args.challenge,
+                          layout.scenarios(args.data_dir, args.challenge, args.scenario)[0])[0]
+    return fields_needed(attack, cache.has_field(args.cache_dir, first, "logits"))
+
+
+def scenarios_data(args, fields):
+    """Yield each scenario's arrays, loaded once."""
+    params = load_params(args.data_dir, args.challenge)
+    n_points = len(load_dataset(params)) if params.n_points is None else params.n_points
+    for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
+        data = load_scenario(args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields)
+        if data.n_train == 0:
+            raise layout.LayoutError(f"{args.data_dir}/{args.challenge}/{scenario}/train: no shadow models")
+        yield data
+
+
+def compare(args, argv) -> int:
+    base = [a for a in argv if a != "--compare"]
+    runs = [(label, flags, parse_args(base + flags.split())) for label, flags in COMPARE]
+    fields = tuple(sorted({f for _, _, o in runs for f in cache_fields(args, o.attack)}))
+    scores = {label: {} for label, _, _ in runs}
+    n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
+    bar = tqdm(total=len(runs) * n_scenarios, desc="compare", unit="run")
+    for data in scenarios_data(args, fields):
+        for label, _, o in runs:
+            bar.set_postfix_str(f"{data.scenario}: {label}")
+            results = evaluation.attack_scenario(data, make_attack(o), evaluate=True)
+            scores[label][data.scenario] = evaluation.score_results(data, results)
+            bar.update()
+    bar.close()
+    command = " ".join(["python run_lira_mia.py", *(a for a in base if a != "--evaluate"), "--evaluate"])
+    commands = {label: f"{command} {flags}".strip() for label, flags, _ in runs}
+    path = evaluation.write_compare_report(os.path.join(args.report_dir, args.challenge), scores, commands)
+    print(open(path).read())
+    print(f"report: {path}")
+    return 0
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    params = load_params(args.data_dir, args.challenge)
-    n_points = len(load_dataset(params)) if params.n_points is None else params.n_points
-    attack = make_lira(args)
+    if args.compare:
+        return compare(args, argv)
+    attack = make_attack(args)
     scores, written = {}, 0
-    scenarios = layout.scenarios(args.data_dir, args.challenge, args.scenario)
-    for scenario in tqdm(scenarios, desc="LiRA", unit="scenario"):
-        data = load_scenario(args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points)
-        if data.n_train == 0:
-            raise layout.LayoutError(f"{args.data_dir}/{args.challenge}/{scenario}/train: no shadow models")
+    n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
+    for data in tqdm(scenarios_data(args, cache_fields(args, args.attack)), desc=args.attack, unit="scenario",
+                     total=n_scenarios):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
         written += evaluation.write_predictions(data, results)
         if args.evaluate:
-            scores[scenario] = evaluation.score_results(data, results)
+            scores[data.scenario] = evaluation.score_results(data, results)
     print(f"wrote {written} prediction.csv files under {os.path.join(args.data_dir, args.challenge)}")
     if args.evaluate:
         print(evaluation.print_scores(scores))

@@ -1,5 +1,8 @@
-"""Membership-inference attacks on MICO challenge models.
+"""Attack maths on arrays: no file I/O, no argparse.
 
-- :mod:`attacks.lira`: LiRA (Carlini et al. 2022), offline/online, global
-  variance, leave-one-out, on cached logit-scaled signals.
+- ``lira``: LiRA (Carlini et al. 2022), offline/online, global variance, leave-one-out.
+- ``rmia``: RMIA (Zarifzadeh et al. 2024), offline/online.
+- ``baselines``: loss, confidence, modified entropy, per-point calibrated scores.
+- ``classifier``: Shokri-style attack model on shadow outputs.
+- ``suite``: all of them behind one interface, and the ``--compare`` line-up.
 """

@@ -96,3 +96,60 @@ def print_scores(scores: dict) -> str:
         if by_sc:
             blocks.append(f"== {PHASE_LABELS[ph]} ==\n{scoring.score_table(by_sc)}")
     return "\n\n".join(blocks)
+
+
+COMPARE_COLUMNS = (("TPR_FPR_10", "TPR@0.1%"), ("TPR_FPR_100", "TPR@1%"), ("TPR_FPR_1000", "TPR@10%"),
+                   ("AUC", "AUC"))
+
+
+def _compare_table(scores: dict, phase: str) -> list[str]:
+    """Markdown table (attacks ranked by the average TPR@10%FPR) for one phase; best per column bold."""
+    labels = [lb for lb, by_sc in scores.items() if by_sc and all(phase in v for v in by_sc.values())]
+    if not labels:
+        return []
+    scenarios = list(scores[labels[0]])
+    cols = [(sc, key) for sc in scenarios for key, _ in COMPARE_COLUMNS]
+    value = {lb: [scores[lb][sc][phase][key] for sc, key in cols] for lb in labels}
+    avg = {lb: float(np.mean([scores[lb][sc][phase][scoring.RANKING_KEY] for sc in scenarios])) for lb in labels}
+    best = [max(value[lb][j] for lb in labels) for j in range(len(cols))] + [max(avg.values())]
+    head = ["rank", "attack"] + [f"{sc} {name}" for sc in scenarios for _, name in COMPARE_COLUMNS] + \
+        ["avg TPR@10% (ranking metric)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rank, lb in enumerate(sorted(labels, key=lambda x: -avg[x]), 1):
+        cells = [f"{v:.4f}" for v in value[lb] + [avg[lb]]]
+        cells = [f"**{c}**" if np.isclose(v, b) else c for c, v, b in zip(cells, value[lb] + [avg[lb]], best)]
+        lines.append("| " + " | ".join([str(rank), lb] + cells) + " |")
+    return lines
+
+
+def write_compare_report(report_dir: str, scores: dict, commands: dict) -> str:
+    """report.md and one ROC overlay PNG per scenario (train phase, leave-one-out).
+
+    ``scores``: {attack label: {scenario: {phase: metrics}}}; ``commands``: {label: command line}.
+    """
+    os.makedirs(report_dir, exist_ok=True)
+    labels = list(scores)
+    scenarios = list(next(iter(scores.values())))
+    md = ["# Attack comparison", "",
+          "Every attack is run on each scenario's train models leave-one-out (each target is left out "
+          "of its own shadows) and scored with MICO's metric over all models of the scenario pooled; "
+          "dev and final are scored too where ground truth exists. Best value per column in bold.", ""]
+    for phase in ("train", "dev", "final"):
+        table = _compare_table(scores, phase)
+        if table:
+            md += [f"## {PHASE_LABELS[phase]}", ""] + table + [""]
+    md += ["## ROC curves (train, leave-one-out)", ""]
+    for sc in scenarios:
+        curves = {lb: (scores[lb][sc]["train"]["fpr"], scores[lb][sc]["train"]["tpr"])
+                  for lb in labels if "train" in scores[lb][sc]}
+        if curves:
+            name = f"compare_roc_{sc}.png"
+            scoring.plot_roc(curves, os.path.join(report_dir, name), title=f"{sc}: train, leave-one-out")
+            md += [f"![{sc}]({name})", ""]
+    md += ["## Commands", "", "Each row, as a run that also writes the prediction.csv files:", ""]
+    md += [f"- {lb}: `{commands[lb]}`" for lb in labels]
+    path = os.path.join(report_dir, "report.md")
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(md) + "\n")
+    os.replace(path + ".tmp", path)
+    return path

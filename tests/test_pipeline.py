@@ -189,3 +189,39 @@ def test_query_views():
     shifted = apply_view(x, "orig:1,0")  # content moves left by one column, reflect-padded
     assert shifted.shape == x.shape and torch.equal(shifted[..., :3], x[..., 1:])
     assert torch.equal(shifted[..., 3], x[..., 2])
+
+
+@pytest.mark.parametrize("attack", ["rmia", "loss", "confidence", "calibrated", "entropy", "classifier"])
+def test_every_attack_writes_valid_predictions(cached, attack, tmp_path):
+    import json
+    data_dir, cache_dir = cached
+    extra = ["--rmia-a", "auto", "--rmia-population", "300"] if attack == "rmia" else []
+    assert _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+                "--report-dir", str(tmp_path), "--evaluate", "--attack", attack, *extra) == 0
+    for md in layout.models(data_dir, "purchase100", "purchase100_lo", ["dev", "final"]):
+        values = layout.read_row(md.prediction_file)
+        assert values.shape == (200,) and np.all((values >= 0) & (values <= 1))
+    scores = json.load(open(tmp_path / "purchase100" / "scores.json"))
+    assert scores["purchase100_inf"]["train"]["AUC"] > 0.55
+
+
+def test_compare_report(cached, tmp_path):
+    from attacks.suite import COMPARE
+    data_dir, cache_dir = cached
+    assert _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+                "--report-dir", str(tmp_path), "--compare", "--rmia-population", "300") == 0
+    report = (tmp_path / "purchase100" / "report.md").read_text()
+    for label, flags in COMPARE:
+        assert f"| {label} |" in report and f"--evaluate {flags}".strip() in report
+    assert report.count("**") >= 2 * 13  # a best value marked in every column of the train table
+    for scenario in ("purchase100_inf", "purchase100_hi", "purchase100_lo"):
+        assert (tmp_path / "purchase100" / f"compare_roc_{scenario}.png").exists()
+    assert not any(os.path.exists(md.prediction_file)
+                   for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["dev", "final"]))
+
+
+def test_bad_attack_option_is_a_usage_error(cached):
+    data_dir, cache_dir = cached
+    with pytest.raises(SystemExit) as e:
+        run_lira_mia.main(["--challenge", "purchase100", "--data-dir", data_dir, "--rmia-a", "2"])
+    assert e.value.code == 2

@@ -1,0 +1,142 @@
+"""Every attack behind one interface, for run_lira_mia.py's --attack and --compare.
+
+An attack here is ``run(data, rows, exclude, opts) -> scores``: ``data`` a
+``challenges.scenario.ScenarioData`` (arrays only), ``rows`` (T,) the model rows to attack,
+``exclude`` (T,) the shadow row each must leave out (-1: none), ``opts`` an argparse-style
+namespace with the attack's options; ``scores`` (T, 2m) in [0, 1]. Train models are the first
+``data.n_train`` rows and serve as shadows. Attacks whose scores are min-max scaled (loss,
+confidence, calibrated, entropy) are scaled once over all rows of a call: one affine map, so every
+phase ranks exactly as if it had been scaled on its own.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from .baselines import (calibrated, confidence_attack, entropy_attack, loss_attack, loss_from_phi,
+                        prob_from_phi)
+from .classifier import classifier_attack
+from .lira import lira, signal_from_phi, signal_kind
+from .rmia import rmia
+
+ATTACKS = ("lira", "rmia", "loss", "confidence", "calibrated", "entropy", "classifier")
+RMIA_A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+DEFAULTS = dict(attack="lira", global_variance=False, online_attack=False, logit_scaling=False,
+                stable_logit_scaling=False, mu="mean", min_shadows=2, rmia_a="0.3", rmia_gamma=1.0,
+                rmia_population=5000, signal="loss", calibration="mid", seed=0)
+
+
+def options(**overrides) -> SimpleNamespace:
+    """An options namespace with every attack option at its default, then ``overrides``."""
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown attack option(s): {sorted(unknown)}")
+    return SimpleNamespace(**{**DEFAULTS, **overrides})
+
+
+def fields_needed(attack: str, have_logits: bool = False) -> tuple:
+    """Cache fields an attack reads."""
+    if attack in ("entropy",):
+        return ("phi", "mentr")
+    if attack == "classifier":
+        return ("phi", "mentr", "logits") if have_logits else ("phi", "mentr")
+    return ("phi",)
+
+
+def _own(arr, data, rows):
+    """Each target's values on its own challenge points: [T, 2m, ...]."""
+    return arr[rows[:, None], data.challenge[rows]]
+
+
+def _lira(data, rows, exclude, o):
+    sig = signal_from_phi(data.phi, signal_kind(o.logit_scaling, o.stable_logit_scaling))
+    return lira(_own(sig, data, rows), sig[:data.n_train], data.shadow_in, data.challenge[rows], exclude,
+                online=o.online_attack, global_variance=o.global_variance, mu_estimator=o.mu,
+                min_shadows=o.min_shadows)
+
+
+def _rmia_scores(data, rows, exclude, o, a):
+    return rmia(data.phi[rows], data.phi[:data.n_train], data.shadow_in, data.challenge[rows], exclude,
+                a=a, gamma=o.rmia_gamma, n_population=o.rmia_population, online=o.online_attack,
+                seed=o.seed, from_phi=True)
+
+
+def choose_rmia_a(data, o) -> float:
+    """The offline coefficient a with the best leave-one-out AUC on the train models."""
+    train = np.arange(data.n_train)
+    truth = data.solutions[train].ravel()
+    if data.n_train < 2 or len(np.unique(truth)) < 2:
+        raise ValueError("--rmia-a auto needs train models with known membership")
+    aucs = {a: roc_auc_score(truth, _rmia_scores(data, train, train, o, a).ravel()) for a in RMIA_A_GRID}
+    return max(aucs, key=aucs.get)
+
+
+def _rmia(data, rows, exclude, o):
+    a = choose_rmia_a(data, o) if str(o.rmia_a) == "auto" else float(o.rmia_a)
+    return _rmia_scores(data, rows, exclude, o, a)
+
+
+def _loss(data, rows, exclude, o):
+    return loss_attack(loss_from_phi(_own(data.phi, data, rows)))
+
+
+def _confidence(data, rows, exclude, o):
+    return confidence_attack(prob_from_phi(_own(data.phi, data, rows)))
+
+
+def _signal(phi, name):
+    """Calibration signal, higher = more member-like."""
+    return -loss_from_phi(phi) if name == "loss" else prob_from_phi(phi)
+
+
+def _calibrated(data, rows, exclude, o):
+    return calibrated(_own(_signal(data.phi, o.signal), data, rows), _signal(data.phi[:data.n_train], o.signal),
+                      data.shadow_in, data.challenge[rows], exclude, mode=o.calibration)
+
+
+def _entropy(data, rows, exclude, o):
+    mentr = data.fields["mentr"]
+    return entropy_attack(_own(mentr, data, rows))
+
+
+def _classifier(data, rows, exclude, o):
+    logits = data.fields.get("logits")
+    kw = {} if logits is None else dict(target_logits=_own(logits, data, rows), shadow_logits=logits[:data.n_train])
+    mentr = data.fields["mentr"]
+    return classifier_attack(_own(data.phi, data, rows), _own(mentr, data, rows), data.phi[:data.n_train],
+                             mentr[:data.n_train], data.shadow_in, data.challenge[rows], exclude, seed=o.seed, **kw)
+
+
+_RUN = {"lira": _lira, "rmia": _rmia, "loss": _loss, "confidence": _confidence, "calibrated": _calibrated,
+        "entropy": _entropy, "classifier": _classifier}
+
+
+def make_attack(o):
+    """The ``attack(data, rows, exclude)`` callable for the options ``o`` (o.attack names it)."""
+    if o.attack not in _RUN:
+        raise ValueError(f"unknown attack {o.attack!r}: choose one of {', '.join(ATTACKS)}")
+    return lambda data, rows, exclude: np.clip(_RUN[o.attack](data, rows, exclude, o), 0.0, 1.0)
+
+
+# The --compare line-up: (label, CLI flags that reproduce it). The runner-up submitted
+# offline LiRA with global variance on the plain probability.
+COMPARE = (
+    ("LiRA offline", ""),
+    ("LiRA offline, global variance (runner-up)", "--global_variance"),
+    ("LiRA offline, stable logit", "--stable_logit_scaling"),
+    ("LiRA online", "--online_attack"),
+    ("LiRA online, global variance", "--online_attack --global_variance"),
+    ("LiRA online, stable logit", "--online_attack --stable_logit_scaling"),
+    ("LiRA online, stable logit, global variance", "--online_attack --stable_logit_scaling --global_variance"),
+    ("RMIA offline (a auto)", "--attack rmia --rmia-a auto"),
+    ("RMIA online", "--attack rmia --online_attack"),
+    ("Calibrated loss (mid)", "--attack calibrated --signal loss --calibration mid"),
+    ("Calibrated loss (z)", "--attack calibrated --signal loss --calibration z"),
+    ("Classifier (ExtraTrees)", "--attack classifier"),
+    ("Modified entropy", "--attack entropy"),
+    ("Loss (starting kit)", "--attack loss"),
+    ("Confidence", "--attack confidence"),
+)
