@@ -13,7 +13,7 @@ import sys
 from challenges import download
 from challenges.tracks import TRACKS, scenario_names
 
-SYNTHETIC_OPTIONS = ("n_points", "n_train", "n_dev", "n_final", "seed", "device")
+SYNTHETIC_OPTIONS = ("n_points", "len_training", "n_train", "n_dev", "n_final", "seed", "device")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--synthetic", action="store_true",
                      help="build an offline synthetic challenge instead of downloading")
     syn.add_argument("--n-points", type=int, help="synthetic: size of the base dataset")
+    syn.add_argument("--len-training", type=int,
+                     help="synthetic: training-set size per model (default: half of --n-points)")
     syn.add_argument("--n-train", type=int, help="synthetic: number of models in train")
     syn.add_argument("--n-dev", type=int, help="synthetic: number of models in dev")
     syn.add_argument("--n-final", type=int, help="synthetic: number of models in final")
@@ -66,7 +68,14 @@ def main(argv=None) -> int:
         options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
         if args.scenario:
             options["scenarios"] = [args.scenario]
-        build_synthetic(args.data_dir, args.challenge, epochs=args.epochs, **options)
+        try:
+            build_synthetic(args.data_dir, args.challenge, epochs=args.epochs, **options)
+        except (ValueError, OSError) as e:  # a different challenge in place, bad sizes, disk full
+            print(f"download_files.py: error: {download.one_line(str(e))}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("download_files.py: interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
         return 0
     if synthetic_given:
         parser.error(f"--{synthetic_given[0].replace('_', '-')} only applies with --synthetic")

@@ -89,6 +89,11 @@ def _resolve(track: str, n_points, len_training, n_train, n_dev, n_final, epochs
     d = DEFAULTS[track]
     n = n_points or d.n_points
     lt = len_training or (d.len_training * n // d.n_points)
+    m = 100
+    if not (m <= lt - 1 and lt + m < n):
+        raise ValueError(f"synthetic sizes: need 100 < len_training < n_points - 100 (MICO's 100 members and "
+                         f"100 non-members per model, and some evaluation data), got n_points={n}, "
+                         f"len_training={lt}")
     return SyntheticSize(n, lt, d.n_train if n_train is None else n_train,
                          d.n_dev if n_dev is None else n_dev, d.n_final if n_final is None else n_final,
                          epochs if epochs is not None else d.epochs)

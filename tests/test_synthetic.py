@@ -67,3 +67,25 @@ def test_refuses_other_parameters(tiny_copy):
     opts = dict(TINY["purchase100"], n_points=1300)
     with pytest.raises(ValueError, match="different challenge"):
         build_synthetic(tiny_copy, "purchase100", **opts)
+
+
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    r = subprocess.run([sys.executable, "download_files.py", "--challenge", "purchase100", "--synthetic",
+                        "--data-dir", str(tmp_path / "d"), "--n-points", "150"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "n_points=150" in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_solution_file_must_agree_with_seeds(tiny_copy, tmp_path):
+    from challenges.scenario import load_scenario
+    params = load_params(tiny_copy, "purchase100")
+    md = layout.models(tiny_copy, "purchase100", "purchase100_inf")[0]
+    sol = md.solution()
+    sol[:2] = 1 - sol[:2]
+    with open(md.solution_file(), "w") as f:
+        f.write(",".join(map(str, sol)))
+    with pytest.raises(layout.LayoutError, match="disagrees with the split rebuilt from the seeds"):
+        load_scenario(tiny_copy, str(tmp_path), "purchase100", "purchase100_inf", params, params.n_points)
