@@ -4,7 +4,7 @@ DATA ?= data/demo
 CACHE ?= cache/demo
 TRACK ?= purchase100
 
-.PHONY: install demo test bench clean
+.PHONY: install demo compare test bench clean
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt pytest
@@ -14,6 +14,9 @@ demo: install
 	$(PYTHON) save_preds.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE)
 	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir report/demo --global_variance --evaluate
 	$(PYTHON) save_zip.py --challenge $(TRACK) --data-dir $(DATA) --output $(DATA)/predictions_$(TRACK).zip
+
+compare: install
+	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir report/demo --compare
 
 test: install
 	$(PYTHON) -m pytest -q tests

@@ -117,11 +117,15 @@ def plot_roc(curves: dict, path, title: str = "") -> None:
     FigureCanvasAgg(fig)
     ax_lin, ax_log = fig.subplots(1, 2)
     lowest = 1.0
-    for label, (fpr, tpr) in curves.items():
+    # Ten colours, then the next ten dashed, and so on: an overlay of many attacks stays readable.
+    colours = [f"C{i}" for i in range(10)]
+    styles = ["-", "--", ":", "-."]
+    for i, (label, (fpr, tpr)) in enumerate(curves.items()):
         fpr = np.asarray(fpr, dtype=np.float64)
         tpr = np.asarray(tpr, dtype=np.float64)
-        ax_lin.plot(fpr, tpr, label=str(label))
-        ax_log.plot(fpr, tpr, label=str(label))
+        style = dict(color=colours[i % 10], ls=styles[i // 10 % 4], label=str(label))
+        ax_lin.plot(fpr, tpr, **style)
+        ax_log.plot(fpr, tpr, **style)
         pos = fpr[fpr > 0]
         if pos.size:
             lowest = min(lowest, float(pos.min()))
