@@ -68,19 +68,13 @@ def main(argv=None) -> int:
         options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
         if args.scenario:
             options["scenarios"] = [args.scenario]
-        try:
-            build_synthetic(args.data_dir, args.challenge, epochs=args.epochs, **options)
-        except (ValueError, OSError) as e:  # a different challenge in place, bad sizes, disk full
-            print(f"download_files.py: error: {download.one_line(str(e))}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("download_files.py: interrupted; rerun the same command to resume", file=sys.stderr)
-            return 130
-        return 0
-    if synthetic_given:
+    elif synthetic_given:
         parser.error(f"--{synthetic_given[0].replace('_', '-')} only applies with --synthetic")
     scenarios = [args.scenario] if args.scenario else None
     try:
+        if args.synthetic:
+            build_synthetic(args.data_dir, args.challenge, epochs=args.epochs, **options)
+            return 0
         download.check_not_synthetic(args.data_dir, args.challenge)
         if args.url:
             download.fetch_challenge_archive(args.data_dir, args.challenge, args.url, args.md5, scenarios,
@@ -91,8 +85,8 @@ def main(argv=None) -> int:
         if not args.no_dataset:
             download.fetch_dataset(args.data_dir, args.challenge, args.dataset_url, args.dataset_md5,
                                    keep_archive=args.keep_archives)
-    except download.DownloadError as e:
-        print(f"download_files.py: error: {e}", file=sys.stderr)
+    except (download.DownloadError, ValueError) as e:  # ValueError: synthetic sizes or another challenge in place
+        print(f"download_files.py: error: {download.one_line(str(e))}", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, permissions: the user's to fix, no traceback
         print(f"download_files.py: error: {download.one_line(str(e))}", file=sys.stderr)

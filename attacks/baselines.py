@@ -38,6 +38,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+from .checks import check_exclude, check_index, check_membership
+
 CALIBRATION_MODES = ("in", "mid", "z")
 
 # Smallest standard deviation used in a z-score (same reasoning as
@@ -150,40 +152,6 @@ def entropy_attack(target_mentr, shadow_mentr=None, shadow_in=None, target_index
 # --------------------------------------------------------------------------- #
 # per-point statistics (shared with attacks.classifier)
 # --------------------------------------------------------------------------- #
-def check_membership(shadow_in, shape) -> np.ndarray:
-    """shadow_in as a bool array of ``shape``; 0/1 integers accepted."""
-    m = np.asarray(shadow_in)
-    if m.dtype != bool:
-        if not (np.issubdtype(m.dtype, np.integer) and np.isin(m, (0, 1)).all()):
-            raise ValueError(f"shadow_in must be boolean (or 0/1 integers), got dtype {m.dtype}")
-        m = m.astype(bool)
-    if m.shape != tuple(shape):
-        raise ValueError(f"shadow_in must have shape {tuple(shape)}, got {m.shape}")
-    return m
-
-
-def check_index(target_index, T: int, K: int, P: int) -> np.ndarray:
-    idx = np.asarray(target_index)
-    if idx.shape != (T, K):
-        raise ValueError(f"target_index must have shape {(T, K)}, got {idx.shape}")
-    if not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"target_index must be integer, got dtype {idx.dtype}")
-    if idx.size and (idx.min() < 0 or idx.max() >= P):
-        raise ValueError(f"target_index out of range [0, {P})")
-    return idx.astype(np.intp)
-
-
-def check_exclude(exclude, T: int, S: int) -> np.ndarray:
-    if exclude is None:
-        return np.full(T, -1, dtype=np.intp)
-    e = np.asarray(exclude)
-    if e.shape != (T,) or not np.issubdtype(e.dtype, np.integer):
-        raise ValueError(f"exclude must be an integer array of shape {(T,)}, got {e.shape} {e.dtype}")
-    if e.size and (e.min() < -1 or e.max() >= S):
-        raise ValueError(f"exclude entries must be -1 (none) or a shadow index in [0, {S})")
-    return e.astype(np.intp)
-
-
 def group_sums(x, member, avail=None) -> dict:
     """Per-pool-point sums of the IN and OUT shadow signals, for :func:`query_moments`.
 

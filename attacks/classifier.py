@@ -47,8 +47,9 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.ensemble import ExtraTreesClassifier
 
-from .baselines import (SIGMA_FLOOR, check_exclude, check_index, check_membership, group_sums,
+from .baselines import (SIGMA_FLOOR, group_sums,
                         query_moments)
+from .checks import check_exclude, check_index, check_membership
 
 CALIBRATION_FEATURES = ("phi_minus_out", "phi_minus_in", "phi_z_out", "mentr_minus_out")
 

@@ -48,6 +48,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, ndtr
 
+from .checks import check_exclude, check_index, check_membership
+
 SIGNAL_KINDS = ("prob", "logit", "stable_logit")
 MU_ESTIMATORS = ("mean", "median")
 OFFLINE_MAPS = ("cdf", "squash")
@@ -138,15 +140,6 @@ def squash(x) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # input checks
 # --------------------------------------------------------------------------- #
-def _as_bool(a, name: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype == bool:
-        return a
-    if not (np.issubdtype(a.dtype, np.integer) and np.isin(a, (0, 1)).all()):
-        raise ValueError(f"{name} must be boolean (or 0/1 integers), got dtype {a.dtype}")
-    return a.astype(bool)
-
-
 def _check_inputs(target_signal, shadow_signal, shadow_in, target_index, exclude):
     tgt = np.asarray(target_signal)
     shd = np.asarray(shadow_signal)
@@ -159,33 +152,15 @@ def _check_inputs(target_signal, shadow_signal, shadow_in, target_index, exclude
         raise ValueError(f"view count differs: target_signal has {V}, shadow_signal has {Vs}")
     if S == 0 or P == 0 or V == 0:
         raise ValueError(f"shadow_signal must be non-empty, got shape {shd.shape}")
-    member = _as_bool(shadow_in, "shadow_in")
-    if member.shape != (S, P):
-        raise ValueError(f"shadow_in must have shape {(S, P)}, got {member.shape}")
-
+    member = check_membership(shadow_in, (S, P))
     if target_index is None:
         if K != P:
             raise ValueError(f"without target_index the targets must cover the whole pool: "
                              f"target_signal has {K} points, the pool has {P}")
         idx = np.broadcast_to(np.arange(P), (T, P))
     else:
-        idx = np.asarray(target_index)
-        if idx.shape != (T, K):
-            raise ValueError(f"target_index must have shape {(T, K)}, got {idx.shape}")
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"target_index must be integer, got dtype {idx.dtype}")
-        if idx.size and (idx.min() < 0 or idx.max() >= P):
-            raise ValueError(f"target_index out of range [0, {P})")
-
-    if exclude is None:
-        excl = np.full(T, -1, dtype=np.intp)
-    else:
-        excl = np.asarray(exclude)
-        if excl.shape != (T,) or not np.issubdtype(excl.dtype, np.integer):
-            raise ValueError(f"exclude must be an integer array of shape {(T,)}, got {excl.shape} {excl.dtype}")
-        if excl.size and (excl.min() < -1 or excl.max() >= S):
-            raise ValueError(f"exclude entries must be -1 (none) or a shadow index in [0, {S})")
-        excl = excl.astype(np.intp)
+        idx = check_index(target_index, T, K, P)
+    excl = check_exclude(exclude, T, S)
 
     if not np.isfinite(tgt).all():
         raise ValueError("target_signal contains NaN or infinite values")

@@ -89,7 +89,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from .baselines import check_exclude, check_index, check_membership
+from .checks import check_exclude, check_index, check_membership
 
 VIEW_MODES = ("vote", "mean")
 ONLINE_WEIGHTINGS = ("balanced", "all")

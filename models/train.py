@@ -376,8 +376,6 @@ def find_noise_multiplier(target_epsilon: float, target_delta: float, sample_rat
     levels, which is slow (about 14 s for purchase100's 8,790 steps; this takes about 2 s).
     Results are cached per process.
     """
-    from opacus.accountants import create_accountant
-
     if not (target_epsilon > 0 and 0 < target_delta < 1 and 0 < sample_rate <= 1 and steps >= 1):
         raise ValueError("find_noise_multiplier: need epsilon > 0, 0 < delta < 1, 0 < sample_rate <= 1, steps >= 1")
     def eps_of(sigma: float) -> float:

@@ -30,3 +30,13 @@ def tiny_copy(tiny_challenges, tmp_path):
     dst = str(tmp_path / "data")
     shutil.copytree(tiny_challenges, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: one intra-op thread is faster and far less sensitive to a busy machine."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

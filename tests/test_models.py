@@ -13,13 +13,7 @@ from models import (
     CNN, MLP, ModelLoadError, build_model, load_model, resolve_device, save_state_dict,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and far less sensitive to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # MICO's state dict layout: name -> shape.

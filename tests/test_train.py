@@ -11,13 +11,7 @@ from models.train import (
     Recipe, TrainResult, evaluate_accuracy, find_noise_multiplier, recipe_for, train_model,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and far less sensitive to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 TABLE = {

@@ -1,0 +1,38 @@
+"""Input checks shared by the attacks: membership matrix, target indices, leave-one-out rows."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_membership(shadow_in, shape) -> np.ndarray:
+    """shadow_in as a bool array of ``shape``; 0/1 integers accepted."""
+    m = np.asarray(shadow_in)
+    if m.dtype != bool:
+        if not (np.issubdtype(m.dtype, np.integer) and np.isin(m, (0, 1)).all()):
+            raise ValueError(f"shadow_in must be boolean (or 0/1 integers), got dtype {m.dtype}")
+        m = m.astype(bool)
+    if m.shape != tuple(shape):
+        raise ValueError(f"shadow_in must have shape {tuple(shape)}, got {m.shape}")
+    return m
+
+
+def check_index(target_index, T: int, K: int, P: int) -> np.ndarray:
+    idx = np.asarray(target_index)
+    if idx.shape != (T, K):
+        raise ValueError(f"target_index must have shape {(T, K)}, got {idx.shape}")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"target_index must be integer, got dtype {idx.dtype}")
+    if idx.size and (idx.min() < 0 or idx.max() >= P):
+        raise ValueError(f"target_index out of range [0, {P})")
+    return idx.astype(np.intp)
+
+
+def check_exclude(exclude, T: int, S: int) -> np.ndarray:
+    if exclude is None:
+        return np.full(T, -1, dtype=np.intp)
+    e = np.asarray(exclude)
+    if e.shape != (T,) or not np.issubdtype(e.dtype, np.integer):
+        raise ValueError(f"exclude must be an integer array of shape {(T,)}, got {e.shape} {e.dtype}")
+    if e.size and (e.min() < -1 or e.max() >= S):
+        raise ValueError(f"exclude entries must be -1 (none) or a shadow index in [0, {S})")
+    return e.astype(np.intp)
