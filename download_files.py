@@ -86,7 +86,7 @@ def main(argv=None) -> int:
             download.fetch_dataset(args.data_dir, args.challenge, args.dataset_url, args.dataset_md5,
                                    keep_archive=args.keep_archives)
     except (download.DownloadError, ValueError) as e:  # ValueError: synthetic sizes or another challenge in place
-        print(f"download_files.py: error: {download.one_line(str(e))}", file=sys.stderr)
+        print(f"download_files.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, permissions: the user's to fix, no traceback
         print(f"download_files.py: error: {download.one_line(str(e))}", file=sys.stderr)
