@@ -60,10 +60,15 @@ def main(argv=None) -> int:
         parser.error(f"--scenario must be one of {', '.join(scenario_names(args.challenge))}")
     if args.md5 and not args.url:
         parser.error("--md5 needs --url")
+    if args.url and (args.hub_repo or args.revision):
+        parser.error("--hub-repo and --revision select the Hugging Face source; drop them with --url")
     synthetic_given = [o for o in SYNTHETIC_OPTIONS + ("epochs",) if getattr(args, o) is not None]
     if args.synthetic:
-        if args.url or args.hub_repo:
-            parser.error("--synthetic builds the challenge locally; drop --url / --hub-repo")
+        ignored = [f for f, v in (("--url", args.url), ("--hub-repo", args.hub_repo), ("--revision", args.revision),
+                                  ("--no-dataset", args.no_dataset), ("--dataset-url", args.dataset_url),
+                                  ("--dataset-md5", args.dataset_md5), ("--keep-archives", args.keep_archives)) if v]
+        if ignored:
+            parser.error(f"--synthetic builds everything locally; drop {', '.join(ignored)}")
         from challenges.synthetic import build_synthetic
         options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
         if args.scenario:

@@ -70,10 +70,12 @@ def parse_args(argv=None):
 
 
 def cache_fields(args, attack: str) -> tuple:
-    """Cache fields ``attack`` reads; logits only where save_preds.py stored them."""
-    first = layout.models(args.data_dir, args.challenge,
-                          layout.scenarios(args.data_dir, args.challenge, args.scenario)[0])[0]
-    return fields_needed(attack, cache.has_field(args.cache_dir, first, "logits"))
+    """Cache fields ``attack`` reads; logits only where save_preds.py stored them for every model."""
+    if attack != "classifier":
+        return fields_needed(attack)
+    mds = [md for sc in layout.scenarios(args.data_dir, args.challenge, args.scenario)
+           for md in layout.models(args.data_dir, args.challenge, sc)]
+    return fields_needed(attack, bool(mds) and all(cache.has_field(args.cache_dir, md, "logits") for md in mds))
 
 
 def scenarios_data(args, fields):
@@ -87,8 +89,19 @@ def scenarios_data(args, fields):
         yield data
 
 
+# Options the comparison rows set themselves (flag names as argparse stores them).
+COMPARE_SETS = ("attack", "global_variance", "online_attack", "logit_scaling", "stable_logit_scaling", "mu",
+                "rmia_a", "signal", "calibration")
+
+
 def compare(args, argv) -> int:
     base = [a for a in argv if a != "--compare"]
+    defaults = vars(parse_args(["--challenge", args.challenge]))
+    fixed = [k for k in COMPARE_SETS if getattr(args, k) != defaults[k]]
+    if fixed:  # each comparison row sets these itself
+        parser = build_parser()
+        flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+        parser.error(f"--compare sets the attack options itself; drop {', '.join(flag[k] for k in fixed)}")
     runs = [(label, flags, parse_args(base + flags.split())) for label, flags in COMPARE]
     fields = tuple(sorted({f for _, _, o in runs for f in cache_fields(args, o.attack)}))
     scores = {label: {} for label, _, _ in runs}
@@ -115,18 +128,21 @@ def main(argv=None) -> int:
     if args.compare:
         return compare(args, argv)
     attack = make_attack(args)
-    scores, written = {}, 0
+    scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     for data in tqdm(scenarios_data(args, cache_fields(args, args.attack)), desc=args.attack, unit="scenario",
                      total=n_scenarios):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
-        written += evaluation.write_predictions(data, results)
+        done.append((data.models, results))  # the signals themselves are not kept
         if args.evaluate:
             scores[data.scenario] = evaluation.score_results(data, results)
+    # Every scenario is attacked before any prediction.csv is replaced, so a failure part-way never
+    # leaves one attack's predictions beside another's.
+    written = sum(evaluation.write_predictions(models, results) for models, results in done)
     print(f"wrote {written} prediction.csv files under {os.path.join(args.data_dir, args.challenge)}")
     if args.evaluate:
         print(evaluation.print_scores(scores))
-        paths = evaluation.save_report(os.path.join(args.report_dir, args.challenge), args.challenge, scores)
+        paths = evaluation.save_report(os.path.join(args.report_dir, args.challenge), scores)
         print("report: " + ", ".join(paths))
     return 0
 

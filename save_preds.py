@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from challenges import cache, layout
 from challenges.datasets import load_dataset, to_tensor
+from challenges.scenario import scenario_points
 from challenges.tracks import TRACKS, load_params
 from models import load_model, resolve_device
 from models.query import query, view_names
@@ -31,25 +32,22 @@ def parse_args(argv=None):
     p.add_argument("--save-logits", action="store_true", help="also store full logits (needed by --attack classifier)")
     p.add_argument("--augment", action="store_true", help="cifar10: add query views (horizontal flip, shifts)")
     p.add_argument("--shifts", type=int, default=0, help="with --augment: pixel shifts up to k (reflect padding)")
-    return p.parse_args(argv)
-
-
-def scenario_union(mds, params, n_points) -> np.ndarray:
-    """Sorted dataset indices of every challenge point of a scenario's models."""
-    return np.unique(np.concatenate([md.splits(params, n_points).challenge for md in mds]))
+    args = p.parse_args(argv)
+    if args.shifts < 0 or (args.shifts and not args.augment):
+        p.error("--shifts takes a non-negative k and needs --augment")
+    if args.augment and args.challenge != "cifar10":
+        p.error("--augment applies to cifar10 images only")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.augment and args.challenge != "cifar10":
-        sys.exit("save_preds.py: --augment applies to cifar10 images only; drop it for purchase100")
     views = view_names(args.augment, args.shifts)
     device = resolve_device(args.device)
     params = load_params(args.data_dir, args.challenge)
     dataset = load_dataset(params)
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
-        mds = layout.models(args.data_dir, args.challenge, scenario)
-        union = scenario_union(mds, params, len(dataset))
+        mds, _, union = scenario_points(args.data_dir, args.challenge, scenario, params, len(dataset))
         x = y = None
         bar = tqdm(mds, desc=f"{scenario}: {len(union)} points x {len(views)} views", unit="model")
         done = 0

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from challenges.build import model_seeds, train_model_folder
 from challenges.datasets import load_dataset
 from challenges.layout import ModelDir
-from challenges.tracks import TRACKS, load_params, scenario_names, SCENARIO_SUFFIXES
+from challenges.tracks import SCENARIO_SUFFIXES, TRACKS, load_params, scenario_names, scenario_suffix
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--scenario", required=True, help="scenario whose recipe to use, e.g. purchase100_inf")
     p.add_argument("--n", type=int, required=True, help="number of extra shadow models (ids --first-id..)")
     p.add_argument("--data-dir", default="data", help="root of the challenge trees")
-    p.add_argument("--first-id", type=int, default=1000, help="id of the first extra model (MICO uses 0-599)")
+    p.add_argument("--first-id", type=int, default=1000, help="id of the first extra model (MICO's own ids are 0-199)")
     p.add_argument("--seed", type=int, default=0, help="seeds are drawn from (seed, scenario, id)")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: train only ids with index %% n == i")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     dataset = load_dataset(params)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                  if v is not None}
-    suffix = SCENARIO_SUFFIXES.index(args.scenario.rsplit("_", 1)[1])
+    suffix = SCENARIO_SUFFIXES.index(scenario_suffix(args.scenario))
     bar = tqdm(todo, desc=f"{args.scenario}: shadows", unit="model")
     for md in bar:
         def progress(epoch, n_epochs, loss, acc, md=md):

@@ -51,7 +51,6 @@ from .baselines import (SIGMA_FLOOR, group_sums,
                         query_moments)
 from .checks import check_exclude, check_index, check_membership
 
-CALIBRATION_FEATURES = ("phi_minus_out", "phi_minus_in", "phi_z_out", "mentr_minus_out")
 
 
 def default_estimator(seed=0, n_jobs: int = 2) -> ExtraTreesClassifier:

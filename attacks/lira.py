@@ -58,9 +58,12 @@ OFFLINE_MAPS = ("cdf", "squash")
 # the gap between 1.0 and the largest float32 below it: float32 cannot express
 # 1 - p any finer near p = 1, so clipping there only merges p == 1.0 (the
 # saturated, formally infinite logit) with its neighbour, bounding the naive
-# logit to +-16.64.  It must be well above float64 epsilon (2.2e-16), otherwise
-# 1 - eps rounds back to 1.0 and the logit is infinite again.
+# logit to +16.64 from above.  It must be well above float64 epsilon (2.2e-16),
+# otherwise 1 - eps rounds back to 1.0 and the logit is infinite again.  At the
+# low end float32 resolves p down to its smallest normal number, as the
+# runner-up's pipeline did, so only p == 0 (phi below about -87) is clipped.
 LOGIT_EPS = 2.0 ** -24
+LOGIT_LOW = float(np.finfo(np.float32).tiny)
 
 # Smallest standard deviation used in any Gaussian.  A spread of exactly zero
 # happens when every shadow gives the same float32 value (e.g. p == 1.0 for all
@@ -99,9 +102,9 @@ def signal_from_phi(phi, kind: str = "prob") -> np.ndarray:
       phi > ~16.6), then widened to float64.
     - ``'logit'`` (runner-up ``--logit_scaling``, paper's logit scaling
       phi(p) = log(p / (1 - p))): computed the naive way from that float32
-      p, as the runner-up did, after clipping p to [LOGIT_EPS, 1 - LOGIT_EPS]
+      p, as the runner-up did, after clipping p to [LOGIT_LOW, 1 - LOGIT_EPS]
       in float64 so it stays finite.  Saturated points all collapse onto the
-      bound +-16.64; that loss is why stable logit scaling exists.
+      upper bound +16.64; that loss is why stable logit scaling exists.
     - ``'stable_logit'`` (``--stable_logit_scaling``, the paper's numerically
       stable form log p_y - log sum_{j != y} p_j): phi itself.
 
@@ -116,7 +119,7 @@ def signal_from_phi(phi, kind: str = "prob") -> np.ndarray:
     p = p32.astype(np.float64)
     if kind == "prob":
         return p
-    p = np.clip(p, LOGIT_EPS, 1.0 - LOGIT_EPS)
+    p = np.clip(p, LOGIT_LOW, 1.0 - LOGIT_EPS)
     return np.log(p / (1.0 - p))
 
 

@@ -24,9 +24,6 @@ import numpy as np
 
 from .layout import ModelDir
 
-FIELDS = ("phi", "mentr", "logits")
-
-
 class CacheError(ValueError):
     """A cache that does not cover what an attack asks for."""
 
@@ -62,7 +59,10 @@ def read(path: str) -> dict | None:
 
 def is_current(entry: dict | None, model_file: str, views: list[str], need_logits: bool) -> bool:
     """Whether ``entry`` came from this very model.pt, with these views (and logits if needed)."""
-    if entry is None or list(entry["views"]) != list(views) or (need_logits and "logits" not in entry):
+    stamp = ("views", "model_size", "model_mtime_ns", "model_sha256", "points", "phi", "mentr")
+    if entry is None or any(k not in entry for k in stamp):  # not a file of ours: recompute
+        return False
+    if list(entry["views"]) != list(views) or (need_logits and "logits" not in entry):
         return False
     st = os.stat(model_file)
     if int(entry["model_size"]) != st.st_size:
@@ -120,8 +120,12 @@ def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",
 
 
 def has_field(cache_dir: str, md: ModelDir, field: str) -> bool:
-    entry = read(cache_file(cache_dir, md))
-    return entry is not None and field in entry
+    """Whether the model's cache file holds ``field`` (reads the file's index only)."""
+    try:
+        with np.load(cache_file(cache_dir, md), allow_pickle=False) as z:
+            return field in z.files
+    except (OSError, ValueError, EOFError):
+        return False
 
 
 def pending(entry: dict | None, model_file: str, union: np.ndarray, views: list[str],

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import posixpath
 import re
@@ -38,7 +37,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from .tracks import get_track, scenario_names
+from .tracks import get_track, load_params, scenario_names
 
 HF_REPOS = {"cifar10": "szanella/MICO-CIFAR10", "purchase100": "szanella/MICO-purchase100"}
 
@@ -412,14 +411,12 @@ def missing_scenarios(data_dir: str, track: str, scenarios: Iterable[str] | None
 
 def check_not_synthetic(data_dir: str, track: str) -> None:
     """Refuse to mix real downloads into a synthetic challenge tree."""
-    path = os.path.join(track_dir(data_dir, track), "challenge.json")
     try:
-        with open(path) as f:
-            synthetic = bool(json.load(f).get("synthetic"))
-    except (OSError, ValueError, AttributeError):
-        return
+        synthetic = load_params(data_dir, track).synthetic
+    except ValueError as e:  # a challenge.json we cannot read: the user has to look at it
+        raise DownloadError(str(e)) from None
     if synthetic:
-        raise DownloadError(f"{os.path.dirname(path)} holds a synthetic challenge; use another --data-dir "
+        raise DownloadError(f"{track_dir(data_dir, track)} holds a synthetic challenge; use another --data-dir "
                             "(or delete that folder) to download the real one")
 
 

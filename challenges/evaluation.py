@@ -40,12 +40,13 @@ def attack_scenario(data: ScenarioData, attack, evaluate: bool) -> dict:
     return out
 
 
-def write_predictions(data: ScenarioData, results: dict) -> int:
+def write_predictions(models: list, results: dict) -> int:
+    """prediction.csv of every dev/final model in ``results``; ``models``: the scenario's ModelDirs."""
     n = 0
     for ph in TARGET_PHASES:
         if ph in results:
             for row, s in zip(*results[ph]):
-                write_prediction(data.models[row].prediction_file, s)
+                write_prediction(models[row].prediction_file, s)
                 n += 1
     return n
 
@@ -60,7 +61,7 @@ def score_results(data: ScenarioData, results: dict) -> dict:
     return out
 
 
-def save_report(report_dir: str, track: str, scores: dict, title: str = "") -> list[str]:
+def save_report(report_dir: str, scores: dict) -> list[str]:
     """Write scores.json, scores.csv and one ROC PNG per scenario; return the paths.
 
     ``scores``: {scenario: {phase: metrics}}.
@@ -83,7 +84,7 @@ def save_report(report_dir: str, track: str, scores: dict, title: str = "") -> l
         if phs:
             p = os.path.join(report_dir, f"roc_{sc}.png")
             scoring.plot_roc({PHASE_LABELS[ph]: (m["fpr"], m["tpr"]) for ph, m in phs.items()}, p,
-                             title=f"{sc} {title}".strip())
+                             title=sc)
             paths.append(p)
     return paths
 

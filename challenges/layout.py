@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .splits import Splits, reconstruct
-from .tracks import PHASES, ChallengeParams, get_track, scenario_names
+from .tracks import PHASES, ChallengeParams, scenario_names
 
 _MODEL_RE = re.compile(r"^model_(0|[1-9][0-9]*)$")
 SEED_FILES = ("seed_challenge", "seed_training", "seed_membership")
@@ -107,11 +107,6 @@ class ModelDir:
     def solution(self) -> np.ndarray | None:
         p = self.solution_file()
         return None if p is None else read_row(p).astype(np.int64)
-
-
-def track_dir(data_dir: str, track: str) -> str:
-    get_track(track)
-    return os.path.join(data_dir, track)
 
 
 def scenarios(data_dir: str, track: str, scenario: str | None = None) -> list[str]:

@@ -4,6 +4,7 @@ Everything is indexed by ``points``: the sorted union of the scenario's challeng
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,17 +36,21 @@ class ScenarioData:
         return len(self.shadow_in)
 
 
-def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, params: ChallengeParams,
-                  n_points: int, fields=("phi",)) -> ScenarioData:
+def scenario_points(data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int):
+    """(model folders, their splits, sorted union of their challenge points) of one scenario."""
     mds = layout.models(data_dir, track, scenario)
     if not mds:
-        raise layout.LayoutError(f"{data_dir}/{track}/{scenario}: no model folders")
-    train = [md for md in mds if md.phase == "train"]
+        raise layout.LayoutError(f"{os.path.join(data_dir, track, scenario)}: no model folders; "
+                                 "re-download the scenario or remove the empty folder")
     splits = [md.splits(params, n_points) for md in mds]
-    points = np.unique(np.concatenate([s.challenge for s in splits]))
+    return mds, splits, np.unique(np.concatenate([s.challenge for s in splits]))
+
+
+def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, params: ChallengeParams,
+                  n_points: int, fields=("phi",)) -> ScenarioData:
+    mds, splits, points = scenario_points(data_dir, track, scenario, params, n_points)
     challenge = np.stack([np.searchsorted(points, s.challenge) for s in splits])
-    member = membership_matrix(n_points, params.len_training, params.len_challenge,
-                               [md.seeds() for md in train])
+    member = membership_matrix(n_points, [s for md, s in zip(mds, splits) if md.phase == "train"])
     solutions = np.full(challenge.shape, -1, dtype=np.int8)
     for i, (md, s) in enumerate(zip(mds, splits)):
         sol = md.solution()

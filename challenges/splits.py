@@ -110,13 +110,9 @@ def reconstruct(n_points: int, len_training: int, len_challenge: int, seed_chall
     return Splits(challenge, rest, member, nonmember, training, evaluation)
 
 
-def membership_matrix(n_points: int, len_training: int, len_challenge: int,
-                      seeds: list[tuple[int, int, int]]) -> np.ndarray:
-    """Boolean (models x n_points) matrix: True where the point is in that model's training set.
-
-    ``seeds`` holds (seed_challenge, seed_training, seed_membership) per model.
-    """
-    out = np.zeros((len(seeds), n_points), dtype=bool)
-    for k, (sc, st, sm) in enumerate(seeds):
-        out[k, reconstruct(n_points, len_training, len_challenge, sc, st, sm).train_indices()] = True
+def membership_matrix(n_points: int, splits: list[Splits]) -> np.ndarray:
+    """Boolean (models x n_points) matrix: True where the point is in that model's training set."""
+    out = np.zeros((len(splits), n_points), dtype=bool)
+    for k, s in enumerate(splits):
+        out[k, s.train_indices()] = True
     return out

@@ -51,7 +51,8 @@ def validate(data_dir: str, track: str, n_expected: int) -> list[str]:
     """One message per invalid or missing prediction file of the dev and final models."""
     mds = target_models(data_dir, track)
     if not mds:
-        return [f"{os.path.join(data_dir, track)}: no dev or final model folders"]
+        raise layout.LayoutError(f"{os.path.join(data_dir, track)}: no dev or final model folders to submit; "
+                                 f"download them first (download_files.py --challenge {track})")
     return [f"{md.prediction_file}: {why}" for md in mds
             if (why := check_prediction(md.prediction_file, n_expected)) is not None]
 

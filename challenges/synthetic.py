@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from .build import model_seeds, train_model_folder
 from .datasets import CIFAR_FILES, load_dataset
 from .layout import ModelDir
-from .tracks import (PHASES, ChallengeParams, challenge_json_path, get_track, load_params,
-                     save_params, scenario_names)
+from .tracks import (PHASES, SCENARIO_SUFFIXES, ChallengeParams, challenge_json_path, get_track,
+                     load_params, save_params, scenario_names, scenario_suffix)
 
 
 @dataclass(frozen=True)
@@ -105,13 +105,17 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> Chall
     """Write (or reuse) the base dataset and challenge.json; refuse to mix with another challenge."""
     spec = get_track(track)
     track_dir = os.path.join(data_dir, track)
-    dataset = os.path.join(track_dir, spec.dataset)
-    want = ChallengeParams(track, size.n_points, size.len_training, 100, dataset, synthetic=True)
+    dataset = os.path.normpath(os.path.join(track_dir, spec.dataset))
+    want = ChallengeParams(track, size.n_points, size.len_training, 100, dataset, synthetic=True, seed=seed)
     if os.path.exists(challenge_json_path(data_dir, track)):
         have = load_params(data_dir, track)
         if have != want:
+            diff = ", ".join(f"{k} {getattr(have, k)} (asked: {getattr(want, k)})"
+                             for k in ("n_points", "len_training", "seed", "synthetic")
+                             if getattr(have, k) != getattr(want, k))
             raise ValueError(f"{challenge_json_path(data_dir, track)}: a different challenge is already "
-                             "there; remove that folder or pick another --data-dir")
+                             f"there ({diff or 'other base dataset'}); rerun with its parameters, remove "
+                             "that folder, or pick another --data-dir")
     elif any(os.path.isdir(os.path.join(track_dir, s)) for s in scenario_names(track)):
         raise ValueError(f"{track_dir}: holds a challenge without challenge.json (the real MICO "
                          "data?); pick another --data-dir for the synthetic one")
@@ -136,7 +140,10 @@ def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=No
     dataset = load_dataset(params)
     counts = {"train": size.n_train, "dev": size.n_dev, "final": size.n_final}
     overrides = {} if size.epochs is None else {"epochs": size.epochs}
-    for si, scenario in enumerate(scenarios or scenario_names(track)):
+    for scenario in scenarios or scenario_names(track):
+        # Seeds are keyed by the scenario itself, not its place in the list, so building one
+        # scenario at a time gives the same challenge as building all at once.
+        si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
         jobs, next_id = [], 0
         for phase in PHASES:
             for _ in range(counts[phase]):

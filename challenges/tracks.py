@@ -27,7 +27,7 @@ class Track:
     num_classes: int
     input_shape: tuple
     dataset: str  # base dataset path relative to <data-dir>/<track>/
-    epsilons: dict  # scenario suffix -> target epsilon (None = no DP)
+    epsilons: dict  # scenario suffix -> target epsilon (None = no DP), delta = DP_DELTA
 
 
 TRACKS = {
@@ -67,6 +67,7 @@ class ChallengeParams:
     len_challenge: int
     dataset: str  # absolute path of the base dataset
     synthetic: bool = False
+    seed: int | None = None  # synthetic challenges: the seed every model's seeds derive from
 
     def to_json(self, track_dir: str) -> dict:
         d = asdict(self)
@@ -96,6 +97,7 @@ def load_params(data_dir: str, track: str) -> ChallengeParams:
             len_challenge=int(d["len_challenge"]),
             dataset=os.path.normpath(os.path.join(track_dir, d["dataset"])),
             synthetic=bool(d.get("synthetic", False)),
+            seed=None if d.get("seed") is None else int(d["seed"]),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: malformed challenge parameters ({e}); delete it to use MICO's "

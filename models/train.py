@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from challenges.tracks import DP_DELTA, SCENARIO_SUFFIXES, TRACKS
 from models.loading import build_model, plain_state_dict, resolve_device
 
 DeviceLike = Union[str, torch.device]
@@ -50,8 +51,6 @@ ProgressFn = Callable[[int, int, float, float], None]
 # Opacus per-sample-gradient mode per track (see module docstring).
 _GRAD_SAMPLE_MODE = {"cifar10": "hooks", "purchase100": "ghost"}
 _PRV_EPS_TOLERANCE = 0.01  # noise multiplier search: final epsilon in [target - tol, target]
-_INPUT_SHAPES = {"cifar10": (3, 32, 32), "purchase100": (600,)}
-_NUM_CLASSES = {"cifar10": 10, "purchase100": 100}
 
 
 @dataclass
@@ -65,7 +64,7 @@ class Recipe:
     step_size: int  # StepLR step (epochs)
     gamma: float  # StepLR decay
     epsilon: Optional[float]
-    delta: float = 1e-5
+    delta: float = DP_DELTA
     max_grad_norm: Optional[float] = None
     shuffle: bool = False  # non-DP only: MICO's loader did not shuffle
 
@@ -110,7 +109,6 @@ _DP = {
     "purchase100": dict(batch_size=512, lr=1e-3, max_grad_norm=2.6),
     "cifar10": dict(batch_size=512, lr=0.5, max_grad_norm=2.6),
 }
-_EPSILONS = {"inf": None, "hi": 10.0, "lo": 4.0}
 
 
 def recipe_for(track: str, scenario_suffix: str, **overrides) -> Recipe:
@@ -120,17 +118,17 @@ def recipe_for(track: str, scenario_suffix: str, **overrides) -> Recipe:
     """
     if track not in _BASE:
         raise ValueError(f"unknown track {track!r}: choose one of {', '.join(_BASE)}")
-    if scenario_suffix not in _EPSILONS:
-        raise ValueError(f"unknown scenario suffix {scenario_suffix!r}: choose one of {', '.join(_EPSILONS)}")
+    if scenario_suffix not in SCENARIO_SUFFIXES:
+        raise ValueError(f"unknown scenario suffix {scenario_suffix!r}: choose one of {', '.join(SCENARIO_SUFFIXES)}")
     known = {f.name for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown recipe field(s) {unknown}: valid fields are {sorted(known)}")
     params = dict(_BASE[track])
-    eps = _EPSILONS[scenario_suffix]
+    eps = TRACKS[track].epsilons[scenario_suffix]
     if eps is not None:
         params.update(_DP[track])
-    params.update(epsilon=eps, delta=1e-5)
+    params.update(epsilon=eps, delta=DP_DELTA)
     params.setdefault("max_grad_norm", None)
     params.update(overrides)
     return Recipe(**params)
@@ -174,7 +172,7 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def _check_data(track: str, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"{what}: x and y must be torch tensors")
-    shape = _INPUT_SHAPES[track]
+    shape = TRACKS[track].input_shape
     if x.dim() != 1 + len(shape) or tuple(x.shape[1:]) != shape:
         raise ValueError(f"{what}: x must have shape [N, {', '.join(map(str, shape))}] for {track}, "
                          f"got {list(x.shape)}")
@@ -184,8 +182,9 @@ def _check_data(track: str, x: torch.Tensor, y: torch.Tensor, what: str) -> None
         raise ValueError(f"{what}: empty data set")
     if y.dtype.is_floating_point or y.dtype == torch.bool:
         raise ValueError(f"{what}: y must hold integer class labels, got {y.dtype}")
-    if int(y.min()) < 0 or int(y.max()) >= _NUM_CLASSES[track]:
-        raise ValueError(f"{what}: labels must be in [0, {_NUM_CLASSES[track]}) for {track}")
+    n_classes = TRACKS[track].num_classes
+    if int(y.min()) < 0 or int(y.max()) >= n_classes:
+        raise ValueError(f"{what}: labels must be in [0, {n_classes}) for {track}")
 
 
 def _make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:

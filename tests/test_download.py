@@ -565,7 +565,9 @@ def test_hub_missing_scenario(tmp_path, capsys, monkeypatch):
 
 def test_synthetic_tree_is_not_mixed(tmp_path, capsys, monkeypatch):
     (tmp_path / "cifar10").mkdir()
-    (tmp_path / "cifar10" / "challenge.json").write_text('{"synthetic": true}')
+    (tmp_path / "cifar10" / "challenge.json").write_text(
+        '{"track": "cifar10", "n_points": 400, "len_training": 250, "len_challenge": 100, '
+        '"dataset": "cifar-10-batches-py", "synthetic": true, "seed": 0}')
     monkeypatch.setattr(download, "HUB_DOWNLOAD", FakeHub())
     rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--no-dataset"], capsys)
     assert rc == 1 and "synthetic" in error_line(err)

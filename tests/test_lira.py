@@ -7,7 +7,7 @@ import pytest
 from scipy.special import expit
 from scipy.stats import norm
 
-from attacks.lira import (LOGIT_EPS, SIGMA_FLOOR, lira, signal_from_phi, signal_kind,
+from attacks.lira import (LOGIT_EPS, LOGIT_LOW, SIGMA_FLOOR, lira, signal_from_phi, signal_kind,
                           squash)
 
 
@@ -106,8 +106,10 @@ def test_signal_from_phi_kinds():
     np.testing.assert_array_equal(st, phi.astype(np.float64))
     lg = signal_from_phi(phi, "logit")
     assert lg.dtype == np.float64 and np.isfinite(lg).all()
-    bound = math.log((1 - LOGIT_EPS) / LOGIT_EPS)
-    assert lg.max() == pytest.approx(bound) and lg.min() == pytest.approx(-bound)
+    assert lg.max() == pytest.approx(math.log((1 - LOGIT_EPS) / LOGIT_EPS))  # +16.64
+    assert lg.min() == pytest.approx(math.log(LOGIT_LOW))  # p == 0 in float32: about -87.3
+    # float32 still resolves small probabilities: phi = -80 keeps its own value
+    np.testing.assert_allclose(signal_from_phi(np.float32([-80.0]), "logit"), [-80.0], atol=1e-3)
     # moderate values: the naive logit recovers phi up to float32 rounding of p
     np.testing.assert_allclose(lg[1:4], phi[1:4], atol=1e-5)
     # saturation: phi = 30 and 200 become indistinguishable (p == 1.0 in float32)

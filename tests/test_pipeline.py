@@ -225,3 +225,38 @@ def test_bad_attack_option_is_a_usage_error(cached):
     with pytest.raises(SystemExit) as e:
         run_lira_mia.main(["--challenge", "purchase100", "--data-dir", data_dir, "--rmia-a", "2"])
     assert e.value.code == 2
+
+
+def test_compare_refuses_attack_flags(cached, capsys):
+    data_dir, cache_dir = cached
+    with pytest.raises(SystemExit) as e:
+        run_lira_mia.main(["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+                           "--compare", "--global_variance"])
+    assert e.value.code == 2 and "drop --global_variance" in capsys.readouterr().err
+
+
+def test_failed_run_leaves_no_mixed_predictions(cached, tmp_path):
+    data_dir, cache_dir = cached
+    lo = layout.models(data_dir, "purchase100", "purchase100_lo")[0]
+    os.remove(cache.cache_file(cache_dir, lo))
+    with pytest.raises(cache.CacheError, match="save_preds.py"):
+        run_lira_mia.main(["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
+                           "--report-dir", str(tmp_path)])
+    assert not any(os.path.exists(md.prediction_file)
+                   for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["dev", "final"]))
+
+
+def test_save_preds_flag_checks(tiny_challenges):
+    for bad in (["--shifts", "1"], ["--augment", "--shifts", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            save_preds.main(["--challenge", "cifar10", "--data-dir", tiny_challenges, *bad])
+        assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        save_preds.main(["--challenge", "purchase100", "--data-dir", tiny_challenges, "--augment"])
+    assert e.value.code == 2
+
+
+def test_save_zip_without_targets(tmp_path):
+    (tmp_path / "purchase100" / "purchase100_inf" / "train" / "model_0").mkdir(parents=True)
+    with pytest.raises(layout.LayoutError, match="no dev or final model folders"):
+        save_zip.main(["--challenge", "purchase100", "--data-dir", str(tmp_path)])

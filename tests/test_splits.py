@@ -86,7 +86,7 @@ def test_membership_matrix_is_fast_and_right():
     import time
     seeds = [(i, 10_000 + i, 20_000 + i) for i in range(100)]
     t = time.perf_counter()
-    mat = membership_matrix(197324, 150000, 100, seeds)
+    mat = membership_matrix(197324, [reconstruct(197324, 150000, 100, *sd) for sd in seeds])
     assert time.perf_counter() - t < 20  # seconds, not minutes (about 0.5 s here)
     assert mat.shape == (100, 197324) and mat.dtype == bool
     assert (mat.sum(1) == 150000).all()

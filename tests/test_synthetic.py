@@ -89,3 +89,13 @@ def test_solution_file_must_agree_with_seeds(tiny_copy, tmp_path):
         f.write(",".join(map(str, sol)))
     with pytest.raises(layout.LayoutError, match="disagrees with the split rebuilt from the seeds"):
         load_scenario(tiny_copy, str(tmp_path), "purchase100", "purchase100_inf", params, params.n_points)
+
+
+def test_seeds_depend_on_scenario_not_build_order(tiny_challenges, tmp_path):
+    seeds = {s: layout.models(tiny_challenges, "purchase100", s)[0].seeds() for s in scenario_names("purchase100")}
+    assert len(set(seeds.values())) == 3
+    assert json.load(open(os.path.join(tiny_challenges, "purchase100", "challenge.json")))["seed"] == TINY["purchase100"]["seed"]
+    # Building one scenario alone gives the very seeds of the full build.
+    opts = dict(TINY["purchase100"], n_train=1, n_dev=0, n_final=0)
+    build_synthetic(str(tmp_path), "purchase100", scenarios=["purchase100_lo"], **opts)
+    assert layout.models(str(tmp_path), "purchase100", "purchase100_lo")[0].seeds() == seeds["purchase100_lo"]
