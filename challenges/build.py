@@ -12,14 +12,10 @@ import numpy as np
 import torch
 
 from .datasets import BaseDataset, to_tensor
+from .fileio import atomic_path, write_text
 from .layout import ModelDir
 from .splits import Splits, reconstruct
 from .tracks import ChallengeParams, scenario_suffix
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def model_seeds(*key: int) -> tuple[int, int, int]:
@@ -53,27 +49,24 @@ def train_model_folder(md: ModelDir, params: ChallengeParams, dataset: BaseDatas
                          to_tensor(params.track, dataset.x[tr]), torch.from_numpy(dataset.y[tr]),
                          x_eval, y_eval, device=device, seed=sc, progress=progress)
 
-    parent = os.path.dirname(md.path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{md.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_state_dict(result.model, os.path.join(tmp, "model.pt"))
-    _write(os.path.join(tmp, "seed_challenge"), f"{sc}\n")
+    os.makedirs(os.path.dirname(md.path), exist_ok=True)
+    shutil.rmtree(md.path + ".partial", ignore_errors=True)  # a killed run's leftovers
     solution = ",".join(str(v) for v in s.solutions()) + "\n"
-    if reveal:
-        _write(os.path.join(tmp, "seed_training"), f"{st}\n")
-        _write(os.path.join(tmp, "seed_membership"), f"{sm}\n")
-        _write(os.path.join(tmp, "solution.csv"), solution)
-    else:
+    acc = result.eval_accuracy if result.eval_accuracy is not None else result.train_accuracy
+    if not reveal:
         sol_dir = os.path.join(md.data_dir, md.track, "solutions", md.key)
         os.makedirs(sol_dir, exist_ok=True)
-        _write(os.path.join(sol_dir, "solution.csv.tmp"), solution)
-        os.replace(os.path.join(sol_dir, "solution.csv.tmp"), os.path.join(sol_dir, "solution.csv"))
-    acc = result.eval_accuracy if result.eval_accuracy is not None else result.train_accuracy
-    _write(os.path.join(tmp, "accuracy"), f"{acc:.6f}\n")
-    if result.epsilon is not None:
-        _write(os.path.join(tmp, "epsilon"), f"{result.epsilon:.6f}\n")
-    os.replace(tmp, md.path)
+        write_text(os.path.join(sol_dir, "solution.csv"), solution)
+    with atomic_path(md.path, ".partial") as tmp:
+        os.makedirs(tmp)
+        save_state_dict(result.model, os.path.join(tmp, "model.pt"))
+        files = {"seed_challenge": f"{sc}\n", "accuracy": f"{acc:.6f}\n"}
+        if reveal:
+            files.update({"seed_training": f"{st}\n", "seed_membership": f"{sm}\n", "solution.csv": solution})
+        if result.epsilon is not None:
+            files["epsilon"] = f"{result.epsilon:.6f}\n"
+        for name, text in files.items():
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(text)
     return {"accuracy": acc, "train_accuracy": result.train_accuracy, "epsilon": result.epsilon}
 

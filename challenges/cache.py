@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from .fileio import atomic_path
 from .layout import ModelDir
 
 class CacheError(ValueError):
@@ -74,10 +75,9 @@ def is_current(entry: dict | None, model_file: str, views: list[str], need_logit
 
 def write(path: str, points: np.ndarray, views: list[str], stamp: dict, arrays: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, points=np.asarray(points, dtype=np.int64), views=np.asarray(views),
-             **{k: np.asarray(v) for k, v in stamp.items()}, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, ".tmp.npz") as tmp:
+        np.savez(tmp, points=np.asarray(points, dtype=np.int64), views=np.asarray(views),
+                 **{k: np.asarray(v) for k, v in stamp.items()}, **arrays)
 
 
 def merge(entry: dict | None, points: np.ndarray, arrays: dict) -> tuple[np.ndarray, dict]:

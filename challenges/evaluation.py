@@ -9,12 +9,14 @@ of a submission before it is made.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 
 import numpy as np
 
 from . import scoring
+from .fileio import write_text
 from .scenario import ScenarioData
 from .submission import write_prediction
 from .tracks import TARGET_PHASES
@@ -70,16 +72,14 @@ def save_report(report_dir: str, scores: dict) -> list[str]:
     table = {sc: {ph: {k: v for k, v in m.items() if k in scoring.METRIC_KEYS} for ph, m in phs.items()}
              for sc, phs in scores.items()}
     paths = [os.path.join(report_dir, "scores.json"), os.path.join(report_dir, "scores.csv")]
-    with open(paths[0] + ".tmp", "w") as f:
-        json.dump(table, f, indent=2)
-    os.replace(paths[0] + ".tmp", paths[0])
-    with open(paths[1] + ".tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["scenario", "phase", *scoring.METRIC_KEYS])
-        for sc, phs in table.items():
-            for ph, m in phs.items():
-                w.writerow([sc, ph, *(f"{m[k]:.6f}" for k in scoring.METRIC_KEYS)])
-    os.replace(paths[1] + ".tmp", paths[1])
+    write_text(paths[0], json.dumps(table, indent=2) + "\n")
+    rows = io.StringIO()
+    w = csv.writer(rows)
+    w.writerow(["scenario", "phase", *scoring.METRIC_KEYS])
+    for sc, phs in table.items():
+        for ph, m in phs.items():
+            w.writerow([sc, ph, *(f"{m[k]:.6f}" for k in scoring.METRIC_KEYS)])
+    write_text(paths[1], rows.getvalue())
     for sc, phs in scores.items():
         if phs:
             p = os.path.join(report_dir, f"roc_{sc}.png")
@@ -150,7 +150,5 @@ def write_compare_report(report_dir: str, scores: dict, commands: dict) -> str:
     md += ["## Commands", "", "Each row, as a run that also writes the prediction.csv files:", ""]
     md += [f"- {lb}: `{commands[lb]}`" for lb in labels]
     path = os.path.join(report_dir, "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(md) + "\n")
-    os.replace(path + ".tmp", path)
+    write_text(path, "\n".join(md) + "\n")
     return path

@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 
 from . import layout
+from .fileio import atomic_path, write_text
 from .tracks import TARGET_PHASES
 
 
@@ -19,10 +20,7 @@ def write_prediction(path: str, scores: np.ndarray) -> None:
     scores = np.asarray(scores, dtype=np.float64)
     if not (np.all(np.isfinite(scores)) and scores.min() >= 0 and scores.max() <= 1):
         raise ValueError(f"{path}: refusing to write scores outside [0, 1] or not finite")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(",".join(repr(float(v)) for v in scores) + "\n")
-    os.replace(tmp, path)
+    write_text(path, ",".join(repr(float(v)) for v in scores) + "\n")
 
 
 def check_prediction(path: str, n_expected: int) -> str | None:
@@ -60,9 +58,7 @@ def validate(data_dir: str, track: str, n_expected: int) -> list[str]:
 def write_zip(data_dir: str, track: str, out_path: str) -> int:
     """Write the submission zip atomically; returns the number of entries."""
     mds = target_models(data_dir, track)
-    tmp = out_path + ".tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    with atomic_path(out_path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for md in mds:
             z.write(md.prediction_file, arcname=f"{track}/{md.key}/prediction.csv")
-    os.replace(tmp, out_path)
     return len(mds)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .build import model_seeds, train_model_folder
 from .datasets import CIFAR_FILES, load_dataset
+from .fileio import atomic_path
 from .layout import ModelDir
 from .tracks import (PHASES, SCENARIO_SUFFIXES, ChallengeParams, challenge_json_path, get_track,
                      load_params, save_params, scenario_names, scenario_suffix)
@@ -67,24 +68,22 @@ def make_cifar_like(n: int, rng: np.random.Generator, n_classes: int = 10):
 
 def write_purchase_csv(path: str, x: np.ndarray, y: np.ndarray) -> None:
     """Purchase-100's format: one row per record, ``label(1..100),600 binary features``."""
-    tmp = path + ".tmp"
-    np.savetxt(tmp, np.column_stack([y + 1, x]), fmt="%d", delimiter=",")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, np.column_stack([y + 1, x]), fmt="%d", delimiter=",")
 
 
 def write_cifar_batches(path: str, x: np.ndarray, y: np.ndarray) -> None:
     """CIFAR-10's python format: five data batches then a test batch of pickled dicts."""
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for name, idx in zip(CIFAR_FILES, np.array_split(np.arange(len(y)), len(CIFAR_FILES))):
-        batch = {b"batch_label": name.encode(), b"labels": y[idx].tolist(),
-                 b"data": x[idx].reshape(len(idx), -1), b"filenames": [b"synthetic.png"] * len(idx)}
-        with open(os.path.join(tmp, name), "wb") as f:
-            pickle.dump(batch, f)
-    with open(os.path.join(tmp, "batches.meta"), "wb") as f:
-        pickle.dump({b"label_names": [f"class_{i}".encode() for i in range(10)]}, f)
-    os.replace(tmp, path)
+    shutil.rmtree(path + ".tmp", ignore_errors=True)  # a killed run's leftovers
+    with atomic_path(path) as tmp:
+        os.makedirs(tmp)
+        for name, idx in zip(CIFAR_FILES, np.array_split(np.arange(len(y)), len(CIFAR_FILES))):
+            batch = {b"batch_label": name.encode(), b"labels": y[idx].tolist(),
+                     b"data": x[idx].reshape(len(idx), -1), b"filenames": [b"synthetic.png"] * len(idx)}
+            with open(os.path.join(tmp, name), "wb") as f:
+                pickle.dump(batch, f)
+        with open(os.path.join(tmp, "batches.meta"), "wb") as f:
+            pickle.dump({b"label_names": [f"class_{i}".encode() for i in range(10)]}, f)
 
 
 def _resolve(track: str, n_points, len_training, n_train, n_dev, n_final, epochs) -> SyntheticSize:

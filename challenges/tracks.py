@@ -108,9 +108,6 @@ def save_params(data_dir: str, params: ChallengeParams) -> str:
     track_dir = os.path.join(data_dir, params.track)
     os.makedirs(track_dir, exist_ok=True)
     path = challenge_json_path(data_dir, params.track)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(params.to_json(track_dir), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    from .fileio import write_text
+    write_text(path, json.dumps(params.to_json(track_dir), indent=2) + "\n")
     return path

@@ -22,7 +22,7 @@ def test_numeric_order_and_phases(tmp_path):
     for mid in (10, 2, 1):
         _model(root, "purchase100_inf", "train", mid)
     _model(root, "purchase100_inf", "dev", 100)
-    os.makedirs(os.path.join(root, "purchase100", "purchase100_inf", "train", ".tmp-model_3"))
+    os.makedirs(os.path.join(root, "purchase100", "purchase100_inf", "train", "model_3.partial"))
     os.makedirs(os.path.join(root, "purchase100", "purchase100_inf", "train", "model_07"))
     mds = layout.models(root, "purchase100", "purchase100_inf")
     assert [(m.phase, m.model_id) for m in mds] == [("train", 1), ("train", 2), ("train", 10), ("dev", 100)]
@@ -78,3 +78,19 @@ def test_real_constants_without_challenge_json(tmp_path):
     (tmp_path / "purchase100" / "challenge.json").write_text("{nope")
     with pytest.raises(ValueError, match="challenge.json"):
         load_params(str(tmp_path), "purchase100")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    from challenges.fileio import atomic_path, write_text
+    target = str(tmp_path / "out.csv")
+    write_text(target, "old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            open(tmp, "w").write("half")
+            raise KeyboardInterrupt
+    assert open(target).read() == "old\n" and os.listdir(tmp_path) == ["out.csv"]
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(tmp_path / "folder")) as tmp:
+            os.makedirs(os.path.join(tmp, "sub"))
+            raise RuntimeError
+    assert os.listdir(tmp_path) == ["out.csv"]

@@ -54,13 +54,13 @@ def test_resume_rebuilds_only_missing(tiny_copy):
     mds = layout.models(tiny_copy, track, "purchase100_inf")
     before = {md.model_id: os.path.getmtime(md.model_file) for md in mds}
     shutil.rmtree(mds[1].path)
-    os.makedirs(os.path.join(os.path.dirname(mds[1].path), ".tmp-model_1"))  # a killed run's leftovers
+    os.makedirs(mds[1].path + ".partial")  # a killed run's leftovers
     build_synthetic(tiny_copy, track, **TINY[track])
     after = {md.model_id: os.path.getmtime(md.model_file)
              for md in layout.models(tiny_copy, track, "purchase100_inf")}
     assert set(after) == set(before)
     assert after[1] != before[1] and all(after[k] == before[k] for k in before if k != 1)
-    assert not os.path.exists(os.path.join(os.path.dirname(mds[1].path), ".tmp-model_1"))
+    assert not os.path.exists(mds[1].path + ".partial")
 
 
 def test_refuses_other_parameters(tiny_copy):
