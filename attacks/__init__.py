@@ -5,4 +5,5 @@
 - ``baselines``: loss, confidence, modified entropy, per-point calibrated scores.
 - ``classifier``: Shokri-style attack model on shadow outputs.
 - ``suite``: all of them behind one interface, and the ``--compare`` line-up.
+- ``stats``, ``checks``: the shared per-point IN/OUT statistics (leave-one-out) and input checks.
 """

@@ -39,12 +39,10 @@ import numpy as np
 from scipy.special import expit
 
 from .checks import check_exclude, check_index, check_membership
+from .stats import SIGMA_FLOOR, point_moments
 
 CALIBRATION_MODES = ("in", "mid", "z")
 
-# Smallest standard deviation used in a z-score (same reasoning as
-# attacks.lira.SIGMA_FLOOR: float32 signals cannot resolve smaller spreads).
-SIGMA_FLOOR = 1e-6
 
 
 # --------------------------------------------------------------------------- #
@@ -152,79 +150,6 @@ def entropy_attack(target_mentr, shadow_mentr=None, shadow_in=None, target_index
 # --------------------------------------------------------------------------- #
 # per-point statistics (shared with attacks.classifier)
 # --------------------------------------------------------------------------- #
-def group_sums(x, member, avail=None) -> dict:
-    """Per-pool-point sums of the IN and OUT shadow signals, for :func:`query_moments`.
-
-    x: (S, P) float64 shadow signal; member: (S, P) bool; avail: optional
-    (S,) bool, the shadows that exist at all (default all).  The sums are of
-    deviations d = x - c from each group's full mean c (as in attacks.lira),
-    so that a leave-one-out downdate of the sum of squares stays free of
-    cancellation.  O(S*P), done once and queried many times.
-    """
-    S = x.shape[0]
-    if avail is None:
-        avail = np.ones(S, dtype=bool)
-    rows = np.flatnonzero(avail)
-    xa = x[rows]
-    ma = member[rows]
-    pos = np.full(S + 1, -1, dtype=np.intp)   # shadow index -> row in xa; pos[-1] = -1 for "none"
-    pos[rows] = np.arange(rows.size)
-    mf = ma.astype(np.float64)
-    n_in = ma.sum(axis=0)
-    n_out = rows.size - n_in
-    sum_in = (xa * mf).sum(axis=0)
-    sum_out = xa.sum(axis=0) - sum_in
-    c_in = sum_in / np.maximum(n_in, 1)
-    c_out = sum_out / np.maximum(n_out, 1)
-    d = xa - np.where(ma, c_in, c_out)
-    d_in = d * mf
-    d_out = d - d_in
-    return {"pos": pos, "d": d, "member": ma,
-            True: (n_in, c_in, d_in.sum(axis=0), (d_in * d).sum(axis=0)),
-            False: (n_out, c_out, d_out.sum(axis=0), (d_out * d).sum(axis=0))}
-
-
-def query_moments(gs, idx, excl) -> dict:
-    """Count, mean and ddof=0 variance of the IN and OUT signals at pool points, leave-one-out.
-
-    gs: from :func:`group_sums`; idx: int array of any shape Q (pool
-    indices); excl: int array broadcastable to Q, the shadow to leave out of
-    each entry's statistics, -1 for none (a shadow outside ``avail`` leaves
-    nothing to remove).  Returns {True: (n, mean, var), False: (n, mean,
-    var)} (True = IN), each of shape Q; mean = var = 0 where n == 0.
-
-    Leave-one-out by downdating: the excluded shadow's term is subtracted
-    from the per-point sums, O(|Q|), never a per-entry pass over shadows.
-    """
-    idx = np.asarray(idx)
-    excl = np.broadcast_to(np.asarray(excl), idx.shape)
-    e = gs["pos"][excl]                        # -1: nothing to downdate
-    has = e >= 0
-    er = np.where(has, e, 0)
-    d, ma = gs["d"], gs["member"]
-    d_e = np.where(has, d[er, idx], 0.0)
-    in_e = ma[er, idx] & has
-    out_e = ~ma[er, idx] & has
-    out = {}
-    for g in (True, False):
-        n, c, a1, a2 = gs[g]
-        hit = in_e if g else out_e
-        n = n[idx] - hit
-        a1 = a1[idx] - np.where(hit, d_e, 0.0)
-        a2 = a2[idx] - np.where(hit, d_e * d_e, 0.0)
-        safe = np.maximum(n, 1)
-        m1 = a1 / safe
-        mean = np.where(n > 0, c[idx] + m1, 0.0)
-        var = np.where(n > 0, np.maximum(a2 / safe - m1 * m1, 0.0), 0.0)
-        out[g] = (n, mean, var)
-    return out
-
-
-def point_moments(x, member, idx, excl, avail=None) -> dict:
-    """:func:`query_moments` of :func:`group_sums` in one call."""
-    return query_moments(group_sums(x, member, avail), idx, excl)
-
-
 def _fill_locations(mom, axis=-1):
     """mu_in, mu_out with the documented fallback for empty groups.
 

@@ -47,9 +47,8 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.ensemble import ExtraTreesClassifier
 
-from .baselines import (SIGMA_FLOOR, group_sums,
-                        query_moments)
 from .checks import check_exclude, check_index, check_membership
+from .stats import SIGMA_FLOOR, group_sums, query_moments
 
 
 

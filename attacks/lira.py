@@ -49,6 +49,7 @@ import numpy as np
 from scipy.special import expit, ndtr
 
 from .checks import check_exclude, check_index, check_membership
+from .stats import SIGMA_FLOOR, point_moments
 
 SIGNAL_KINDS = ("prob", "logit", "stable_logit")
 MU_ESTIMATORS = ("mean", "median")
@@ -65,14 +66,6 @@ OFFLINE_MAPS = ("cdf", "squash")
 LOGIT_EPS = 2.0 ** -24
 LOGIT_LOW = float(np.finfo(np.float32).tiny)
 
-# Smallest standard deviation used in any Gaussian.  A spread of exactly zero
-# happens when every shadow gives the same float32 value (e.g. p == 1.0 for all
-# IN models): the Gaussian is then degenerate and its pdf / cdf undefined.  The
-# signals come from float32 model outputs (relative resolution 6e-8), so spreads
-# below 1e-6 are not resolvable from rounding anyway.  The runner-up added 1e-30
-# instead; a floor this small turns rounding noise of the mean into z-scores of
-# 1e14 and makes results depend on summation order.
-SIGMA_FLOOR = 1e-6
 
 
 # --------------------------------------------------------------------------- #
@@ -175,61 +168,6 @@ def _check_inputs(target_signal, shadow_signal, shadow_in, target_index, exclude
 # --------------------------------------------------------------------------- #
 # per-point statistics with leave-one-out downdates
 # --------------------------------------------------------------------------- #
-def _loo_moments(x, member, memf, idx, excl):
-    """Count, mean and ddof=0 variance of each group, per (target, point).
-
-    x: (S, P) float64 signals of one view; member: (S, P) bool; memf: member
-    as float64; idx: (T, K); excl: (T,).  Returns {True: (n, mean, var),
-    False: (n, mean, var)} (True = IN), each array (T, K).
-
-    Sums over all shadows are taken once per pool point, then the excluded
-    shadow's term is subtracted per target.  To keep the subtraction of sums of
-    squares free of cancellation, the sums are of deviations d = x - c from
-    the full-sample group mean c (a shift: any c works, the sums of d carry
-    the exact correction), so after a downdate mean = c + A1/n and
-    var = A2/n - (A1/n)^2 with A1 tiny.
-    """
-    S = x.shape[0]
-    n_in = member.sum(axis=0)
-    n_out = S - n_in
-    sum_in = (x * memf).sum(axis=0)
-    sum_out = x.sum(axis=0) - sum_in
-    c_in = sum_in / np.maximum(n_in, 1)
-    c_out = sum_out / np.maximum(n_out, 1)
-    d = x - np.where(member, c_in, c_out)
-    d_in = d * memf          # exactly d or 0
-    d_out = d - d_in         # exactly d or 0
-    raw = {
-        True: (n_in, c_in, d_in.sum(axis=0), (d_in * d).sum(axis=0)),
-        False: (n_out, c_out, d_out.sum(axis=0), (d_out * d).sum(axis=0)),
-    }
-
-    loo = np.flatnonzero(excl >= 0)
-    if loo.size:
-        e = excl[loo][:, None]        # (T', 1)
-        ii = idx[loo]                 # (T', K)
-        d_e = d[e, ii]                # the excluded shadow's deviation at the target's points
-        in_e = member[e, ii]
-
-    out = {}
-    for g, (n, c, a1, a2) in raw.items():
-        n = n[idx].astype(np.float64)
-        c = c[idx]
-        a1 = a1[idx]
-        a2 = a2[idx]
-        if loo.size:
-            hit = in_e if g else ~in_e  # the excluded shadow belongs to this group there
-            n[loo] -= hit
-            a1[loo] -= np.where(hit, d_e, 0.0)
-            a2[loo] -= np.where(hit, d_e * d_e, 0.0)
-        safe = np.maximum(n, 1.0)
-        m1 = a1 / safe
-        mean = np.where(n > 0, c + m1, 0.0)
-        var = np.where(n > 0, np.maximum(a2 / safe - m1 * m1, 0.0), 0.0)
-        out[g] = (n, mean, var)
-    return out
-
-
 def _loo_medians(x, member, idx, excl, chunk):
     """Per-(target, point) median of each group, leaving out ``excl``.
 
@@ -408,11 +346,10 @@ def lira(target_signal, shadow_signal, shadow_in, target_index=None, exclude=Non
     chunk_targets = max(int(chunk_targets), 1)
 
     T, K, V = tgt.shape
-    memf = member.astype(np.float64)
     total = np.zeros((T, K))
     for v in range(V):  # views are independent; loop keeps memory at one (S, P) slice
         x = shd[:, :, v].astype(np.float64)
-        mom = _loo_moments(x, member, memf, idx, excl)
+        mom = point_moments(x, member, idx, excl[:, None])
         med = _loo_medians(x, member, idx, excl, chunk_targets) if mu_estimator == "median" else None
         total += _view_statistic(tgt[:, :, v].astype(np.float64), mom, med, online=online,
                                  global_variance=global_variance, min_shadows=min_shadows,
