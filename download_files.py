@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="build an offline synthetic challenge instead of downloading")
     syn.add_argument("--n-points", type=int, help="synthetic: size of the base dataset")
     syn.add_argument("--len-training", type=int,
-                     help="synthetic: training-set size per model (default: half of --n-points)")
+                     help="synthetic: training-set size per model; half of --n-points when omitted")
     syn.add_argument("--n-train", type=int, help="synthetic: number of models in train")
     syn.add_argument("--n-dev", type=int, help="synthetic: number of models in dev")
     syn.add_argument("--n-final", type=int, help="synthetic: number of models in final")

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="data", help="root of the challenge trees")
     p.add_argument("--cache-dir", default="cache", help="signal cache written by save_preds.py")
     p.add_argument("--report-dir", default="report", help="scores, ROC plots and report.md go to <report-dir>/<track>/")
-    p.add_argument("--scenario", default=None, help="one scenario only (default: all)")
+    p.add_argument("--scenario", default=None, help="one scenario only, e.g. cifar10_hi; all when omitted")
     p.add_argument("--attack", choices=ATTACKS, default="lira", help="attack to run")
     p.add_argument("--evaluate", action="store_true",
                    help="also score train models leave-one-out, and dev/final where ground truth exists")
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     lira.add_argument("--global_variance", action="store_true",
                       help="one sigma per target model from all pooled shadow signals, not one per point")
     lira.add_argument("--online_attack", action="store_true",
-                      help="use IN shadows too: likelihood ratio of IN vs OUT Gaussians (default: one-sided OUT test)")
+                      help="use IN shadows too: likelihood ratio of IN vs OUT Gaussians instead of the one-sided OUT test")
     lira.add_argument("--logit_scaling", action="store_true", help="signal log(p/(1-p)) from the float32 probability p")
     lira.add_argument("--stable_logit_scaling", action="store_true",
                       help="signal log(p/(1-p)) computed stably from logits (wins over --logit_scaling)")

@@ -16,7 +16,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="MICO track")
     p.add_argument("--data-dir", default="data", help="root of the challenge trees")
-    p.add_argument("--output", default=None, help="zip path (default: predictions_<track>.zip)")
+    p.add_argument("--output", default=None, help="zip path; predictions_<track>.zip when omitted")
     return p.parse_args(argv)
 
 
