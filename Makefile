@@ -1,27 +1,47 @@
-# Quick start: `make demo` (offline synthetic challenge, end to end) and `make test`.
+# Quick start: `make demo` (offline synthetic challenge, end to end), `make test`, `make lint`.
 PYTHON ?= python3
 DATA ?= data/demo
 CACHE ?= cache/demo
 TRACK ?= purchase100
+# Test and lint tools (not runtime requirements, so not in requirements.txt).
+DEV_TOOLS ?= pytest ruff
+DEPS := .make/deps
 
-.PHONY: install demo compare test bench clean
+.PHONY: install demo compare test test-slow lint format bench clean
 
-install:
-	$(PYTHON) -m pip install -q -r requirements.txt pytest
+# Installs only when requirements.txt changed since the last install (or never ran here).
+$(DEPS): requirements.txt
+	$(PYTHON) -m pip install -q -r requirements.txt $(DEV_TOOLS)
+	mkdir -p $(dir $@) && touch $@
 
-demo: install
+install: $(DEPS)
+
+demo: $(DEPS)
 	$(PYTHON) download_files.py --challenge $(TRACK) --data-dir $(DATA) --synthetic
 	$(PYTHON) save_preds.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE)
 	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir report/demo --global_variance --evaluate
 	$(PYTHON) save_zip.py --challenge $(TRACK) --data-dir $(DATA) --output $(DATA)/predictions_$(TRACK).zip
 
-compare: install
+compare: $(DEPS)
 	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir report/demo --compare
 
-test: install
+# The default suite (tests marked slow are left out; see pyproject.toml).
+test: $(DEPS)
 	$(PYTHON) -m pytest -q tests
 
-bench: install
+# Only the slow tests (exit code 5, "no tests collected", is not a failure).
+test-slow: $(DEPS)
+	$(PYTHON) -m pytest -q -m slow tests || [ $$? -eq 5 ]
+
+lint: $(DEPS)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format: $(DEPS)
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+bench: $(DEPS)
 	$(PYTHON) bench/bench_lira.py
 
 clean:

@@ -7,24 +7,20 @@ is already in place. See challenges/download.py for the guarantees.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from challenges import download
-from challenges.tracks import TRACKS, scenario_names
+from challenges import cli, download
+from challenges.fileio import one_line
+from production.synthetic import build_synthetic
 
 SYNTHETIC_OPTIONS = ("n_points", "len_training", "n_train", "n_dev", "n_final", "seed", "device")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> cli.Parser:
     mirrors = ", ".join(f"{t}: {r}" for t, r in download.HF_REPOS.items())
-    p = argparse.ArgumentParser(description="Download a MICO challenge and its base dataset into "
-                                "<data-dir>/<challenge>/; rerunning skips what is in place.",
-                                epilog=f"Hugging Face mirrors ({mirrors}). Offline: --synthetic.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="track to fetch")
-    p.add_argument("--data-dir", default="data", help="root folder; files go to <data-dir>/<challenge>/")
-    p.add_argument("--scenario", help="fetch only this scenario (e.g. cifar10_hi) instead of all three")
+    p = cli.parser("Download a MICO challenge and its base dataset into <data-dir>/<challenge>/; rerunning "
+                   "skips what is in place.", epilog=f"Hugging Face mirrors ({mirrors}). Offline: --synthetic.",
+                   scenario="fetch only this scenario (e.g. cifar10_hi) instead of all three")
     src = p.add_argument_group("challenge source")
     src.add_argument("--url", help="competition archive URL (cifar10.zip / purchase100.zip) instead of the "
                      "Hugging Face mirror; 'original' for the competition's own URL")
@@ -53,48 +49,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.scenario is not None and args.scenario not in scenario_names(args.challenge):
-        parser.error(f"--scenario must be one of {', '.join(scenario_names(args.challenge))}")
     if args.md5 and not args.url:
         parser.error("--md5 needs --url")
     if args.url and (args.hub_repo or args.revision):
         parser.error("--hub-repo and --revision select the Hugging Face source; drop them with --url")
-    synthetic_given = [o for o in SYNTHETIC_OPTIONS + ("epochs",) if getattr(args, o) is not None]
     if args.synthetic:
         ignored = [f for f, v in (("--url", args.url), ("--hub-repo", args.hub_repo), ("--revision", args.revision),
                                   ("--no-dataset", args.no_dataset), ("--dataset-url", args.dataset_url),
                                   ("--dataset-md5", args.dataset_md5), ("--keep-archives", args.keep_archives)) if v]
         if ignored:
             parser.error(f"--synthetic builds everything locally; drop {', '.join(ignored)}")
-        from challenges.synthetic import build_synthetic
-        options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
-        if args.scenario:
-            options["scenarios"] = [args.scenario]
-    elif synthetic_given:
-        parser.error(f"--{synthetic_given[0].replace('_', '-')} only applies with --synthetic")
+    else:
+        given = [o for o in SYNTHETIC_OPTIONS + ("epochs",) if getattr(args, o) is not None]
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} only applies with --synthetic")
+    return args
+
+
+def fetch(args) -> None:
+    """The challenge (hub mirror or archive), then the base dataset."""
     scenarios = [args.scenario] if args.scenario else None
+    download.check_not_synthetic(args.data_dir, args.challenge)
+    if args.url:
+        download.fetch_challenge_archive(args.data_dir, args.challenge, args.url, args.md5, scenarios,
+                                         keep_archive=args.keep_archives)
+    else:
+        download.fetch_challenge_hub(args.data_dir, args.challenge, scenarios,
+                                     repo_id=args.hub_repo, revision=args.revision)
+    if not args.no_dataset:
+        download.fetch_dataset(args.data_dir, args.challenge, args.dataset_url, args.dataset_md5,
+                               keep_archive=args.keep_archives)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
         if args.synthetic:
-            build_synthetic(args.data_dir, args.challenge, epochs=args.epochs, **options)
-            return 0
-        download.check_not_synthetic(args.data_dir, args.challenge)
-        if args.url:
-            download.fetch_challenge_archive(args.data_dir, args.challenge, args.url, args.md5, scenarios,
-                                             keep_archive=args.keep_archives)
+            options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
+            build_synthetic(args.data_dir, args.challenge, epochs=args.epochs,
+                            scenarios=[args.scenario] if args.scenario else None, **options)
         else:
-            download.fetch_challenge_hub(args.data_dir, args.challenge, scenarios,
-                                         repo_id=args.hub_repo, revision=args.revision)
-        if not args.no_dataset:
-            download.fetch_dataset(args.data_dir, args.challenge, args.dataset_url, args.dataset_md5,
-                                   keep_archive=args.keep_archives)
+            fetch(args)
     except (download.DownloadError, ValueError) as e:  # ValueError: synthetic sizes or another challenge in place
-        print(f"download_files.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"download_files.py: error: {one_line(e, None)}", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, permissions: the user's to fix, no traceback
-        print(f"download_files.py: error: {download.one_line(str(e))}", file=sys.stderr)
+        print(f"download_files.py: error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("download_files.py: interrupted; rerun the same command to resume", file=sys.stderr)

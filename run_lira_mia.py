@@ -10,63 +10,97 @@ report/<track>/report.md (no prediction.csv is written then).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 from tqdm.auto import tqdm
 
-from attacks.suite import ATTACKS, COMPARE, fields_needed, make_attack
-from challenges import cache, evaluation, layout
+from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, SIGNALS, AttackOptions
+from attacks.suite import COMPARE, COMPARE_SETS, fields_needed, make_attack
+from challenges import cache, cli, evaluation, layout, report
 from challenges.datasets import load_dataset
 from challenges.scenario import load_scenario
-from challenges.tracks import TRACKS, load_params
+from challenges.tracks import load_params
+
+# AttackOptions field -> the flag that sets it (filled by build_parser), to render commands.
+OPTION_FLAGS: dict[str, str] = {}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="MICO track")
-    p.add_argument("--data-dir", default="data", help="root of the challenge trees")
+def rmia_a_value(text: str):
+    """argparse type of --rmia-a: a number in [0, 1] or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        a = float(text)
+    except ValueError:
+        a = -1.0
+    if not 0 <= a <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'auto', got {text!r}")
+    return a
+
+
+def _option(group, flag: str, **kwargs) -> None:
+    """Add an AttackOptions flag, its default taken from AttackOptions."""
+    action = group.add_argument(flag, **kwargs)
+    action.default = getattr(AttackOptions(), action.dest)
+    OPTION_FLAGS[action.dest] = flag
+
+
+def build_parser() -> cli.Parser:
+    p = cli.parser(__doc__)
     p.add_argument("--cache-dir", default="cache", help="signal cache written by save_preds.py")
     p.add_argument("--report-dir", default="report", help="scores, ROC plots and report.md go to <report-dir>/<track>/")
-    p.add_argument("--scenario", default=None, help="one scenario only, e.g. cifar10_hi; all when omitted")
-    p.add_argument("--attack", choices=ATTACKS, default="lira", help="attack to run")
+    _option(p, "--attack", choices=ATTACKS, help="attack to run")
     p.add_argument("--evaluate", action="store_true",
                    help="also score train models leave-one-out, and dev/final where ground truth exists")
     p.add_argument("--compare", action="store_true",
                    help="run every attack leave-one-out and write a comparison report instead of predictions")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling in rmia and classifier")
+    _option(p, "--seed", type=int, help="seed for sampling in rmia and classifier")
     lira = p.add_argument_group("LiRA (the runner-up's flags; --online_attack also selects online RMIA)")
-    lira.add_argument("--global_variance", action="store_true",
-                      help="one sigma per target model from all pooled shadow signals, not one per point")
-    lira.add_argument("--online_attack", action="store_true",
-                      help="use IN shadows too: likelihood ratio of IN vs OUT Gaussians instead of the one-sided OUT test")
-    lira.add_argument("--logit_scaling", action="store_true", help="signal log(p/(1-p)) from the float32 probability p")
-    lira.add_argument("--stable_logit_scaling", action="store_true",
-                      help="signal log(p/(1-p)) computed stably from logits (wins over --logit_scaling)")
-    lira.add_argument("--mu", choices=["mean", "median"], default="mean", help="per-point location of shadow signals")
-    lira.add_argument("--min-shadows", type=int, default=2,
-                      help="fewer IN/OUT shadows than this at a point: use the documented fallback")
+    _option(lira, "--global_variance", action="store_true",
+            help="one sigma per target model from all pooled shadow signals, not one per point")
+    _option(lira, "--online_attack", action="store_true",
+            help="use IN shadows too: likelihood ratio of IN vs OUT Gaussians instead of the one-sided OUT test")
+    _option(lira, "--logit_scaling", action="store_true", help="signal log(p/(1-p)) from the float32 probability p")
+    _option(lira, "--stable_logit_scaling", action="store_true",
+            help="signal log(p/(1-p)) computed stably from logits (wins over --logit_scaling)")
+    _option(lira, "--mu", choices=MU_CHOICES, help="per-point location of shadow signals")
+    _option(lira, "--min-shadows", type=int,
+            help="fewer IN/OUT shadows than this at a point: use the documented fallback")
     rm = p.add_argument_group("RMIA")
-    rm.add_argument("--rmia-a", default="0.3", help="offline coefficient a in [0,1], or 'auto' (best leave-one-out AUC)")
-    rm.add_argument("--rmia-gamma", type=float, default=1.0, help="likelihood-ratio threshold gamma")
-    rm.add_argument("--rmia-population", type=int, default=5000, help="population points z per target")
+    _option(rm, "--rmia-a", type=rmia_a_value,
+            help="offline coefficient a in [0,1], or 'auto' (best leave-one-out AUC)")
+    _option(rm, "--rmia-gamma", type=float, help="likelihood-ratio threshold gamma")
+    _option(rm, "--rmia-population", type=int, help="population points z per target")
     cal = p.add_argument_group("calibrated")
-    cal.add_argument("--signal", choices=["loss", "confidence"], default="loss", help="signal to calibrate")
-    cal.add_argument("--calibration", choices=["in", "mid", "z"], default="mid",
-                     help="s - mu_in, s - (mu_in + mu_out)/2, or (s - mu_all)/sigma_all")
+    _option(cal, "--signal", choices=SIGNALS, help="signal to calibrate")
+    _option(cal, "--calibration", choices=CALIBRATIONS,
+            help="s - mu_in, s - (mu_in + mu_out)/2, or (s - mu_all)/sigma_all")
     return p
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> tuple[argparse.Namespace, AttackOptions]:
+    """The command line, and the attack options it sets (validated once, here)."""
     p = build_parser()
     args = p.parse_args(argv)
-    if args.rmia_a != "auto":
-        try:
-            if not 0 <= float(args.rmia_a) <= 1:
-                raise ValueError
-        except ValueError:
-            p.error(f"--rmia-a must be a number in [0, 1] or 'auto', got {args.rmia_a!r}")
-    return args
+    try:
+        options = AttackOptions(**{f: getattr(args, f) for f in OPTION_FLAGS})
+    except ValueError as e:
+        p.error(str(e))
+    if args.compare:
+        fixed = [OPTION_FLAGS[k] for k in COMPARE_SETS if k in options.changed()]
+        if fixed:  # each comparison row sets these itself
+            p.error(f"--compare sets the attack options itself; drop {', '.join(fixed)}")
+    return args, options
+
+
+def option_flags(options: AttackOptions) -> list[str]:
+    """The command-line flags that reproduce ``options`` (only those that differ from the defaults)."""
+    out = []
+    for name, value in options.changed().items():
+        out += [OPTION_FLAGS[name]] if isinstance(value, bool) else [OPTION_FLAGS[name], str(value)]
+    return out
 
 
 def cache_fields(args, attack: str) -> tuple:
@@ -89,49 +123,43 @@ def scenarios_data(args, fields):
         yield data
 
 
-# Options the comparison rows set themselves (flag names as argparse stores them).
-COMPARE_SETS = ("attack", "global_variance", "online_attack", "logit_scaling", "stable_logit_scaling", "mu",
-                "rmia_a", "signal", "calibration")
-
-
-def compare(args, argv) -> int:
-    base = [a for a in argv if a != "--compare"]
-    defaults = vars(parse_args(["--challenge", args.challenge]))
-    fixed = [k for k in COMPARE_SETS if getattr(args, k) != defaults[k]]
-    if fixed:  # each comparison row sets these itself
-        parser = build_parser()
-        flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
-        parser.error(f"--compare sets the attack options itself; drop {', '.join(flag[k] for k in fixed)}")
-    runs = [(label, flags, parse_args(base + flags.split())) for label, flags in COMPARE]
-    fields = tuple(sorted({f for _, _, o in runs for f in cache_fields(args, o.attack)}))
-    scores = {label: {} for label, _, _ in runs}
+def compare(args, options: AttackOptions) -> str:
+    """Score every row of the line-up leave-one-out; write report.md; return its path."""
+    shared = {k: v for k, v in dataclasses.asdict(options).items() if k not in COMPARE_SETS}
+    runs = [(label, dataclasses.replace(row, **shared)) for label, row in COMPARE]
+    shared_flags = option_flags(dataclasses.replace(AttackOptions(), **shared))
+    fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o.attack)}))
+    scores = {label: {} for label, _ in runs}
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     bar = tqdm(total=len(runs) * n_scenarios, desc="compare", unit="run")
     for data in scenarios_data(args, fields):
-        for label, _, o in runs:
+        for label, o in runs:
             bar.set_postfix_str(f"{data.scenario}: {label}")
             results = evaluation.attack_scenario(data, make_attack(o), evaluate=True)
             scores[label][data.scenario] = evaluation.score_results(data, results)
             bar.update()
     bar.close()
-    command = " ".join(["python run_lira_mia.py", *(a for a in base if a != "--evaluate"), "--evaluate"])
-    commands = {label: f"{command} {flags}".strip() for label, flags, _ in runs}
-    path = evaluation.write_compare_report(os.path.join(args.report_dir, args.challenge), scores, commands)
-    print(open(path).read())
-    print(f"report: {path}")
-    return 0
+    base = ["python run_lira_mia.py", "--challenge", args.challenge, "--data-dir", args.data_dir,
+            "--cache-dir", args.cache_dir, "--report-dir", args.report_dir]
+    if args.scenario:
+        base += ["--scenario", args.scenario]
+    commands = {label: " ".join(base + ["--evaluate"] + option_flags(row) + shared_flags) for label, row in COMPARE}
+    return report.write_compare_report(os.path.join(args.report_dir, args.challenge), scores, commands)
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    args, options = parse_args(argv)
     if args.compare:
-        return compare(args, argv)
-    attack = make_attack(args)
+        path = compare(args, options)
+        with open(path) as f:
+            print(f.read())
+        print(f"report: {path}")
+        return 0
+    attack = make_attack(options)
     scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
-    for data in tqdm(scenarios_data(args, cache_fields(args, args.attack)), desc=args.attack, unit="scenario",
-                     total=n_scenarios):
+    for data in tqdm(scenarios_data(args, cache_fields(args, options.attack)), desc=options.attack,
+                     unit="scenario", total=n_scenarios):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
         done.append((data.models, results))  # the signals themselves are not kept
         if args.evaluate:
@@ -141,8 +169,8 @@ def main(argv=None) -> int:
     written = sum(evaluation.write_predictions(models, results) for models, results in done)
     print(f"wrote {written} prediction.csv files under {os.path.join(args.data_dir, args.challenge)}")
     if args.evaluate:
-        print(evaluation.print_scores(scores))
-        paths = evaluation.save_report(os.path.join(args.report_dir, args.challenge), scores)
+        print(report.scores_text(scores))
+        paths = report.save_report(os.path.join(args.report_dir, args.challenge), scores)
         print("report: " + ", ".join(paths))
     return 0
 

@@ -6,30 +6,27 @@ points that new shadow models brought.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from challenges import cache, layout
+from challenges import cache, cli, layout
 from challenges.datasets import load_dataset, to_tensor
 from challenges.scenario import scenario_points
-from challenges.tracks import TRACKS, load_params
+from challenges.tracks import load_params
 from models import load_model, resolve_device
 from models.query import query, view_names
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="MICO track")
-    p.add_argument("--data-dir", default="data", help="root of the challenge trees")
+    p = cli.parser(__doc__)
     p.add_argument("--cache-dir", default="cache", help="where the per-model signal files go")
-    p.add_argument("--scenario", default=None, help="one scenario only, e.g. cifar10_hi; all when omitted")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=4096, help="points per forward pass")
-    p.add_argument("--save-logits", action="store_true", help="also store full logits (the classifier attack then uses the sorted softmax as features)")
+    p.add_argument("--save-logits", action="store_true",
+                   help="also store full logits (the classifier attack then uses the sorted softmax as features)")
     p.add_argument("--augment", action="store_true", help="cifar10: add query views (horizontal flip, shifts)")
     p.add_argument("--shifts", type=int, default=0, help="with --augment: pixel shifts up to k (reflect padding)")
     args = p.parse_args(argv)

@@ -5,17 +5,15 @@ as MICO's starting kit did; names every missing or invalid file and writes nothi
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
+from challenges import cli
 from challenges.submission import validate, write_zip
-from challenges.tracks import TRACKS, load_params
+from challenges.tracks import load_params
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="MICO track")
-    p.add_argument("--data-dir", default="data", help="root of the challenge trees")
+    p = cli.parser(__doc__, scenario=None)
     p.add_argument("--output", default=None, help="zip path; predictions_<track>.zip when omitted")
     return p.parse_args(argv)
 

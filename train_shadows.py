@@ -14,10 +14,11 @@ import sys
 
 from tqdm.auto import tqdm
 
-from challenges.build import model_seeds, train_model_folder
+from challenges import cli
 from challenges.datasets import load_dataset
 from challenges.layout import ModelDir
-from challenges.tracks import SCENARIO_SUFFIXES, TRACKS, load_params, scenario_names, scenario_suffix
+from challenges.tracks import SCENARIO_SUFFIXES, load_params, scenario_suffix
+from production.folders import model_seeds, train_model_folder
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -31,11 +32,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="MICO track")
+    p = cli.parser(__doc__, scenario=None)
     p.add_argument("--scenario", required=True, help="scenario whose recipe to use, e.g. purchase100_inf")
     p.add_argument("--n", type=int, required=True, help="number of extra shadow models (ids --first-id..)")
-    p.add_argument("--data-dir", default="data", help="root of the challenge trees")
     p.add_argument("--first-id", type=int, default=1000, help="id of the first extra model (MICO's own ids are 0-199)")
     p.add_argument("--seed", type=int, default=0, help="seeds are drawn from (seed, scenario, id)")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: train only ids with index %% n == i")
@@ -44,8 +43,6 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     args = p.parse_args(argv)
-    if args.scenario not in scenario_names(args.challenge):
-        p.error(f"--scenario must be one of {', '.join(scenario_names(args.challenge))}")
     if args.n < 1:
         p.error("--n must be positive")
     return args

@@ -38,8 +38,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from .checks import check_exclude, check_index, check_membership
-from .stats import SIGMA_FLOOR, point_moments
+from .checks import check_array, check_exclude, check_index, check_membership
+from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap, point_moments
 
 CALIBRATION_MODES = ("in", "mid", "z")
 
@@ -85,18 +85,9 @@ def minmax(x) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def _view_mean(a, name: str, ndim: int = 3) -> np.ndarray:
+def _view_mean(a, name: str) -> np.ndarray:
     """Validate a (models, points, views) array and average it over views -> float64 (models, points)."""
-    a = np.asarray(a)
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D (models, points, views), got shape {a.shape}")
-    if a.size == 0 or a.shape[-1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.number) or a.dtype == bool:
-        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return a.mean(axis=-1, dtype=np.float64)
+    return check_array(a, name, 3).mean(axis=-1, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- #
@@ -145,26 +136,6 @@ def entropy_attack(target_mentr, shadow_mentr=None, shadow_in=None, target_index
     return calibrated(-np.asarray(target_mentr, dtype=np.float64),
                       -np.asarray(shadow_mentr, dtype=np.float64),
                       shadow_in, target_index, exclude, mode=mode)
-
-
-# --------------------------------------------------------------------------- #
-# per-point statistics (shared with attacks.classifier)
-# --------------------------------------------------------------------------- #
-def _fill_locations(mom, axis=-1):
-    """mu_in, mu_out with the documented fallback for empty groups.
-
-    gap = mean over the entries (along ``axis``, i.e. one target's challenge
-    points) having both groups of (mu_in - mu_out); 0 if there are none.
-    A missing mu_in becomes mu_out + gap, a missing mu_out mu_in - gap.
-    """
-    n_in, m_in, _ = mom[True]
-    n_out, m_out, _ = mom[False]
-    both = (n_in > 0) & (n_out > 0)
-    nb = both.sum(axis=axis, keepdims=True)
-    gap = np.where(both, m_in - m_out, 0.0).sum(axis=axis, keepdims=True) / np.maximum(nb, 1)
-    mu_in = np.where(n_in > 0, m_in, m_out + gap)
-    mu_out = np.where(n_out > 0, m_out, m_in - gap)
-    return mu_in, mu_out
 
 
 # --------------------------------------------------------------------------- #
@@ -233,6 +204,8 @@ def calibrated(target_signal, shadow_signal, shadow_in, target_index, exclude=No
         var = (n_in * (v_in + (m_in - mu) ** 2) + n_out * (v_out + (m_out - mu) ** 2)) / np.maximum(n, 1)
         stat = (s - mu) / np.maximum(np.sqrt(var), SIGMA_FLOOR)
     else:
-        mu_in, mu_out = _fill_locations(mom, axis=1)
+        (n_in, m_in, _), (n_out, m_out, _) = mom[True], mom[False]
+        gap = mean_gap(m_in, m_out, (n_in > 0) & (n_out > 0), axis=1)
+        mu_in, mu_out = fill_by_gap(m_in, m_out, n_in > 0, n_out > 0, gap)
         stat = s - (mu_in if mode == "in" else 0.5 * (mu_in + mu_out))
     return minmax(stat)

@@ -1,7 +1,26 @@
-"""Input checks shared by the attacks: membership matrix, target indices, leave-one-out rows."""
+"""Input checks shared by the attacks: signal arrays, membership matrix, target indices, leave-one-out rows."""
 from __future__ import annotations
 
 import numpy as np
+
+
+def check_array(a, name: str, ndim: int, *, floating: bool = False, unit_interval: bool = False) -> np.ndarray:
+    """``a`` as an array, checked: ``ndim`` dimensions, non-empty, real numbers (floats if
+    ``floating``), all finite, and within [0, 1] if ``unit_interval``. Raises ValueError naming ``name``."""
+    a = np.asarray(a)
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D (models, points, views{', classes' if ndim == 4 else ''}), "
+                         f"got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {a.shape}")
+    kind = np.floating if floating else np.number
+    if a.dtype == bool or not np.issubdtype(a.dtype, kind):
+        raise ValueError(f"{name} must be {'a float' if floating else 'a numeric'} array, got dtype {a.dtype}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if unit_interval and (a.min() < 0 or a.max() > 1):
+        raise ValueError(f"{name} must hold probabilities in [0, 1]")
+    return a
 
 
 def check_membership(shadow_in, shape) -> np.ndarray:

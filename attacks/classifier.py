@@ -47,9 +47,8 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.ensemble import ExtraTreesClassifier
 
-from .checks import check_exclude, check_index, check_membership
-from .stats import SIGMA_FLOOR, group_sums, query_moments
-
+from .checks import check_array, check_exclude, check_index, check_membership
+from .stats import SIGMA_FLOOR, fill_by_gap, group_sums, mean_gap, query_moments
 
 
 def default_estimator(seed=0, n_jobs: int = 2) -> ExtraTreesClassifier:
@@ -96,8 +95,7 @@ class _Calibrator:
             gs = group_sums(x, member, avail)
             mom = query_moments(gs, allp, -1)
             (n_in, m_in, _), (n_out, m_out, v_out) = mom[True], mom[False]
-            both = (n_in > 0) & (n_out > 0)
-            gap = float((m_in - m_out)[both].mean()) if both.any() else 0.0
+            gap = mean_gap(m_in, m_out, (n_in > 0) & (n_out > 0), axis=None)
             ok = n_out >= 2
             sd = float(np.sqrt(v_out[ok].mean())) if ok.any() else 1.0
             self.sums[name] = gs
@@ -107,8 +105,7 @@ class _Calibrator:
         mom = query_moments(self.sums[name], pts, excl)
         (n_in, m_in, _), (n_out, m_out, v_out) = mom[True], mom[False]
         gap, sd_pool = self.glob[name]
-        mu_in = np.where(n_in > 0, m_in, m_out + gap)
-        mu_out = np.where(n_out > 0, m_out, m_in - gap)
+        mu_in, mu_out = fill_by_gap(m_in, m_out, n_in > 0, n_out > 0, gap)
         sd = np.maximum(np.where(n_out >= 2, np.sqrt(v_out), sd_pool), SIGMA_FLOOR)
         return mu_in, mu_out, sd
 
@@ -134,17 +131,70 @@ def _features(phi, mentr, logits, calib, top_k: int) -> np.ndarray:
     return np.concatenate([np.asarray(c, dtype=np.float64) for c in cols], axis=1).astype(np.float32)
 
 
-def _check(a, name, ndim):
-    a = np.asarray(a)
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {a.shape}")
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return a
+def _check_inputs(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow_in, target_index, exclude,
+                  target_logits, shadow_logits, n_folds, max_train, top_k):
+    """Validated arrays: (tphi, tmen, sphi, smen, member, idx, excl, tlog, slog)."""
+    tphi = check_array(target_phi, "target_phi", 3)
+    tmen = check_array(target_mentr, "target_mentr", 3)
+    sphi = check_array(shadow_phi, "shadow_phi", 3)
+    smen = check_array(shadow_mentr, "shadow_mentr", 3)
+    T, K, V = tphi.shape
+    S, P, Vs = sphi.shape
+    if tmen.shape != tphi.shape or smen.shape != sphi.shape or Vs != V:
+        raise ValueError(f"shape mismatch: target_phi {tphi.shape}, target_mentr {tmen.shape}, "
+                         f"shadow_phi {sphi.shape}, shadow_mentr {smen.shape}")
+    member = check_membership(shadow_in, (S, P))
+    idx = check_index(target_index, T, K, P)
+    excl = check_exclude(exclude, T, S)
+    if (target_logits is None) != (shadow_logits is None):
+        raise ValueError("give both target_logits and shadow_logits, or neither")
+    tlog = slog = None
+    if target_logits is not None:
+        tlog = check_array(target_logits, "target_logits", 4)
+        slog = np.asarray(shadow_logits)       # may be a memmap: checked per gathered block
+        if slog.ndim != 4 or slog.shape[:3] != (S, P, V) or tlog.shape[:3] != (T, K, V) \
+                or tlog.shape[3] != slog.shape[3] or slog.shape[3] < 1:
+            raise ValueError(f"logits must be (T, K, V, C) and (S, P, V, C) matching the signals; got "
+                             f"{tlog.shape} and {slog.shape}")
+    if isinstance(n_folds, bool) or int(n_folds) != n_folds or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+    if isinstance(max_train, bool) or int(max_train) != max_train or max_train < 2:
+        raise ValueError(f"max_train must be an integer >= 2, got {max_train!r}")
+    if int(top_k) < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k!r}")
+    if (excl >= 0).any() and S < 2:
+        raise ValueError("leave-one-out targets need at least 2 shadows")
+    return tphi, tmen, sphi, smen, member, idx, excl, tlog, slog
+
+
+def _build(phi, mentr, logits, pts, ex, cal, top_k: int, chunk_rows: int) -> np.ndarray:
+    """Features of N rows, in blocks of ``chunk_rows``.
+
+    phi, mentr: (N, V); logits: None or (array, i0, i1) with row r's logits at ``array[i0[r], i1[r]]``
+    (only those rows are read); pts, ex: (N,) pool point and shadow to leave out of the calibration
+    statistics; cal: a :class:`_Calibrator` or None.
+    """
+    out = []
+    for r0 in range(0, phi.shape[0], chunk_rows):
+        sl = slice(r0, r0 + chunk_rows)
+        lg = cf = None
+        if logits is not None:
+            arr, i0, i1 = logits
+            lg = check_array(arr[i0[sl], i1[sl]], "logits", 3)
+        if cal is not None:
+            cf = cal.features(pts[sl], ex[sl], phi[sl].mean(axis=1, dtype=np.float64),
+                              mentr[sl].mean(axis=1, dtype=np.float64))
+        out.append(_features(phi[sl], mentr[sl], lg, cf, top_k))
+    return np.concatenate(out, axis=0)
+
+
+def _fit_predict(X, y, Xt, estimator, seed) -> np.ndarray:
+    """P(IN) for the rows Xt from a classifier fitted on (X, y); a constant with one class only."""
+    if np.unique(y).size < 2:                     # one class only: no information
+        return np.full(Xt.shape[0], float(y[0]))
+    clf = clone(estimator) if estimator is not None else default_estimator(seed)
+    clf.fit(X, y)
+    return clf.predict_proba(Xt)[:, list(clf.classes_).index(True)]
 
 
 def classifier_attack(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow_in, target_index,
@@ -194,62 +244,19 @@ def classifier_attack(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow
     n_folds + 1 classifiers are trained: one per fold holding a
     leave-one-out target, one on all shadows if any target has exclude -1.
     """
-    tphi = _check(target_phi, "target_phi", 3)
-    tmen = _check(target_mentr, "target_mentr", 3)
-    sphi = _check(shadow_phi, "shadow_phi", 3)
-    smen = _check(shadow_mentr, "shadow_mentr", 3)
+    tphi, tmen, sphi, smen, member, idx, excl, tlog, slog = _check_inputs(
+        target_phi, target_mentr, shadow_phi, shadow_mentr, shadow_in, target_index, exclude,
+        target_logits, shadow_logits, n_folds, max_train, top_k)
     T, K, V = tphi.shape
-    S, P, Vs = sphi.shape
-    if tmen.shape != tphi.shape or smen.shape != sphi.shape or Vs != V:
-        raise ValueError(f"shape mismatch: target_phi {tphi.shape}, target_mentr {tmen.shape}, "
-                         f"shadow_phi {sphi.shape}, shadow_mentr {smen.shape}")
-    member = check_membership(shadow_in, (S, P))
-    idx = check_index(target_index, T, K, P)
-    excl = check_exclude(exclude, T, S)
-    if (target_logits is None) != (shadow_logits is None):
-        raise ValueError("give both target_logits and shadow_logits, or neither")
-    if target_logits is not None:
-        tlog = _check(target_logits, "target_logits", 4)
-        slog = np.asarray(shadow_logits)       # may be a memmap: checked per gathered block
-        if slog.ndim != 4 or slog.shape[:3] != (S, P, V) or tlog.shape[:3] != (T, K, V) \
-                or tlog.shape[3] != slog.shape[3] or slog.shape[3] < 1:
-            raise ValueError(f"logits must be (T, K, V, C) and (S, P, V, C) matching the signals; got "
-                             f"{tlog.shape} and {slog.shape}")
-    else:
-        tlog = slog = None
-    if isinstance(n_folds, bool) or int(n_folds) != n_folds or n_folds < 2:
-        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
-    if isinstance(max_train, bool) or int(max_train) != max_train or max_train < 2:
-        raise ValueError(f"max_train must be an integer >= 2, got {max_train!r}")
-    if int(top_k) < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k!r}")
-    if (excl >= 0).any() and S < 2:
-        raise ValueError("leave-one-out targets need at least 2 shadows")
-    chunk_rows = max(int(chunk_rows), 1)
+    S, P, _ = sphi.shape
+    top_k, chunk_rows = int(top_k), max(int(chunk_rows), 1)
 
     rng = np.random.default_rng(seed)
     n_f = min(int(n_folds), S)
     fold = np.empty(S, dtype=np.intp)
     fold[rng.permutation(S)] = np.arange(S) % n_f
-
     phib = sphi.mean(axis=2, dtype=np.float64)
     mentrb = smen.mean(axis=2, dtype=np.float64)
-
-    def build(phi, mentr, get_logits, pts, ex, cal):
-        """Features of N rows, in blocks of chunk_rows."""
-        N = phi.shape[0]
-        out = []
-        for r0 in range(0, N, chunk_rows):
-            sl = slice(r0, r0 + chunk_rows)
-            lg = None
-            if get_logits is not None:
-                lg = _check(get_logits(sl), "logits", 3)
-            cf = None
-            if cal is not None:
-                cf = cal.features(pts[sl], ex[sl], phi[sl].mean(axis=1, dtype=np.float64),
-                                  mentr[sl].mean(axis=1, dtype=np.float64))
-            out.append(_features(phi[sl], mentr[sl], lg, cf, int(top_k)))
-        return np.concatenate(out, axis=0)
 
     scores = np.full((T, K), np.nan)
     groups = [(-1, excl < 0)] + [(f, (excl >= 0) & (fold[np.maximum(excl, 0)] == f)) for f in range(n_f)]
@@ -262,26 +269,15 @@ def classifier_attack(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow
         flat = np.arange(total) if total <= max_train else rng.choice(total, size=int(max_train), replace=False)
         flat.sort()                                   # row-major reads of the shadow arrays
         s_idx, p_idx = a_rows[flat // P], flat % P
-        y = member[s_idx, p_idx]
         cal = _Calibrator(phib, mentrb, member, avail) if calibration else None
-        X = build(sphi[s_idx, p_idx], smen[s_idx, p_idx],
-                  None if slog is None else (lambda sl: slog[s_idx[sl], p_idx[sl]]),
-                  p_idx, s_idx, cal)
+        X = _build(sphi[s_idx, p_idx], smen[s_idx, p_idx], None if slog is None else (slog, s_idx, p_idx),
+                   p_idx, s_idx, cal, top_k, chunk_rows)
 
         tt = np.flatnonzero(which)
-        t_rows = np.repeat(tt, K)
         t_pts = idx[tt].ravel()
-        t_k = np.tile(np.arange(K), tt.size)
+        t_logits = None if tlog is None else (tlog, np.repeat(tt, K), np.tile(np.arange(K), tt.size))
         # the targets of a fold are outside A, dev/final targets are not shadows: nothing to leave out
-        Xt = build(tphi[tt].reshape(-1, V), tmen[tt].reshape(-1, V),
-                   None if tlog is None else (lambda sl: tlog[t_rows[sl], t_k[sl]]),
-                   t_pts, np.full(t_pts.size, -1), cal)
-
-        clf = clone(estimator) if estimator is not None else default_estimator(seed)
-        if np.unique(y).size < 2:                     # one class only: no information
-            prob = np.full(Xt.shape[0], float(y[0]))
-        else:
-            clf.fit(X, y)
-            prob = clf.predict_proba(Xt)[:, list(clf.classes_).index(True)]
-        scores[tt] = prob.reshape(tt.size, K)
+        Xt = _build(tphi[tt].reshape(-1, V), tmen[tt].reshape(-1, V), t_logits, t_pts,
+                    np.full(t_pts.size, -1), cal, top_k, chunk_rows)
+        scores[tt] = _fit_predict(X, member[s_idx, p_idx], Xt, estimator, seed).reshape(tt.size, K)
     return np.clip(scores, 0.0, 1.0)

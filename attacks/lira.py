@@ -48,8 +48,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, ndtr
 
-from .checks import check_exclude, check_index, check_membership
-from .stats import SIGMA_FLOOR, point_moments
+from .checks import check_array, check_exclude, check_index, check_membership
+from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap, point_moments
 
 SIGNAL_KINDS = ("prob", "logit", "stable_logit")
 MU_ESTIMATORS = ("mean", "median")
@@ -137,17 +137,12 @@ def squash(x) -> np.ndarray:
 # input checks
 # --------------------------------------------------------------------------- #
 def _check_inputs(target_signal, shadow_signal, shadow_in, target_index, exclude):
-    tgt = np.asarray(target_signal)
-    shd = np.asarray(shadow_signal)
-    if tgt.ndim != 3 or shd.ndim != 3:
-        raise ValueError("target_signal and shadow_signal must be 3-D "
-                         f"(models, points, views); got {tgt.shape} and {shd.shape}")
+    tgt = check_array(target_signal, "target_signal", 3)
+    shd = check_array(shadow_signal, "shadow_signal", 3)
     T, K, V = tgt.shape
     S, P, Vs = shd.shape
     if Vs != V:
         raise ValueError(f"view count differs: target_signal has {V}, shadow_signal has {Vs}")
-    if S == 0 or P == 0 or V == 0:
-        raise ValueError(f"shadow_signal must be non-empty, got shape {shd.shape}")
     member = check_membership(shadow_in, (S, P))
     if target_index is None:
         if K != P:
@@ -156,13 +151,7 @@ def _check_inputs(target_signal, shadow_signal, shadow_in, target_index, exclude
         idx = np.broadcast_to(np.arange(P), (T, P))
     else:
         idx = check_index(target_index, T, K, P)
-    excl = check_exclude(exclude, T, S)
-
-    if not np.isfinite(tgt).all():
-        raise ValueError("target_signal contains NaN or infinite values")
-    if not np.isfinite(shd).all():
-        raise ValueError("shadow_signal contains NaN or infinite values")
-    return tgt, shd, member, idx, excl
+    return tgt, shd, member, idx, check_exclude(exclude, T, S)
 
 
 # --------------------------------------------------------------------------- #
@@ -252,12 +241,9 @@ def _view_statistic(s, mom, med, *, online, global_variance, min_shadows, sigma_
     N_in, M_in, sd_pool_in = _pooled(n_in, mean_in, var_in)
     mu_in_pt = mean_in if med is None else med[True]
     ok_in = n_in >= min_shadows
-    both = ok_in & ok_out
-    nb = both.sum(axis=1)
-    gap_pts = np.where(both, mu_in_pt - mu_out_pt, 0.0).sum(axis=1) / np.maximum(nb, 1)
     gap_pool = np.where(N_in > 0, M_in - M_out, 0.0)
-    gap = np.where(nb > 0, gap_pts, gap_pool)
-    mu_in = np.where(ok_in, mu_in_pt, mu_out + gap[:, None])
+    gap = mean_gap(mu_in_pt, mu_out_pt, ok_in & ok_out, axis=1, default=gap_pool[:, None])
+    mu_in, _ = fill_by_gap(mu_in_pt, mu_out, ok_in, True, gap)
     # no IN signal at all: IN model = OUT model, so llr = 0 (no evidence either way)
     sd_in_fb = np.where(N_in[:, None] > 0, sd_pool_in[:, None], sd_out)
     if global_variance:

@@ -89,7 +89,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from .checks import check_exclude, check_index, check_membership
+from .checks import check_array, check_exclude, check_index, check_membership
 
 VIEW_MODES = ("vote", "mean")
 ONLINE_WEIGHTINGS = ("balanced", "all")
@@ -97,21 +97,6 @@ ONLINE_WEIGHTINGS = ("balanced", "all")
 # Pr(x) is an average of probabilities; it is 0 only if every reference model
 # gives exactly p = 0 (float underflow).  Flooring it keeps p / Pr finite.
 PR_FLOOR = 1e-300
-
-
-def _check_probs(a, name: str, from_phi: bool) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim != 3:
-        raise ValueError(f"{name} must be 3-D (models, points, views), got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {a.shape}")
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{name} must be a float array, got dtype {a.dtype}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if not from_phi and (a.min() < 0 or a.max() > 1):
-        raise ValueError(f"{name} must hold probabilities in [0, 1] (pass from_phi=True for phi)")
-    return a
 
 
 def population(target_index, n_pool: int, n_population: int, seed=0) -> np.ndarray:
@@ -198,6 +183,34 @@ def _fraction_below(lr_x, thr_z):
     return below / n
 
 
+def _check_inputs(target_prob, shadow_prob, shadow_in, target_index, exclude, from_phi: bool):
+    """Validated (target, shadow, membership, target_index, exclude) arrays."""
+    tgt = check_array(target_prob, "target_prob", 3, floating=True, unit_interval=not from_phi)
+    shd = check_array(shadow_prob, "shadow_prob", 3, floating=True, unit_interval=not from_phi)
+    T, P, V = tgt.shape
+    S = shd.shape[0]
+    if shd.shape[1:] != (P, V):
+        raise ValueError(f"shadow_prob must have shape (S, {P}, {V}) like target_prob, got {shd.shape}")
+    member = check_membership(shadow_in, (S, P))
+    idx = np.asarray(target_index)
+    if idx.ndim != 2 or idx.shape[0] != T:
+        raise ValueError(f"target_index must have shape ({T}, K), got {idx.shape}")
+    return tgt, shd, member, check_index(idx, T, idx.shape[1], P), check_exclude(exclude, T, S)
+
+
+def _check_options(a, gamma, n_population, views, online_weighting) -> None:
+    if not (0.0 <= a <= 1.0):
+        raise ValueError(f"a must lie in [0, 1], got {a!r}")
+    if not (np.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be a positive number, got {gamma!r}")
+    if isinstance(n_population, bool) or int(n_population) != n_population or n_population < 1:
+        raise ValueError(f"n_population must be an integer >= 1, got {n_population!r}")
+    if views not in VIEW_MODES:
+        raise ValueError(f"views must be one of {VIEW_MODES}, got {views!r}")
+    if online_weighting not in ONLINE_WEIGHTINGS:
+        raise ValueError(f"online_weighting must be one of {ONLINE_WEIGHTINGS}, got {online_weighting!r}")
+
+
 def rmia(target_prob, shadow_prob, shadow_in, target_index, exclude=None, *, a: float = 0.3,
          gamma: float = 1.0, n_population: int = 5000, online: bool = False,
          online_weighting: str = "balanced", views: str = "vote", seed=0, chunk: int = 8,
@@ -254,35 +267,13 @@ def rmia(target_prob, shadow_prob, shadow_in, target_index, exclude=None, *, a: 
     'mean', O(T*K*n*V) comparisons for 'vote' with V > 1.
     """
     from_phi = bool(from_phi)
-    tgt = _check_probs(target_prob, "target_prob", from_phi)
-    shd = _check_probs(shadow_prob, "shadow_prob", from_phi)
-    T, P, V = tgt.shape
-    S = shd.shape[0]
-    if shd.shape[1:] != (P, V):
-        raise ValueError(f"shadow_prob must have shape (S, {P}, {V}) like target_prob, got {shd.shape}")
-    member = check_membership(shadow_in, (S, P))
-    idx = np.asarray(target_index)
-    if idx.ndim != 2 or idx.shape[0] != T:
-        raise ValueError(f"target_index must have shape ({T}, K), got {idx.shape}")
-    idx = check_index(idx, T, idx.shape[1], P)
-    K = idx.shape[1]
-    excl = check_exclude(exclude, T, S)
-    if not (0.0 <= a <= 1.0):
-        raise ValueError(f"a must lie in [0, 1], got {a!r}")
-    if not (np.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be a positive number, got {gamma!r}")
-    if isinstance(n_population, bool) or int(n_population) != n_population or n_population < 1:
-        raise ValueError(f"n_population must be an integer >= 1, got {n_population!r}")
-    if views not in VIEW_MODES:
-        raise ValueError(f"views must be one of {VIEW_MODES}, got {views!r}")
-    if online_weighting not in ONLINE_WEIGHTINGS:
-        raise ValueError(f"online_weighting must be one of {ONLINE_WEIGHTINGS}, got {online_weighting!r}")
-    if S - (excl >= 0).any() < 1:
+    tgt, shd, member, idx, excl = _check_inputs(target_prob, shadow_prob, shadow_in, target_index, exclude,
+                                                from_phi)
+    _check_options(a, gamma, n_population, views, online_weighting)
+    if shd.shape[0] - (excl >= 0).any() < 1:
         raise ValueError("no shadow left after leave-one-out")
-    chunk = max(int(chunk), 1)
-
+    T, P, V = tgt.shape
     Z = population(idx, P, int(n_population), seed)          # (T, n)
-    n = Z.shape[1]
     rows = np.arange(T)[:, None]
 
     def prob(arr):
@@ -297,29 +288,29 @@ def rmia(target_prob, shadow_prob, shadow_in, target_index, exclude=None, *, a: 
         return lr_x, gamma * lr_z
 
     if V == 1 or views == "mean":
-        if V == 1:
-            x_sh = prob(shd[:, :, 0])
-            px, pz = prob(tgt[rows, idx, 0]), prob(tgt[rows, Z, 0])
-        else:
-            x_sh = np.zeros((S, P))
-            for v in range(V):
-                x_sh += prob(shd[:, :, v])
+        x_sh = np.zeros((shd.shape[0], P))
+        for v in range(V):
+            x_sh += prob(shd[:, :, v])
+        if V > 1:
             x_sh /= V
-            px = prob(tgt[rows, idx]).mean(axis=-1)
-            pz = prob(tgt[rows, Z]).mean(axis=-1)
-        lr_x, thr_z = ratios(x_sh, px, pz)
-        return _fraction_below(lr_x, thr_z)
-
+        px, pz = prob(tgt[rows, idx]).mean(axis=-1), prob(tgt[rows, Z]).mean(axis=-1)
+        return _fraction_below(*ratios(x_sh, px, pz))
     # majority vote over views (R5): per-view ratios, then count wins per (x, z) pair
-    lr_x = np.empty((V, T, K))
-    thr_z = np.empty((V, T, n))
-    for v in range(V):
-        lr_x[v], thr_z[v] = ratios(prob(shd[:, :, v]), prob(tgt[rows, idx, v]), prob(tgt[rows, Z, v]))
-    need = V // 2 + 1                      # strict majority; a tie is a loss
+    per_view = [ratios(prob(shd[:, :, v]), prob(tgt[rows, idx, v]), prob(tgt[rows, Z, v])) for v in range(V)]
+    return _majority(np.stack([r[0] for r in per_view]), np.stack([r[1] for r in per_view]), max(int(chunk), 1))
+
+
+def _majority(lr_x, thr_z, chunk: int) -> np.ndarray:
+    """(T, K) fraction of z that x beats in a strict majority of views (a tie is a loss).
+
+    lr_x: (V, T, K) LR(x) per view; thr_z: (V, T, n) gamma * LR(z) per view; ``chunk`` targets per
+    block (memory ~ chunk * K * n bytes)."""
+    V, T, K = lr_x.shape
+    need = V // 2 + 1
     out = np.empty((T, K))
     for t0 in range(0, T, chunk):
         sl = slice(t0, t0 + chunk)
-        wins = np.zeros((min(chunk, T - t0), K, n), dtype=np.uint8)
+        wins = np.zeros((min(chunk, T - t0), K, thr_z.shape[2]), dtype=np.uint8)
         for v in range(V):
             wins += lr_x[v, sl, :, None] > thr_z[v, sl, None, :]
         out[sl] = (wins >= need).mean(axis=-1)

@@ -2,7 +2,8 @@
 
 Shared by the attacks: for every pool point, the count, mean and ddof=0 variance of the IN and
 the OUT shadows' signals, where each query may leave one shadow out (the target itself, when it
-is a shadow) without another pass over the shadows.
+is a shadow) without another pass over the shadows; and the one fallback for a point with too few
+IN or OUT shadows (:func:`mean_gap`, :func:`fill_by_gap`).
 """
 from __future__ import annotations
 
@@ -89,3 +90,23 @@ def query_moments(gs, idx, excl) -> dict:
 def point_moments(x, member, idx, excl, avail=None) -> dict:
     """:func:`query_moments` of :func:`group_sums` in one call."""
     return query_moments(group_sums(x, member, avail), idx, excl)
+
+
+def mean_gap(mu_in, mu_out, both, axis=-1, default=0.0):
+    """Mean of ``mu_in - mu_out`` over the entries where ``both`` groups have statistics.
+
+    Along ``axis`` (keeping it, for broadcasting), or over everything with ``axis=None`` (a float);
+    ``default`` where no entry has both.
+    """
+    diff = np.where(both, mu_in - mu_out, 0.0)
+    if axis is None:
+        nb = int(np.sum(both))
+        return float(diff.sum() / nb) if nb else float(default)
+    nb = np.sum(both, axis=axis, keepdims=True)
+    return np.where(nb > 0, diff.sum(axis=axis, keepdims=True) / np.maximum(nb, 1), default)
+
+
+def fill_by_gap(mu_in, mu_out, ok_in, ok_out, gap):
+    """The fallback for a point with too few IN or OUT shadows: shift the other group's location by
+    the IN-OUT ``gap`` (from :func:`mean_gap`). Returns (mu_in, mu_out), filled where not ok."""
+    return np.where(ok_in, mu_in, mu_out + gap), np.where(ok_out, mu_out, mu_in - gap)

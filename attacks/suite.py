@@ -2,39 +2,24 @@
 
 An attack here is ``run(data, rows, exclude, opts) -> scores``: ``data`` a
 ``challenges.scenario.ScenarioData`` (arrays only), ``rows`` (T,) the model rows to attack,
-``exclude`` (T,) the shadow row each must leave out (-1: none), ``opts`` an argparse-style
-namespace with the attack's options; ``scores`` (T, 2m) in [0, 1]. Train models are the first
+``exclude`` (T,) the shadow row each must leave out (-1: none), ``opts`` an
+:class:`attacks.options.AttackOptions`; ``scores`` (T, 2m) in [0, 1]. Train models are the first
 ``data.n_train`` rows and serve as shadows. Attacks whose scores are min-max scaled (loss,
 confidence, calibrated, entropy) are scaled once over all rows of a call: one affine map, so every
 phase ranks exactly as if it had been scaled on its own.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from .baselines import (calibrated, confidence_attack, entropy_attack, loss_attack, loss_from_phi,
-                        prob_from_phi)
+from .baselines import calibrated, confidence_attack, entropy_attack, loss_attack, loss_from_phi, prob_from_phi
 from .classifier import classifier_attack
 from .lira import lira, signal_from_phi, signal_kind
+from .options import AttackOptions
 from .rmia import rmia
 
-ATTACKS = ("lira", "rmia", "loss", "confidence", "calibrated", "entropy", "classifier")
 RMIA_A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
-
-DEFAULTS = dict(attack="lira", global_variance=False, online_attack=False, logit_scaling=False,
-                stable_logit_scaling=False, mu="mean", min_shadows=2, rmia_a="0.3", rmia_gamma=1.0,
-                rmia_population=5000, signal="loss", calibration="mid", seed=0)
-
-
-def options(**overrides) -> SimpleNamespace:
-    """An options namespace with every attack option at its default, then ``overrides``."""
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown attack option(s): {sorted(unknown)}")
-    return SimpleNamespace(**{**DEFAULTS, **overrides})
 
 
 def fields_needed(attack: str, have_logits: bool = False) -> tuple:
@@ -75,7 +60,7 @@ def choose_rmia_a(data, o) -> float:
 
 
 def _rmia(data, rows, exclude, o):
-    a = choose_rmia_a(data, o) if str(o.rmia_a) == "auto" else float(o.rmia_a)
+    a = choose_rmia_a(data, o) if o.rmia_a == "auto" else float(o.rmia_a)
     return _rmia_scores(data, rows, exclude, o, a)
 
 
@@ -114,29 +99,34 @@ _RUN = {"lira": _lira, "rmia": _rmia, "loss": _loss, "confidence": _confidence, 
         "entropy": _entropy, "classifier": _classifier}
 
 
-def make_attack(o):
-    """The ``attack(data, rows, exclude)`` callable for the options ``o`` (o.attack names it)."""
-    if o.attack not in _RUN:
-        raise ValueError(f"unknown attack {o.attack!r}: choose one of {', '.join(ATTACKS)}")
-    return lambda data, rows, exclude: np.clip(_RUN[o.attack](data, rows, exclude, o), 0.0, 1.0)
+def make_attack(o: AttackOptions):
+    """The ``attack(data, rows, exclude)`` callable for the options ``o`` (``o.attack`` names it)."""
+    if not isinstance(o, AttackOptions):
+        raise TypeError(f"attack options must be an AttackOptions, got {type(o).__name__}")
+    run = _RUN[o.attack]
+    return lambda data, rows, exclude: np.clip(run(data, rows, exclude, o), 0.0, 1.0)
 
 
-# The --compare line-up: (label, CLI flags that reproduce it). The runner-up submitted
-# offline LiRA with global variance on the plain probability.
+# The --compare line-up. The runner-up submitted offline LiRA with global variance on the plain
+# probability.
 COMPARE = (
-    ("LiRA offline", ""),
-    ("LiRA offline, global variance (runner-up)", "--global_variance"),
-    ("LiRA offline, stable logit", "--stable_logit_scaling"),
-    ("LiRA online", "--online_attack"),
-    ("LiRA online, global variance", "--online_attack --global_variance"),
-    ("LiRA online, stable logit", "--online_attack --stable_logit_scaling"),
-    ("LiRA online, stable logit, global variance", "--online_attack --stable_logit_scaling --global_variance"),
-    ("RMIA offline (a auto)", "--attack rmia --rmia-a auto"),
-    ("RMIA online", "--attack rmia --online_attack"),
-    ("Calibrated loss (mid)", "--attack calibrated --signal loss --calibration mid"),
-    ("Calibrated loss (z)", "--attack calibrated --signal loss --calibration z"),
-    ("Classifier (ExtraTrees)", "--attack classifier"),
-    ("Modified entropy", "--attack entropy"),
-    ("Loss (starting kit)", "--attack loss"),
-    ("Confidence", "--attack confidence"),
+    ("LiRA offline", AttackOptions()),
+    ("LiRA offline, global variance (runner-up)", AttackOptions(global_variance=True)),
+    ("LiRA offline, stable logit", AttackOptions(stable_logit_scaling=True)),
+    ("LiRA online", AttackOptions(online_attack=True)),
+    ("LiRA online, global variance", AttackOptions(online_attack=True, global_variance=True)),
+    ("LiRA online, stable logit", AttackOptions(online_attack=True, stable_logit_scaling=True)),
+    ("LiRA online, stable logit, global variance",
+     AttackOptions(online_attack=True, stable_logit_scaling=True, global_variance=True)),
+    ("RMIA offline (a auto)", AttackOptions(attack="rmia", rmia_a="auto")),
+    ("RMIA online", AttackOptions(attack="rmia", online_attack=True)),
+    ("Calibrated loss (mid)", AttackOptions(attack="calibrated", signal="loss", calibration="mid")),
+    ("Calibrated loss (z)", AttackOptions(attack="calibrated", signal="loss", calibration="z")),
+    ("Classifier (ExtraTrees)", AttackOptions(attack="classifier")),
+    ("Modified entropy", AttackOptions(attack="entropy")),
+    ("Loss (starting kit)", AttackOptions(attack="loss")),
+    ("Confidence", AttackOptions(attack="confidence")),
 )
+# What the rows choose; the other options (min_shadows, rmia_gamma, ...) come from the command line.
+COMPARE_SETS = ("attack", "global_variance", "online_attack", "logit_scaling", "stable_logit_scaling", "mu",
+                "rmia_a", "signal", "calibration")

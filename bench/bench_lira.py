@@ -37,13 +37,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import run_lira_mia  # noqa: E402
 from attacks.lira import SIGMA_FLOOR, lira, signal_from_phi, squash  # noqa: E402
 from challenges import cache  # noqa: E402
-from challenges.build import model_seeds  # noqa: E402
 from challenges.layout import ModelDir  # noqa: E402
 from challenges.scenario import load_scenario  # noqa: E402
 from challenges.splits import reconstruct  # noqa: E402
 from challenges.tracks import ChallengeParams, save_params, scenario_names  # noqa: E402
 from models import build_model  # noqa: E402
 from models.query import query  # noqa: E402
+from production.folders import model_seeds  # noqa: E402
 
 N, LEN_TRAINING, M = 197_324, 150_000, 100
 COUNTS = {"train": 100, "dev": 50, "final": 50}

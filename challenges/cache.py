@@ -17,13 +17,13 @@ name and renamed, so a killed run leaves either the old file or the new one.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 
-from .fileio import atomic_path
+from .fileio import atomic_path, file_digest
 from .layout import ModelDir
+
 
 class CacheError(ValueError):
     """A cache that does not cover what an attack asks for."""
@@ -34,11 +34,7 @@ def cache_file(cache_dir: str, md: ModelDir) -> str:
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def model_stamp(path: str, sha: str | None = None) -> dict:

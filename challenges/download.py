@@ -21,7 +21,6 @@ that says what could not be fetched and how to proceed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import posixpath
 import re
@@ -37,7 +36,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from .tracks import get_track, load_params, scenario_names
+from .fileio import file_digest, one_line
+from .tracks import check_scenario, get_track, load_params, scenario_names
 
 HF_REPOS = {"cifar10": "szanella/MICO-CIFAR10", "purchase100": "szanella/MICO-purchase100"}
 
@@ -102,21 +102,8 @@ class UnsafeArchiveError(DownloadError):
         super().__init__(f"unsafe archive {archive}: member {member!r} {why}; nothing was placed")
 
 
-def one_line(text: str, limit: int | None = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
-
-
 def info(msg: str) -> None:
     print(msg, flush=True)
-
-
-def md5sum(path: str) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def url_filename(url: str, default: str) -> str:
@@ -213,7 +200,7 @@ def download_file(url: str, dest: str, md5: str | None = None, *,
     md5 = md5.lower() if md5 else None
     if os.path.isfile(dest):
         if md5:
-            actual = md5sum(dest)
+            actual = file_digest(dest, "md5")
             if actual != md5:
                 os.remove(dest)
                 raise ChecksumError(f"checksum mismatch for {dest} (from {url}): expected md5 {md5}, "
@@ -241,7 +228,7 @@ def download_file(url: str, dest: str, md5: str | None = None, *,
         if own:
             session.close()
     if md5:
-        actual = md5sum(part)
+        actual = file_digest(part, "md5")
         if actual != md5:
             os.remove(part)
             raise ChecksumError(f"checksum mismatch for {url}: expected md5 {md5}, got {actual}; "
@@ -396,11 +383,10 @@ def requested_scenarios(track: str, scenarios: Iterable[str] | None = None) -> l
     names = scenario_names(track)
     if scenarios is None:
         return names
-    scenarios = list(scenarios)
-    bad = [s for s in scenarios if s not in names]
-    if bad:
-        raise DownloadError(f"unknown scenario {bad[0]!r} for {track}: choose one of {', '.join(names)}")
-    return scenarios
+    try:
+        return [check_scenario(track, s) for s in scenarios]
+    except ValueError as e:
+        raise DownloadError(str(e)) from None
 
 
 def missing_scenarios(data_dir: str, track: str, scenarios: Iterable[str] | None = None) -> list[str]:
@@ -499,6 +485,20 @@ def fetch_challenge_hub(data_dir: str, track: str, scenarios: Iterable[str] | No
     return missing
 
 
+def _fetch_and_unpack(url: str, archive: str, md5: str | None, keep_archive: bool, hint: str,
+                      unpack: Callable[[str], None], session, progress: bool) -> None:
+    """Download ``url`` to ``archive`` (resumable, md5-checked), then ``unpack(staging)``: extract
+    into a staging folder beside it and move what it holds into place. The staging folder is always
+    removed, the archive too unless kept."""
+    info(f"fetching {url}")
+    try:
+        download_file(url, archive, md5, session=session, progress=progress)
+    except FetchError as e:
+        raise e.with_hint(hint) from None
+    with _unpacking(archive, os.path.dirname(archive), keep_archive) as staging:
+        unpack(staging)
+
+
 def fetch_challenge_archive(data_dir: str, track: str, url: str, md5: str | None = None,
                             scenarios: Iterable[str] | None = None, *, keep_archive: bool = False,
                             session: requests.Session | None = None, progress: bool = True) -> list[str]:
@@ -516,20 +516,13 @@ def fetch_challenge_archive(data_dir: str, track: str, url: str, md5: str | None
         return []
     url = CHALLENGE_URLS[track] if url == "original" else url
     name = url_filename(url, f"{track}.zip")
-    md5 = md5 or KNOWN_MD5.get(name)
     archive = os.path.join(tdir, name)
-    info(f"fetching {url}")
-    try:
-        download_file(url, archive, md5, session=session, progress=progress)
-    except FetchError as e:
-        raise e.with_hint(f"{SYNTHETIC_HINT}, or copy {name} to {archive} (or the scenario folders into "
-                          f"{tdir})") from None
 
     def select(path: str) -> bool:
         parts = path.split("/")
         return parts[0] in missing or (parts[0] == track and (len(parts) == 1 or parts[1] in missing))
 
-    with _unpacking(archive, tdir, keep_archive) as staging:
+    def unpack(staging: str) -> None:
         safe_extract(archive, staging, select)
         sources = {}
         for s in missing:
@@ -542,6 +535,9 @@ def fetch_challenge_archive(data_dir: str, track: str, url: str, md5: str | None
                                     "check the URL (or pass --scenario)")
         for s in missing:
             _place(sources[s], os.path.join(tdir, s))
+
+    hint = (f"{SYNTHETIC_HINT}, or copy {name} to {archive} (or the scenario folders into {tdir})")
+    _fetch_and_unpack(url, archive, md5 or KNOWN_MD5.get(name), keep_archive, hint, unpack, session, progress)
     return missing
 
 
@@ -573,13 +569,8 @@ def fetch_dataset(data_dir: str, track: str, url: str | None = None, md5: str | 
     if not md5:
         md5 = source.md5 if url == source.url else KNOWN_MD5.get(name)
     archive = os.path.join(tdir, name)
-    info(f"fetching {url}")
-    try:
-        download_file(url, archive, md5, session=session, progress=progress)
-    except FetchError as e:
-        raise e.with_hint(f"{SYNTHETIC_HINT}, or copy {name} to {archive} (or the extracted {want} to "
-                          f"{final})") from None
-    with _unpacking(archive, tdir, keep_archive) as staging:
+
+    def unpack(staging: str) -> None:
         safe_extract(archive, staging)
         found = os.path.join(staging, want)
         if not os.path.exists(found):  # tolerate extra top folders
@@ -588,4 +579,7 @@ def fetch_dataset(data_dir: str, track: str, url: str | None = None, md5: str | 
         if found is None:
             raise DownloadError(f"{archive} holds no {want}; check --dataset-url, or copy {want} to {final}")
         _place(found, final)
+
+    hint = f"{SYNTHETIC_HINT}, or copy {name} to {archive} (or the extracted {want} to {final})"
+    _fetch_and_unpack(url, archive, md5, keep_archive, hint, unpack, session, progress)
     return final

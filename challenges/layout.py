@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .splits import Splits, reconstruct
-from .tracks import PHASES, ChallengeParams, scenario_names
+from .tracks import PHASES, ChallengeParams, check_scenario, scenario_names
 
 _MODEL_RE = re.compile(r"^model_(0|[1-9][0-9]*)$")
 SEED_FILES = ("seed_challenge", "seed_training", "seed_membership")
@@ -113,9 +113,10 @@ def scenarios(data_dir: str, track: str, scenario: str | None = None) -> list[st
     """Scenarios present on disk, in MICO order (inf, hi, lo); ``scenario`` restricts to one."""
     names = scenario_names(track)
     if scenario is not None:
-        if scenario not in names:
-            raise LayoutError(f"unknown scenario {scenario!r} for {track}: choose one of {', '.join(names)}")
-        names = [scenario]
+        try:
+            names = [check_scenario(track, scenario)]
+        except ValueError as e:
+            raise LayoutError(str(e)) from None
     found = [s for s in names if os.path.isdir(os.path.join(data_dir, track, s))]
     if not found:
         where = os.path.join(data_dir, track)

@@ -19,9 +19,6 @@ constant predictions give TPR 0 at every threshold.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -30,6 +27,9 @@ FPR_THRESHOLDS = (0.001, 0.01, 0.05, 0.1, 0.15, 0.2)
 TPR_KEYS = tuple(f"TPR_FPR_{int(1e4 * t)}" for t in FPR_THRESHOLDS)
 RANKING_KEY = "TPR_FPR_1000"
 METRIC_KEYS = TPR_KEYS + ("AUC", "MIA", "accuracy")
+# What a person reads (tables, reports); files (scores.json/csv) keep MICO's keys above.
+METRIC_LABELS = {**{k: f"TPR@{100 * t:g}%FPR" for k, t in zip(TPR_KEYS, FPR_THRESHOLDS)},
+                 "AUC": "AUC", "MIA": "MIA", "accuracy": "accuracy"}
 
 
 def _validate(solutions, predictions):
@@ -86,82 +86,3 @@ def ranking_metric(scores_by_scenario: dict) -> float:
     if not scores_by_scenario:
         raise ValueError("no scenarios to rank")
     return float(np.mean([s[RANKING_KEY] for s in scores_by_scenario.values()]))
-
-
-def score_table(scores_by_scenario: dict) -> str:
-    """Fixed-width text table: one row per scenario, then the ranking metric."""
-    name_w = max([len("scenario")] + [len(str(n)) for n in scores_by_scenario])
-    col_w = max(len(k) for k in METRIC_KEYS) + 1
-    head = "scenario".ljust(name_w) + "".join(k.rjust(col_w) for k in METRIC_KEYS)
-    lines = [head, "-" * len(head)]
-    for name, s in scores_by_scenario.items():
-        lines.append(str(name).ljust(name_w) + "".join(f"{s[k]:{col_w}.4f}" for k in METRIC_KEYS))
-    lines.append("-" * len(head))
-    lines.append(f"average {RANKING_KEY} (ranking metric): {ranking_metric(scores_by_scenario):.4f}")
-    return "\n".join(lines)
-
-
-def plot_roc(curves: dict, path, title: str = "") -> None:
-    """Write a PNG with the ROC curves on linear and on log-log axes.
-
-    curves: {label: (fpr, tpr)}.  Uses matplotlib's Agg canvas directly (no
-    pyplot state, no display needed) and writes atomically: to a temporary
-    file in the destination directory, then ``os.replace``.  ``format='png'``
-    is explicit because savefig would otherwise infer it from the temporary
-    name.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 5))
-    FigureCanvasAgg(fig)
-    ax_lin, ax_log = fig.subplots(1, 2)
-    lowest = 1.0
-    # Ten colours, then the next ten dashed, and so on: an overlay of many attacks stays readable.
-    colours = [f"C{i}" for i in range(10)]
-    styles = ["-", "--", ":", "-."]
-    for i, (label, (fpr, tpr)) in enumerate(curves.items()):
-        fpr = np.asarray(fpr, dtype=np.float64)
-        tpr = np.asarray(tpr, dtype=np.float64)
-        style = dict(color=colours[i % 10], ls=styles[i // 10 % 4], label=str(label))
-        ax_lin.plot(fpr, tpr, **style)
-        ax_log.plot(fpr, tpr, **style)
-        pos = fpr[fpr > 0]
-        if pos.size:
-            lowest = min(lowest, float(pos.min()))
-    for ax in (ax_lin, ax_log):
-        ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
-        ax.axvline(0.1, ls=":", color="k", lw=0.8)  # the ranking FPR
-        ax.set_xlabel("False Positive Rate")
-        ax.set_ylabel("True Positive Rate")
-        ax.grid(alpha=0.3)
-    ax_lin.set_xlim(0, 1)
-    ax_lin.set_ylim(0, 1)
-    ax_lin.set_title("ROC (linear)")
-    # log axes cannot show 0: start just below the smallest non-zero FPR
-    lo = min(1e-3, lowest / 2)
-    ax_log.set_xscale("log")
-    ax_log.set_yscale("log")
-    ax_log.set_xlim(lo, 1)
-    ax_log.set_ylim(lo, 1)
-    ax_log.set_title("ROC (log-log)")
-    if curves:
-        ax_log.legend(loc="lower right", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".roc-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
+
+from .fileio import write_text
 
 SCENARIO_SUFFIXES = ("inf", "hi", "lo")  # no DP, eps=10, eps=4 (delta=1e-5)
 PHASES = ("train", "dev", "final")
@@ -48,6 +50,14 @@ def get_track(name: str) -> Track:
 
 def scenario_names(track: str) -> list[str]:
     return [f"{track}_{s}" for s in SCENARIO_SUFFIXES]
+
+
+def check_scenario(track: str, scenario: str) -> str:
+    """``scenario`` if it names one of ``track``'s scenarios; the one place scenario names are checked."""
+    names = scenario_names(track)
+    if scenario not in names:
+        raise ValueError(f"unknown scenario {scenario!r} for {track}: choose one of {', '.join(names)}")
+    return scenario
 
 
 def scenario_suffix(scenario: str) -> str:
@@ -108,6 +118,5 @@ def save_params(data_dir: str, params: ChallengeParams) -> str:
     track_dir = os.path.join(data_dir, params.track)
     os.makedirs(track_dir, exist_ok=True)
     path = challenge_json_path(data_dir, params.track)
-    from .fileio import write_text
     write_text(path, json.dumps(params.to_json(track_dir), indent=2) + "\n")
     return path

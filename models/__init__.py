@@ -1,32 +1,21 @@
-"""MICO model architectures, loading/saving and the MICO training recipe.
+"""MICO model architectures and safe loading.
 
-The training API (``Recipe``, ``recipe_for``, ``TrainResult``, ``train_model``,
-``evaluate_accuracy``) lives in :mod:`models.train`; it is also reachable from here
-lazily so that ``import models`` does not pay for importing Opacus.
+The training recipe and trainers live in :mod:`models.train` (and the privacy accounting in
+:mod:`models.privacy`); import them from there, so that ``import models`` does not pay for Opacus.
 """
 from models.cnn import CNN
-from models.mlp import MLP
 from models.loading import (
     ModelLoadError,
     build_model,
     load_model,
     plain_state_dict,
     resolve_device,
-    save_state_dict,
     strip_opacus_prefix,
     unwrap_model,
 )
-
-_TRAIN_NAMES = ("Recipe", "recipe_for", "TrainResult", "train_model", "evaluate_accuracy")
+from models.mlp import MLP
 
 __all__ = [
     "CNN", "MLP", "ModelLoadError", "build_model", "load_model", "plain_state_dict",
-    "resolve_device", "save_state_dict", "strip_opacus_prefix", "unwrap_model", *_TRAIN_NAMES,
+    "resolve_device", "strip_opacus_prefix", "unwrap_model",
 ]
-
-
-def __getattr__(name):
-    if name in _TRAIN_NAMES:
-        from models import train
-        return getattr(train, name)
-    raise AttributeError(f"module 'models' has no attribute {name!r}")

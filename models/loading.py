@@ -1,7 +1,8 @@
 """Building, loading and saving MICO models.
 
 ``load_model`` accepts the ``model.pt`` files MICO distributes (plain state dicts,
-possibly with Opacus' ``_module.`` key prefix) and files written by ``save_state_dict``.
+possibly with Opacus' ``_module.`` key prefix) and files written by
+``production.folders.save_state_dict``.
 Every failure is reported as a one-line :class:`ModelLoadError` naming the file.
 """
 from __future__ import annotations
@@ -86,9 +87,10 @@ def plain_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict((k, v.detach().cpu().clone()) for k, v in sd.items())
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _excerpt(e: Exception, limit: int) -> str:
+    """The first line of an exception's text, cut to ``limit`` characters (torch's texts are long)."""
+    lines = str(e).strip().splitlines() or [""]
+    return lines[0][:limit]
 
 
 def _describe_load_error(e: Exception) -> str:
@@ -102,8 +104,8 @@ def _describe_load_error(e: Exception) -> str:
     if isinstance(e, EOFError) or "zip archive" in text or "PytorchStreamReader" in text:
         return "corrupt or truncated file"
     if isinstance(e, OSError):
-        return f"cannot read the file ({type(e).__name__}: {_one_line(e, 120)})"
-    return f"unreadable ({type(e).__name__}: {_one_line(e, 120)})"
+        return f"cannot read the file ({type(e).__name__}: {_excerpt(e, 120)})"
+    return f"unreadable ({type(e).__name__}: {_excerpt(e, 120)})"
 
 
 def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:
@@ -137,7 +139,7 @@ def load_model(track: str, path: PathLike, device: DeviceLike = "cpu") -> nn.Mod
     shown = path_s if path_s.isprintable() else repr(path_s)  # keep the message on one line
 
     def fail(reason: str) -> ModelLoadError:
-        return ModelLoadError(f"cannot load {track} model {shown}: {_one_line(reason)}; {_FIX_HINT}")
+        return ModelLoadError(f"cannot load {track} model {shown}: {reason}; {_FIX_HINT}")
 
     if not os.path.exists(path_s):
         raise fail("file not found")
@@ -161,29 +163,7 @@ def load_model(track: str, path: PathLike, device: DeviceLike = "cpu") -> nn.Mod
     try:
         model.load_state_dict(state_dict, strict=True)
     except Exception as e:
-        raise fail(f"does not match the {track} architecture ({type(e).__name__}: {_one_line(e, 160)})") from None
+        raise fail(f"does not match the {track} architecture ({type(e).__name__}: {_excerpt(e, 160)})") from None
     model.to(dev)
     model.eval()
     return model
-
-
-def save_state_dict(model: nn.Module, path: PathLike) -> str:
-    """Atomically save ``model``'s plain (prefix-free, CPU) state dict to ``path``; returns the path.
-
-    Writes ``path + '.tmp'`` then ``os.replace``s it, so readers never see a partial file.
-    """
-    path_s = os.fspath(path)
-    parent = os.path.dirname(path_s)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    tmp = path_s + ".tmp"
-    try:
-        torch.save(plain_state_dict(model), tmp)
-        os.replace(tmp, path_s)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    return path_s

@@ -44,55 +44,65 @@ def find_noise_multiplier(target_epsilon: float, target_delta: float, sample_rat
     """
     if not (target_epsilon > 0 and 0 < target_delta < 1 and 0 < sample_rate <= 1 and steps >= 1):
         raise ValueError("find_noise_multiplier: need epsilon > 0, 0 < delta < 1, 0 < sample_rate <= 1, steps >= 1")
+
     def eps_of(sigma: float) -> float:
         return prv_epsilon(sigma, sample_rate, steps, target_delta)
 
     # Keep a bracket eps(lo) > target >= eps(hi) and refine it by (Illinois) regula falsi on
     # log(eps) - log(target) as a function of log(sigma), where eps is close to a power law.
     # Evaluations at small sigma (large epsilon) are the slow ones, so the bracket grows gently.
-    log_t = math.log(target_epsilon)
+    lo, e_lo, hi, e_hi = _bracket(eps_of, target_epsilon, tolerance, steps)
+    if lo is None:
+        return hi
+    return _refine(eps_of, target_epsilon, tolerance, lo, e_lo, hi, e_hi)
+
+
+def _bracket(eps_of, target: float, tolerance: float, steps: int):
+    """(lo, eps(lo), hi, eps(hi)) with eps(lo) > target >= eps(hi), starting from sigma = 1;
+    lo is None when hi already meets the tolerance."""
     sigma = 1.0
     e = eps_of(sigma)
-    if e > target_epsilon:
-        lo, f_lo = sigma, math.log(e) - log_t
-        while True:
+    if e > target:
+        lo, e_lo = sigma, e
+        while e > target:
             sigma *= 1.5
             if sigma > 1e6:
-                raise ValueError(f"privacy budget epsilon={target_epsilon} is too low for {steps} steps")
+                raise ValueError(f"privacy budget epsilon={target} is too low for {steps} steps")
             e = eps_of(sigma)
-            if e <= target_epsilon:
-                hi, e_hi = sigma, e
-                break
-            lo, f_lo = sigma, math.log(e) - log_t
-    else:
+            if e > target:
+                lo, e_lo = sigma, e
+        return lo, e_lo, sigma, e
+    hi, e_hi = sigma, e
+    while target - e_hi > tolerance:
+        sigma /= 1.25
+        if sigma < 1e-3:
+            raise ValueError(f"cannot find a noise multiplier for epsilon={target}")
+        e = eps_of(sigma)
+        if e > target:
+            return sigma, e, hi, e_hi
         hi, e_hi = sigma, e
-        while True:
-            if target_epsilon - e_hi <= tolerance:
-                return hi
-            sigma /= 1.25
-            if sigma < 1e-3:
-                raise ValueError(f"cannot find a noise multiplier for epsilon={target_epsilon}")
-            e = eps_of(sigma)
-            if e > target_epsilon:
-                lo, f_lo = sigma, math.log(e) - log_t
-                break
-            hi, e_hi = sigma, e
+    return None, None, hi, e_hi
+
+
+def _refine(eps_of, target: float, tolerance: float, lo: float, e_lo: float, hi: float, e_hi: float) -> float:
+    """Illinois regula falsi in (log sigma, log eps - log target) until eps(hi) is within tolerance."""
+    log_t = math.log(target)
+    f_lo = math.log(e_lo) - log_t
     f_hi = math.log(max(e_hi, 1e-300)) - log_t
     side = 0
     for _ in range(100):
-        if target_epsilon - e_hi <= tolerance:
+        if target - e_hi <= tolerance:
             return hi
         x_lo, x_hi = math.log(lo), math.log(hi)
+        x = 0.5 * (x_lo + x_hi)
         if f_lo > f_hi and math.isfinite(f_lo) and math.isfinite(f_hi):
             x = x_hi - f_hi * (x_hi - x_lo) / (f_hi - f_lo)
-        else:
-            x = 0.5 * (x_lo + x_hi)
         if not (x_lo < x < x_hi):
             x = 0.5 * (x_lo + x_hi)
         sigma = math.exp(x)
         e = eps_of(sigma)
         f = math.log(max(e, 1e-300)) - log_t
-        if e <= target_epsilon:
+        if e <= target:
             hi, e_hi, f_hi = sigma, e, f
             if side == 1:
                 f_lo /= 2  # Illinois step: avoid one endpoint getting stuck

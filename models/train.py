@@ -32,15 +32,15 @@ records one by one. ``_GRAD_SAMPLE_MODE`` picks Opacus' per-sample gradient mode
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
+from opacus import PrivacyEngine
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from challenges.tracks import DP_DELTA, SCENARIO_SUFFIXES, TRACKS
 from models.loading import build_model, plain_state_dict, resolve_device
@@ -51,6 +51,10 @@ ProgressFn = Callable[[int, int, float, float], None]
 
 # Opacus per-sample-gradient mode per track (see module docstring).
 _GRAD_SAMPLE_MODE = {"cifar10": "hooks", "purchase100": "ghost"}
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 @dataclass
@@ -69,29 +73,31 @@ class Recipe:
     shuffle: bool = False  # non-DP only: MICO's loader did not shuffle
 
     def __post_init__(self) -> None:
-        def bad(msg: str) -> ValueError:
-            return ValueError(f"invalid recipe: {msg}")
-        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
-            raise bad(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise bad(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not isinstance(self.step_size, int) or isinstance(self.step_size, bool) or self.step_size < 1:
-            raise bad(f"step_size must be a positive integer, got {self.step_size!r}")
+        problems = [
+            f"{name} must be a positive integer, got {getattr(self, name)!r}"
+            for name in ("epochs", "batch_size", "step_size") if not _positive_int(getattr(self, name))]
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise bad(f"lr must be a positive number, got {self.lr!r}")
+            problems.append(f"lr must be a positive number, got {self.lr!r}")
         if self.optimizer not in ("sgd", "adam"):
-            raise bad(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+            problems.append(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
-            raise bad(f"momentum must be in [0, 1), got {self.momentum!r}")
+            problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not (isinstance(self.gamma, (int, float)) and 0 < self.gamma <= 1):
-            raise bad(f"gamma must be in (0, 1], got {self.gamma!r}")
+            problems.append(f"gamma must be in (0, 1], got {self.gamma!r}")
         if self.epsilon is not None:
-            if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0 and math.isfinite(self.epsilon)):
-                raise bad(f"epsilon must be a positive number or None, got {self.epsilon!r}")
-            if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
-                raise bad(f"delta must be in (0, 1), got {self.delta!r}")
-            if not (isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0):
-                raise bad(f"DP training needs a positive max_grad_norm, got {self.max_grad_norm!r}")
+            problems += self._dp_problems()
+        if problems:
+            raise ValueError(f"invalid recipe: {problems[0]}")
+
+    def _dp_problems(self) -> list[str]:
+        out = []
+        if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0 and math.isfinite(self.epsilon)):
+            out.append(f"epsilon must be a positive number or None, got {self.epsilon!r}")
+        if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
+            out.append(f"delta must be in (0, 1), got {self.delta!r}")
+        if not (isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0):
+            out.append(f"DP training needs a positive max_grad_norm, got {self.max_grad_norm!r}")
+        return out
 
     @property
     def private(self) -> bool:
@@ -193,6 +199,119 @@ def _make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=recipe.lr)
 
 
+def _step(model: nn.Module, optimizer, criterion, xb: torch.Tensor, yb: torch.Tensor, totals: list) -> None:
+    """One optimisation step on a batch (plain SGD/Adam or Opacus' DP optimizer alike); adds the
+    batch's summed loss and correct count to ``totals`` = [loss_sum, correct, seen]."""
+    optimizer.zero_grad(set_to_none=True)
+    out = model(xb)
+    loss = criterion(out, yb)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        totals[0] += loss.detach() * len(yb)
+        totals[1] += (out.detach().argmax(dim=1) == yb).sum()
+    totals[2] += len(yb)
+
+
+def _epochs(recipe: Recipe, model, optimizer, criterion, x, y, batches, on_empty, progress) -> list:
+    """MICO's epoch loop: every batch of ``batches()`` (slices or index tensors) is one step, then
+    StepLR steps once; an empty batch calls ``on_empty()``. Returns the per-epoch history."""
+    # Built after make_private for DP, as MICO does (the scheduler drives the DP optimizer).
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=recipe.step_size, gamma=recipe.gamma)
+    model.train()
+    history = []
+    for epoch in range(1, recipe.epochs + 1):
+        totals = [torch.zeros((), device=x.device), torch.zeros((), dtype=torch.int64, device=x.device), 0]
+        for idx in batches():
+            if not isinstance(idx, slice) and len(idx) == 0:
+                optimizer.zero_grad(set_to_none=True)
+                on_empty()
+                continue
+            _step(model, optimizer, criterion, x[idx], y[idx], totals)
+        scheduler.step()
+        seen = max(totals[2], 1)
+        loss, acc = float(totals[0].item()) / seen, float(totals[1].item()) / seen
+        history.append({"epoch": epoch, "loss": loss, "train_accuracy": acc})
+        if progress is not None:
+            progress(epoch, recipe.epochs, loss, acc)
+    optimizer.zero_grad(set_to_none=True)  # free the gradients
+    return history
+
+
+def _plain_batches(recipe: Recipe, n: int, dev: torch.device):
+    """Non-private batches: MICO's unshuffled DataLoader order (slices), or reshuffled per epoch."""
+    bounds = [(lo, min(n, lo + recipe.batch_size)) for lo in range(0, n, recipe.batch_size)]
+
+    def batches():
+        if not recipe.shuffle:
+            return [slice(lo, hi) for lo, hi in bounds]
+        order = torch.randperm(n, device=dev)
+        return [order[lo:hi] for lo, hi in bounds]
+    return batches
+
+
+def _make_private(track: str, recipe: Recipe, model, optimizer, criterion, n: int, noise_multiplier: float):
+    """Opacus' DP model, optimizer and criterion (PRV accountant), as MICO's ``make_private``."""
+    mode = _GRAD_SAMPLE_MODE[track]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off")
+        warnings.filterwarnings("ignore", message=".*non-full backward hook")
+        warnings.filterwarnings("ignore", message=".*Optimal order is the")
+        engine = PrivacyEngine(accountant="prv", secure_mode=False)
+        # Stand-in loader over record indices: make_private only reads len(loader) (sample
+        # rate 1/k, k = ceil(N/B)) and len(dataset) (expected batch size int(N/k)).
+        # poisson_sampling=False: we sample the Poisson batches ourselves (see _dp_batches), because
+        # Opacus' DPDataLoader runs int(1/(1/k)) steps per epoch, which is k - 1 for many k
+        # (e.g. 93, 99, 105) and would then also account with sample rate 1/(k-1).
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n)),
+                                             batch_size=recipe.batch_size)
+        made = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
+            noise_multiplier=noise_multiplier, max_grad_norm=float(recipe.max_grad_norm),
+            poisson_sampling=False, grad_sample_mode=mode)
+    dp_model, dp_optimizer = made[0], made[1]
+    dp_criterion = made[2] if "ghost" in mode else criterion
+    if hasattr(dp_model, "forbid_grad_accumulation"):
+        dp_model.forbid_grad_accumulation()  # as make_private does for Poisson sampling
+    return engine, dp_model, dp_optimizer, dp_criterion
+
+
+def _dp_batches(n: int, steps_per_epoch: int, dev: torch.device):
+    """Opacus' Poisson sampler: every record joins each batch independently with probability 1/k,
+    for exactly k batches per epoch; the in-memory tensors are indexed directly instead of
+    collating records one by one."""
+    sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=1.0 / steps_per_epoch, steps=steps_per_epoch)
+    return lambda: (torch.as_tensor(ix, dtype=torch.int64).to(dev, non_blocking=True) for ix in sampler)
+
+
+def _train_private(track: str, recipe: Recipe, model, optimizer, criterion, x, y, progress):
+    """DP-SGD training; returns (plain trained model, history, noise multiplier, epsilon spent)."""
+    n = len(x)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)  # == len(DataLoader(batch_size=B))
+    sample_rate, num_steps = 1.0 / steps_per_epoch, steps_per_epoch * recipe.epochs
+    noise = find_noise_multiplier(float(recipe.epsilon), float(recipe.delta), sample_rate, num_steps)
+    engine, dp_model, dp_optimizer, dp_criterion = _make_private(track, recipe, model, optimizer, criterion, n, noise)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-full backward hook")
+        warnings.filterwarnings("ignore", message=".*Full backward hook is firing")
+        # An empty Poisson batch is still a DP step (noise only), so that accounting holds.
+        history = _epochs(recipe, dp_model, dp_optimizer, dp_criterion, x, y,
+                          _dp_batches(n, steps_per_epoch, x.device),
+                          lambda: _noise_only_step(dp_model, dp_optimizer), progress)
+    steps_done = sum(int(h[2]) for h in engine.accountant.history)
+    if steps_done != num_steps:  # every Poisson batch, empty or not, must be accounted for
+        raise RuntimeError(f"DP accounting mismatch: {steps_done} steps recorded, {num_steps} expected")
+    # Every step ran with the same (noise, sample rate), as the check above confirms, so the
+    # spent epsilon is that of (noise, rate, steps): cached, since shadows share recipes.
+    epsilon = prv_epsilon(noise, sample_rate, num_steps, float(recipe.delta))
+    # A clean module (no Opacus hooks or per-sample attributes) with the trained weights.
+    final = build_model(track)
+    final.load_state_dict(plain_state_dict(dp_model), strict=True)
+    if hasattr(dp_model, "remove_hooks"):
+        dp_model.remove_hooks()
+    return final.to(x.device), history, noise, epsilon
+
+
 def train_model(track: str, recipe: Recipe, x_train: torch.Tensor, y_train: torch.Tensor,
                 x_eval: Optional[torch.Tensor] = None, y_eval: Optional[torch.Tensor] = None,
                 device: DeviceLike = "cpu", seed: Optional[int] = None,
@@ -220,126 +339,16 @@ def train_model(track: str, recipe: Recipe, x_train: torch.Tensor, y_train: torc
     model = build_model(track).to(dev)
     x = x_train.to(dev, torch.float32)
     y = y_train.to(dev, torch.int64)
-    n = len(x)
-    steps_per_epoch = math.ceil(n / recipe.batch_size)  # == len(DataLoader(batch_size=B))
     criterion = nn.CrossEntropyLoss()
     optimizer = _make_optimizer(recipe, model.parameters())
-    history: list = []
-    epsilon: Optional[float] = None
-    noise_multiplier: Optional[float] = None
-
-    def finish_epoch(epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> None:
-        loss = float(loss_sum.item()) / max(seen, 1)
-        acc = float(correct.item()) / max(seen, 1)
-        history.append({"epoch": epoch, "loss": loss, "train_accuracy": acc})
-        if progress is not None:
-            progress(epoch, recipe.epochs, loss, acc)
-
-    if not recipe.private:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=recipe.step_size, gamma=recipe.gamma)
-        model.train()
-        for epoch in range(1, recipe.epochs + 1):
-            order = torch.randperm(n, device=dev) if recipe.shuffle else None
-            loss_sum = torch.zeros((), device=dev)
-            correct = torch.zeros((), dtype=torch.int64, device=dev)
-            for b in range(steps_per_epoch):
-                lo, hi = b * recipe.batch_size, min(n, (b + 1) * recipe.batch_size)
-                if order is None:
-                    xb, yb = x[lo:hi], y[lo:hi]
-                else:
-                    idx = order[lo:hi]
-                    xb, yb = x[idx], y[idx]
-                optimizer.zero_grad(set_to_none=True)
-                out = model(xb)
-                loss = criterion(out, yb)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    loss_sum += loss.detach() * len(yb)
-                    correct += (out.argmax(dim=1) == yb).sum()
-            scheduler.step()
-            finish_epoch(epoch, loss_sum, correct, n)
-        optimizer.zero_grad(set_to_none=True)  # free the gradients
-        final = model
+    epsilon = noise_multiplier = None
+    if recipe.private:
+        final, history, noise_multiplier, epsilon = _train_private(track, recipe, model, optimizer, criterion,
+                                                                   x, y, progress)
     else:
-        from opacus import PrivacyEngine
-        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
-        sample_rate = 1.0 / steps_per_epoch
-        num_steps = steps_per_epoch * recipe.epochs
-        noise_multiplier = find_noise_multiplier(float(recipe.epsilon), float(recipe.delta),
-                                                 sample_rate, num_steps)
-        mode = _GRAD_SAMPLE_MODE[track]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Secure RNG turned off")
-            warnings.filterwarnings("ignore", message=".*non-full backward hook")
-            warnings.filterwarnings("ignore", message=".*Optimal order is the")
-            engine = PrivacyEngine(accountant="prv", secure_mode=False)
-            # Stand-in loader over record indices: make_private only reads len(loader) (sample
-            # rate 1/k, k = ceil(N/B)) and len(dataset) (expected batch size int(N/k)).
-            # poisson_sampling=False: we sample the Poisson batches ourselves (below), because
-            # Opacus' DPDataLoader runs int(1/(1/k)) steps per epoch, which is k - 1 for many k
-            # (e.g. 93, 99, 105) and would then also account with sample rate 1/(k-1).
-            loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n)),
-                                                 batch_size=recipe.batch_size)
-            made = engine.make_private(
-                module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
-                noise_multiplier=noise_multiplier, max_grad_norm=float(recipe.max_grad_norm),
-                poisson_sampling=False, grad_sample_mode=mode)
-        if "ghost" in mode:
-            dp_model, dp_optimizer, dp_criterion, _ = made
-        else:
-            dp_model, dp_optimizer, _ = made
-            dp_criterion = criterion
-        if hasattr(dp_model, "forbid_grad_accumulation"):
-            dp_model.forbid_grad_accumulation()  # as make_private does for Poisson sampling
-        # Opacus' Poisson sampler: every record joins each batch independently with probability
-        # 1/k, for exactly k batches per epoch; the in-memory tensors are indexed directly
-        # instead of collating records one by one.
-        sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=sample_rate,
-                                                steps=steps_per_epoch)
-        # Built after make_private, as MICO does (scheduler on the DP optimizer).
-        scheduler = torch.optim.lr_scheduler.StepLR(dp_optimizer, step_size=recipe.step_size, gamma=recipe.gamma)
-        dp_model.train()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*non-full backward hook")
-            warnings.filterwarnings("ignore", message=".*Full backward hook is firing")
-            for epoch in range(1, recipe.epochs + 1):
-                loss_sum = torch.zeros((), device=dev)
-                correct = torch.zeros((), dtype=torch.int64, device=dev)
-                seen = 0
-                for indices in sampler:
-                    idx = torch.as_tensor(indices, dtype=torch.int64).to(dev, non_blocking=True)
-                    xb, yb = x[idx], y[idx]
-                    dp_optimizer.zero_grad(set_to_none=True)
-                    if len(idx) == 0:
-                        # Empty Poisson batch: still a DP step (noise only) so accounting holds.
-                        _noise_only_step(dp_model, dp_optimizer)
-                        continue
-                    out = dp_model(xb)
-                    loss = dp_criterion(out, yb)
-                    loss.backward()
-                    dp_optimizer.step()
-                    with torch.no_grad():
-                        loss_sum += loss.detach() * len(yb)
-                        correct += (out.detach().argmax(dim=1) == yb).sum()
-                    seen += len(yb)
-                scheduler.step()
-                finish_epoch(epoch, loss_sum, correct, seen)
-        steps_done = sum(int(h[2]) for h in engine.accountant.history)
-        if steps_done != num_steps:  # every Poisson batch, empty or not, must be accounted for
-            raise RuntimeError(f"DP accounting mismatch: {steps_done} steps recorded, {num_steps} expected")
-        # Every step ran with the same (noise, sample rate), as the check above confirms, so the
-        # spent epsilon is that of (noise, rate, steps): cached, since shadows share recipes.
-        epsilon = prv_epsilon(noise_multiplier, sample_rate, num_steps, float(recipe.delta))
-        # A clean module (no Opacus hooks or per-sample attributes) with the trained weights.
-        final = build_model(track)
-        final.load_state_dict(plain_state_dict(dp_model), strict=True)
-        final.to(dev)
-        if hasattr(dp_model, "remove_hooks"):
-            dp_model.remove_hooks()
-        del dp_model, dp_optimizer, dp_criterion, model, optimizer
-
+        history = _epochs(recipe, model, optimizer, criterion, x, y, _plain_batches(recipe, len(x), dev),
+                          None, progress)
+        final = model
     final.eval()
     train_acc = evaluate_accuracy(final, x, y, dev)
     eval_acc = evaluate_accuracy(final, x_eval, y_eval, dev) if x_eval is not None else None

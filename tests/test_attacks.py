@@ -9,8 +9,16 @@ from scipy.special import expit
 from sklearn.ensemble import ExtraTreesClassifier
 from sklearn.metrics import roc_auc_score
 
-from attacks.baselines import (calibrated, confidence_attack, entropy_attack, loss_attack,
-                               loss_from_phi, minmax, point_moments, prob_from_phi)
+from attacks.baselines import (
+    calibrated,
+    confidence_attack,
+    entropy_attack,
+    loss_attack,
+    loss_from_phi,
+    minmax,
+    point_moments,
+    prob_from_phi,
+)
 from attacks.classifier import classifier_attack
 from attacks.rmia import population, rmia
 from challenges.scoring import score

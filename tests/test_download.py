@@ -619,6 +619,7 @@ def test_zip_link_chain_escape_rejected(tmp_path):
 
 def test_tar_link_chain_escape_rejected(tmp_path):
     path = tmp_path / "a.tar.gz"
-    path.write_bytes(make_tar({}, extra=[_tar_link("y", ".", tarfile.SYMTYPE), _tar_link("x", "y/..", tarfile.SYMTYPE)]))
+    links = [_tar_link("y", ".", tarfile.SYMTYPE), _tar_link("x", "y/..", tarfile.SYMTYPE)]
+    path.write_bytes(make_tar({}, extra=links))
     with pytest.raises(download.UnsafeArchiveError, match="'x'"):
         download.safe_extract(str(path), str(tmp_path / "stage"))

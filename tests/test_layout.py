@@ -4,6 +4,7 @@ import pytest
 
 from challenges import layout
 from challenges.datasets import DatasetError, load_dataset, load_purchase100
+from challenges.fileio import atomic_path, write_text
 from challenges.tracks import load_params
 
 
@@ -81,7 +82,6 @@ def test_real_constants_without_challenge_json(tmp_path):
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
-    from challenges.fileio import atomic_path, write_text
     target = str(tmp_path / "out.csv")
     write_text(target, "old\n")
     with pytest.raises(KeyboardInterrupt):

@@ -7,8 +7,7 @@ import pytest
 from scipy.special import expit
 from scipy.stats import norm
 
-from attacks.lira import (LOGIT_EPS, LOGIT_LOW, SIGMA_FLOOR, lira, signal_from_phi, signal_kind,
-                          squash)
+from attacks.lira import LOGIT_EPS, LOGIT_LOW, SIGMA_FLOOR, lira, signal_from_phi, signal_kind, squash
 
 
 # --------------------------------------------------------------------------- #

@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import (
-    CNN, MLP, ModelLoadError, build_model, load_model, resolve_device, save_state_dict,
-)
+from models import CNN, MLP, ModelLoadError, build_model, load_model, resolve_device
+from production.folders import save_state_dict
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from challenges.scoring import (FPR_THRESHOLDS, METRIC_KEYS, TPR_KEYS, plot_roc, ranking_metric,
-                                score, score_table)
+from challenges.report import plot_roc, score_table
+from challenges.scoring import FPR_THRESHOLDS, METRIC_KEYS, METRIC_LABELS, TPR_KEYS, ranking_metric, score
 
 
 def test_keys():
@@ -109,9 +109,9 @@ def test_table_and_ranking_metric():
     assert ranking_metric(by) == pytest.approx((1.0 + 0.5) / 2)
     table = score_table(by)
     lines = table.splitlines()
-    assert lines[0].split() == ["scenario", *METRIC_KEYS]
+    assert lines[0].split() == ["scenario", *(METRIC_LABELS[k] for k in METRIC_KEYS)]
     assert lines[2].startswith("cifar10_inf") and lines[3].startswith("cifar10_hi")
-    assert lines[-1] == "average TPR_FPR_1000 (ranking metric): 0.7500"
+    assert lines[-1] == "average TPR@10%FPR (ranking metric): 0.7500"
     assert len({len(l) for l in lines[:5]}) == 1  # fixed width
     with pytest.raises(ValueError):
         ranking_metric({})

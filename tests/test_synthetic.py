@@ -7,23 +7,35 @@ import pytest
 
 from challenges import layout
 from challenges.datasets import load_dataset
-from challenges.synthetic import build_synthetic
+from challenges.scenario import load_scenario
 from challenges.tracks import load_params, scenario_names
-from tests.conftest import TINY
+from production.synthetic import build_synthetic
+from tests.conftest import ROOT, TINY
 
 
 @pytest.mark.parametrize("track", ["purchase100", "cifar10"])
 def test_layout_matches_mico(tiny_challenges, track):
-    root = tiny_challenges
-    opts = TINY[track]
+    _check_layout(tiny_challenges, track, TINY[track])
+
+
+@pytest.mark.slow
+def test_layout_matches_mico_cifar_all_scenarios(tmp_path):
+    """The tiny fixture builds cifar10_inf only (DP CNN training is slow on a CPU): all three here."""
+    opts = {k: v for k, v in TINY["cifar10"].items() if k != "scenarios"}
+    build_synthetic(str(tmp_path), "cifar10", **opts)
+    _check_layout(str(tmp_path), "cifar10", opts)
+
+
+def _check_layout(root, track, opts):
+    names = opts.get("scenarios", scenario_names(track))
     meta = json.load(open(os.path.join(root, track, "challenge.json")))
     assert meta["n_points"] == opts["n_points"] and meta["len_training"] == opts["len_training"]
     assert meta["len_challenge"] == 100 and not os.path.isabs(meta["dataset"])
     params = load_params(root, track)
     ds = load_dataset(params)
     assert len(ds) == opts["n_points"]
-    assert layout.scenarios(root, track) == scenario_names(track)
-    for scenario in scenario_names(track):
+    assert layout.scenarios(root, track) == names
+    for scenario in names:
         mds = layout.models(root, track, scenario)
         counts = {ph: sum(m.phase == ph for m in mds) for ph in ("train", "dev", "final")}
         assert counts == {"train": opts["n_train"], "dev": opts["n_dev"], "final": opts["n_final"]}
@@ -72,15 +84,15 @@ def test_refuses_other_parameters(tiny_copy):
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
     import subprocess
     import sys
-    from tests.conftest import ROOT
+
     r = subprocess.run([sys.executable, "download_files.py", "--challenge", "purchase100", "--synthetic",
-                        "--data-dir", str(tmp_path / "d"), "--n-points", "150"], cwd=ROOT, capture_output=True, text=True)
+                        "--data-dir", str(tmp_path / "d"), "--n-points", "150"],
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "n_points=150" in r.stderr
     assert not (tmp_path / "d").exists()
 
 
 def test_solution_file_must_agree_with_seeds(tiny_copy, tmp_path):
-    from challenges.scenario import load_scenario
     params = load_params(tiny_copy, "purchase100")
     md = layout.models(tiny_copy, "purchase100", "purchase100_inf")[0]
     sol = md.solution()
@@ -94,7 +106,8 @@ def test_solution_file_must_agree_with_seeds(tiny_copy, tmp_path):
 def test_seeds_depend_on_scenario_not_build_order(tiny_challenges, tmp_path):
     seeds = {s: layout.models(tiny_challenges, "purchase100", s)[0].seeds() for s in scenario_names("purchase100")}
     assert len(set(seeds.values())) == 3
-    assert json.load(open(os.path.join(tiny_challenges, "purchase100", "challenge.json")))["seed"] == TINY["purchase100"]["seed"]
+    params = json.load(open(os.path.join(tiny_challenges, "purchase100", "challenge.json")))
+    assert params["seed"] == TINY["purchase100"]["seed"]
     # Building one scenario alone gives the very seeds of the full build.
     opts = dict(TINY["purchase100"], n_train=1, n_dev=0, n_final=0)
     build_synthetic(str(tmp_path), "purchase100", scenarios=["purchase100_lo"], **opts)

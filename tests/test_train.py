@@ -6,9 +6,15 @@ import dataclasses
 import pytest
 import torch
 
+import models.train as train_mod
 from models import CNN, MLP
 from models.train import (
-    Recipe, TrainResult, evaluate_accuracy, find_noise_multiplier, recipe_for, train_model,
+    Recipe,
+    TrainResult,
+    evaluate_accuracy,
+    find_noise_multiplier,
+    recipe_for,
+    train_model,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -189,7 +195,6 @@ def test_dp_cifar_runs():
 @pytest.mark.parametrize("track", ["purchase100", "cifar10"])  # ghost and hooks modes
 def test_dp_empty_poisson_batches_and_reproducibility(monkeypatch, track):
     # 3 records, expected batch size 1: empty Poisson batches are frequent.
-    import models.train as train_mod
     empties = []
     real = train_mod._noise_only_step
     monkeypatch.setattr(train_mod, "_noise_only_step", lambda *a: (empties.append(1), real(*a)))

@@ -11,11 +11,13 @@ import shutil
 import numpy as np
 import torch
 
-from .datasets import BaseDataset, to_tensor
-from .fileio import atomic_path, write_text
-from .layout import ModelDir
-from .splits import Splits, reconstruct
-from .tracks import ChallengeParams, scenario_suffix
+from challenges.datasets import BaseDataset, to_tensor
+from challenges.fileio import atomic_path, write_text
+from challenges.layout import ModelDir
+from challenges.splits import Splits, reconstruct
+from challenges.tracks import ChallengeParams, scenario_suffix
+from models.loading import plain_state_dict
+from models.train import recipe_for, train_model
 
 
 def model_seeds(*key: int) -> tuple[int, int, int]:
@@ -24,6 +26,16 @@ def model_seeds(*key: int) -> tuple[int, int, int]:
     Values below 2**32: torchcsprng keeps only the low 32 bits."""
     rng = np.random.default_rng([int(k) for k in key])
     return tuple(int(v) for v in rng.integers(0, 2**32, size=3, dtype=np.uint64))
+
+
+def save_state_dict(model: torch.nn.Module, path: str) -> str:
+    """Save ``model``'s plain (prefix-free, CPU) state dict to ``path`` atomically; returns the path."""
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with atomic_path(os.fspath(path)) as tmp:
+        torch.save(plain_state_dict(model), tmp)
+    return os.fspath(path)
 
 
 def train_model_folder(md: ModelDir, params: ChallengeParams, dataset: BaseDataset,
@@ -35,9 +47,6 @@ def train_model_folder(md: ModelDir, params: ChallengeParams, dataset: BaseDatas
     (MICO's train phase); otherwise solution.csv goes to the separate ``solutions/`` tree.
     Returns {'accuracy': ..., 'epsilon': ...}.
     """
-    from models import save_state_dict
-    from models.train import recipe_for, train_model
-
     sc, st, sm = seeds
     s: Splits = reconstruct(len(dataset), params.len_training, params.len_challenge, sc, st, sm)
     tr, ev = s.train_indices(), s.evaluation

@@ -21,12 +21,21 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from .build import model_seeds, train_model_folder
-from .datasets import CIFAR_FILES, load_dataset
-from .fileio import atomic_path
-from .layout import ModelDir
-from .tracks import (PHASES, SCENARIO_SUFFIXES, ChallengeParams, challenge_json_path, get_track,
-                     load_params, save_params, scenario_names, scenario_suffix)
+from challenges.datasets import CIFAR_FILES, load_dataset
+from challenges.fileio import atomic_path
+from challenges.layout import ModelDir
+from challenges.tracks import (
+    PHASES,
+    SCENARIO_SUFFIXES,
+    ChallengeParams,
+    challenge_json_path,
+    get_track,
+    load_params,
+    save_params,
+    scenario_names,
+    scenario_suffix,
+)
+from production.folders import model_seeds, train_model_folder
 
 
 @dataclass(frozen=True)
@@ -152,8 +161,8 @@ def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=No
         bar = tqdm(todo, desc=f"{scenario}: training", unit="model", initial=len(jobs) - len(todo),
                    total=len(jobs))
         for md in bar:
-            info = train_model_folder(md, params, dataset, model_seeds(seed, 1 + si, md.model_id), reveal=md.phase == "train",
-                                      device=device, **overrides)
+            info = train_model_folder(md, params, dataset, model_seeds(seed, 1 + si, md.model_id),
+                                      reveal=md.phase == "train", device=device, **overrides)
             post = {"acc": f"{info['accuracy']:.3f}"}
             if info["epsilon"] is not None:
                 post["eps"] = f"{info['epsilon']:.2f}"

@@ -1,0 +1,53 @@
+"""Every attack option in one typed record, as the attacks receive them.
+
+The scripts build one :class:`AttackOptions` from their command line; the attacks never see an
+argparse namespace.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+ATTACKS = ("lira", "rmia", "loss", "confidence", "calibrated", "entropy", "classifier")
+MU_CHOICES = ("mean", "median")
+SIGNALS = ("loss", "confidence")
+CALIBRATIONS = ("in", "mid", "z")
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    """Options of every attack; each attack reads the ones it needs.
+
+    LiRA takes the runner-up's four flags plus ``mu`` and ``min_shadows``; ``online_attack`` also
+    selects online RMIA. ``rmia_a`` is a number in [0, 1] or ``'auto'`` (best leave-one-out AUC on
+    the train phase). ``seed`` drives sampling in RMIA and the classifier.
+    """
+    attack: str = "lira"
+    global_variance: bool = False
+    online_attack: bool = False
+    logit_scaling: bool = False
+    stable_logit_scaling: bool = False
+    mu: str = "mean"
+    min_shadows: int = 2
+    rmia_a: float | str = 0.3
+    rmia_gamma: float = 1.0
+    rmia_population: int = 5000
+    signal: str = "loss"
+    calibration: str = "mid"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("attack", self.attack, ATTACKS), ("mu", self.mu, MU_CHOICES),
+                                     ("signal", self.signal, SIGNALS),
+                                     ("calibration", self.calibration, CALIBRATIONS)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+        if self.rmia_a != "auto" and not (isinstance(self.rmia_a, (int, float)) and 0 <= self.rmia_a <= 1):
+            raise ValueError(f"rmia_a must be a number in [0, 1] or 'auto', got {self.rmia_a!r}")
+        if isinstance(self.min_shadows, bool) or int(self.min_shadows) != self.min_shadows or self.min_shadows < 1:
+            raise ValueError(f"min_shadows must be an integer >= 1, got {self.min_shadows!r}")
+
+    def changed(self) -> dict:
+        """{field: value} of the options that differ from the defaults, in declaration order."""
+        default = AttackOptions()
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
