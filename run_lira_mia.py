@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 
 from tqdm.auto import tqdm
 
@@ -176,7 +175,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, OSError) as e:
-        sys.exit(f"run_lira_mia.py: {e}")
+    cli.run(main, "run_lira_mia.py")

@@ -6,8 +6,6 @@ points that new shadow models brought.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -70,7 +68,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, OSError) as e:
-        sys.exit(f"save_preds.py: {e}")
+    cli.run(main, "save_preds.py")

@@ -35,7 +35,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, OSError) as e:
-        sys.exit(f"save_zip.py: {e}")
+    cli.run(main, "save_zip.py")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from tqdm.auto import tqdm
 
@@ -77,7 +76,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, OSError) as e:
-        sys.exit(f"train_shadows.py: {e}")
+    cli.run(main, "train_shadows.py")

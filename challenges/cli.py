@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .fileio import one_line
 from .tracks import TRACKS, check_scenario
 
 
@@ -72,3 +73,15 @@ def parser(description: str, *, scenario: str | None = "one scenario only, e.g. 
     if scenario is not None:
         p.add_argument("--scenario", default=None, help=scenario)
     return p
+
+
+def run(main, name: str) -> None:
+    """Run a script's ``main()`` and exit with its code; an expected failure (ValueError, OSError)
+    becomes one line on stderr naming the script, and Ctrl-C says how to resume."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        sys.exit(f"{name}: interrupted; rerun the same command to resume")
+    except (ValueError, OSError) as e:
+        sys.exit(f"{name}: {one_line(e, None)}")
+    sys.exit(code)
