@@ -1,0 +1,71 @@
+"""Designed (balanced) shadow training sets and their explicit membership files."""
+import os
+
+import numpy as np
+import pytest
+
+from challenges.membership import CHECKSUM, TRAINING_SET, MembershipError, read_training_set, write_training_set
+from production.design import balanced_design, in_count, pool_membership
+
+
+@pytest.mark.parametrize("K,m", [(2, 1), (4, 2), (16, 8), (16, 11), (6, 5)])
+def test_pool_membership_exact_counts(K, m):
+    member = pool_membership(997, K, m, np.random.default_rng(K * m))
+    assert (member.sum(axis=0) == m).all()                       # every point IN for exactly m shadows
+    rows = member.sum(axis=1)
+    assert rows.max() - rows.min() <= 1 and rows.sum() == 997 * m  # every shadow as many pool points
+
+
+def test_pool_membership_is_random():
+    a = pool_membership(2000, 8, 4, np.random.default_rng(0))
+    # two shadows share about half their pool points (not the same half, as a cyclic design would)
+    overlap = (a[0] & a[1]).sum() / a[0].sum()
+    assert 0.35 < overlap < 0.65
+
+
+@pytest.mark.parametrize("N,LT,n_pool,K,f_min", [(1200, 700, 975, 4, 0.5), (10_000, 5_000, 3_800, 16, 0.5),
+                                                 (60_000, 50_000, 29_200, 16, 0.66)])
+def test_balanced_design(N, LT, n_pool, K, f_min):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, N)
+    pool = rng.choice(N, n_pool, replace=False)
+    d = balanced_design(labels, np.concatenate([pool, pool[:5]]), LT, K, seed=3)  # duplicates allowed
+    assert np.array_equal(d.pool, np.sort(pool))
+    member = np.stack([np.isin(d.pool, s) for s in d.train_sets])
+    assert (member.sum(axis=0) == d.in_count).all()
+    assert all(len(s) == LT and len(np.unique(s)) == LT and s.min() >= 0 and s.max() < N for s in d.train_sets)
+    assert d.fraction >= f_min and (f_min > 0.5) == (d.fraction > 0.5)  # cifar10-like: smallest f that fits
+    # class balance: each set's class counts follow the dataset's frequencies closely
+    freq = np.bincount(labels, minlength=10) / N
+    for s in d.train_sets:
+        assert np.abs(np.bincount(labels[s], minlength=10) / LT - freq).max() < 0.02
+    again = balanced_design(labels, pool, LT, K, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(d.train_sets, again.train_sets))
+
+
+def test_design_refuses_what_cannot_fit():
+    with pytest.raises(ValueError, match="even"):
+        balanced_design(np.zeros(100, dtype=int), np.arange(10), 50, 3)
+    with pytest.raises(ValueError, match="no balanced design"):
+        in_count(n_pool=900, n_outside=10, len_training=950, n_shadows=4)
+
+
+def test_training_set_file_round_trip_and_errors(tmp_path):
+    idx = np.array([9, 2, 5, 7])
+    write_training_set(str(tmp_path), idx)
+    assert np.array_equal(read_training_set(str(tmp_path), 10, 4), np.sort(idx))
+    assert sorted(os.listdir(tmp_path)) == sorted([CHECKSUM, TRAINING_SET])
+    with pytest.raises(MembershipError, match="expected 5"):
+        read_training_set(str(tmp_path), 10, 5)
+    with pytest.raises(MembershipError, match=r"in \[0, 8\)"):
+        read_training_set(str(tmp_path), 8, 4)
+    data = (tmp_path / TRAINING_SET).read_bytes()
+    (tmp_path / TRAINING_SET).write_bytes(data[:-8])
+    with pytest.raises(MembershipError, match="sha256") as e:
+        read_training_set(str(tmp_path), 10, 4)
+    assert str(tmp_path / TRAINING_SET) in str(e.value) and "\n" not in str(e.value)
+    os.remove(tmp_path / CHECKSUM)
+    with pytest.raises(MembershipError, match="missing"):
+        read_training_set(str(tmp_path), 10, 4)
+    with pytest.raises(ValueError, match="repeat"):
+        write_training_set(str(tmp_path), [1, 1, 2])
