@@ -117,7 +117,7 @@ def scenarios_data(args, fields):
     n_points = len(load_dataset(params)) if params.n_points is None else params.n_points
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
         data = load_scenario(args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields)
-        if data.n_train == 0:
+        if data.n_shadows == 0:
             raise layout.LayoutError(f"{args.data_dir}/{args.challenge}/{scenario}/train: no shadow models")
         yield data
 

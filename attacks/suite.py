@@ -4,7 +4,7 @@ An attack here is ``run(data, rows, exclude, opts) -> scores``: ``data`` a
 ``challenges.scenario.ScenarioData`` (arrays only), ``rows`` (T,) the model rows to attack,
 ``exclude`` (T,) the shadow row each must leave out (-1: none), ``opts`` an
 :class:`attacks.options.AttackOptions`; ``scores`` (T, 2m) in [0, 1]. Train models are the first
-``data.n_train`` rows and serve as shadows. Attacks whose scores are min-max scaled (loss,
+``data.n_shadows`` rows and serve as shadows. Attacks whose scores are min-max scaled (loss,
 confidence, calibrated, entropy) are scaled once over all rows of a call: one affine map, so every
 phase ranks exactly as if it had been scaled on its own.
 """
@@ -38,22 +38,22 @@ def _own(arr, data, rows):
 
 def _lira(data, rows, exclude, o):
     sig = signal_from_phi(data.phi, signal_kind(o.logit_scaling, o.stable_logit_scaling))
-    return lira(_own(sig, data, rows), sig[:data.n_train], data.shadow_in, data.challenge[rows], exclude,
+    return lira(_own(sig, data, rows), sig[:data.n_shadows], data.shadow_in, data.challenge[rows], exclude,
                 online=o.online_attack, global_variance=o.global_variance, mu_estimator=o.mu,
                 min_shadows=o.min_shadows)
 
 
 def _rmia_scores(data, rows, exclude, o, a):
-    return rmia(data.phi[rows], data.phi[:data.n_train], data.shadow_in, data.challenge[rows], exclude,
+    return rmia(data.phi[rows], data.phi[:data.n_shadows], data.shadow_in, data.challenge[rows], exclude,
                 a=a, gamma=o.rmia_gamma, n_population=o.rmia_population, online=o.online_attack,
                 seed=o.seed, from_phi=True)
 
 
 def choose_rmia_a(data, o) -> float:
     """The offline coefficient a with the best leave-one-out AUC on the train models."""
-    train = np.arange(data.n_train)
+    train = np.arange(data.n_shadows)
     truth = data.solutions[train].ravel()
-    if data.n_train < 2 or len(np.unique(truth)) < 2:
+    if data.n_shadows < 2 or len(np.unique(truth)) < 2:
         raise ValueError("--rmia-a auto needs train models with known membership")
     aucs = {a: roc_auc_score(truth, _rmia_scores(data, train, train, o, a).ravel()) for a in RMIA_A_GRID}
     return max(aucs, key=aucs.get)
@@ -78,7 +78,7 @@ def _signal(phi, name):
 
 
 def _calibrated(data, rows, exclude, o):
-    return calibrated(_own(_signal(data.phi, o.signal), data, rows), _signal(data.phi[:data.n_train], o.signal),
+    return calibrated(_own(_signal(data.phi, o.signal), data, rows), _signal(data.phi[:data.n_shadows], o.signal),
                       data.shadow_in, data.challenge[rows], exclude, mode=o.calibration)
 
 
@@ -89,10 +89,10 @@ def _entropy(data, rows, exclude, o):
 
 def _classifier(data, rows, exclude, o):
     logits = data.fields.get("logits")
-    kw = {} if logits is None else dict(target_logits=_own(logits, data, rows), shadow_logits=logits[:data.n_train])
+    kw = {} if logits is None else dict(target_logits=_own(logits, data, rows), shadow_logits=logits[:data.n_shadows])
     mentr = data.fields["mentr"]
-    return classifier_attack(_own(data.phi, data, rows), _own(mentr, data, rows), data.phi[:data.n_train],
-                             mentr[:data.n_train], data.shadow_in, data.challenge[rows], exclude, seed=o.seed, **kw)
+    return classifier_attack(_own(data.phi, data, rows), _own(mentr, data, rows), data.phi[:data.n_shadows],
+                             mentr[:data.n_shadows], data.shadow_in, data.challenge[rows], exclude, seed=o.seed, **kw)
 
 
 _RUN = {"lira": _lira, "rmia": _rmia, "loss": _loss, "confidence": _confidence, "calibrated": _calibrated,

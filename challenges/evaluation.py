@@ -22,7 +22,7 @@ def attack_scenario(data: ScenarioData, attack, evaluate: bool) -> dict:
     phases = (("train",) if evaluate else ()) + TARGET_PHASES
     parts = {ph: data.phase_rows(ph) for ph in phases}
     rows = np.concatenate([parts[ph] for ph in phases])
-    exclude = np.where(rows < data.n_train, rows, -1)
+    exclude = np.where(rows < data.n_shadows, rows, -1)
     if len(rows) == 0:
         return {}
     scores = attack(data, rows, exclude)

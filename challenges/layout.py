@@ -2,7 +2,8 @@
 
 ``<data-dir>/<track>/<track>_{inf,hi,lo}/{train,dev,final}/model_<id>/`` holds ``model.pt`` and
 ``seed_challenge``; train models also hold ``seed_training``, ``seed_membership`` and
-``solution.csv``. Ground truth for dev/final, when known (the synthetic challenge), lives in a
+``solution.csv``. Designed shadow models (ours, not MICO's) live in ``<scenario>/shadow/model_<id>/``
+with ``model.pt`` and an explicit training set (:mod:`challenges.membership`) instead of seeds. Ground truth for dev/final, when known (the synthetic challenge), lives in a
 separate tree ``<data-dir>/<track>/solutions/<scenario>/<phase>/model_<id>/solution.csv`` so
 that model folders never reveal it. Nothing else in the project lists directories.
 """
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .splits import Splits, reconstruct
-from .tracks import PHASES, ChallengeParams, check_scenario, scenario_names
+from .membership import read_training_set
+from .tracks import MODEL_PHASES, SHADOW_PHASE, ChallengeParams, check_scenario, scenario_names
 
 _MODEL_RE = re.compile(r"^model_(0|[1-9][0-9]*)$")
 SEED_FILES = ("seed_challenge", "seed_training", "seed_membership")
@@ -93,8 +95,20 @@ class ModelDir:
                 out.append(None)
         return tuple(out)
 
+    @property
+    def designed(self) -> bool:
+        """A designed shadow model: explicit training set, no seeds, no challenge points."""
+        return self.phase == SHADOW_PHASE
+
     def splits(self, params: ChallengeParams, n_points: int) -> Splits:
         return reconstruct(n_points, params.len_training, params.len_challenge, *self.seeds())
+
+    def training_set(self, params: ChallengeParams, n_points: int) -> np.ndarray:
+        """Dataset indices the model trained on: its explicit training-set file (designed shadows)
+        or ``member + training`` rebuilt from its seeds (MICO's train models)."""
+        if self.designed:
+            return read_training_set(self.path, n_points, params.len_training)
+        return self.splits(params, n_points).train_indices()
 
     def solution_file(self) -> str | None:
         """solution.csv in the model folder, else in the separate solutions tree, else None."""
@@ -125,8 +139,8 @@ def scenarios(data_dir: str, track: str, scenario: str | None = None) -> list[st
     return found
 
 
-def models(data_dir: str, track: str, scenario: str, phases=PHASES) -> list[ModelDir]:
-    """Model folders of one scenario, phase by phase, ids in numeric order."""
+def models(data_dir: str, track: str, scenario: str, phases=MODEL_PHASES) -> list[ModelDir]:
+    """Model folders of one scenario, phase by phase (train, shadow, dev, final), ids in numeric order."""
     out = []
     for phase in phases:
         d = os.path.join(data_dir, track, scenario, phase)

@@ -17,11 +17,11 @@ from .tracks import ChallengeParams
 @dataclass
 class ScenarioData:
     scenario: str
-    models: list              # ModelDir, train then dev then final
+    models: list              # ModelDir: train, designed shadows, dev, final (layout.MODEL_PHASES order)
     points: np.ndarray        # int64 [P] dataset indices
     fields: dict              # cache field -> float32 [n_models, P, V(, C)] ('phi', 'mentr', ...)
-    challenge: np.ndarray     # int64 [n_models, 2m]: positions in ``points``, challenge order
-    shadow_in: np.ndarray     # bool [n_train, P]: point in the train model's training set
+    challenge: np.ndarray     # int64 [n_models, 2m]: positions in ``points``, challenge order; -1 for shadows
+    shadow_in: np.ndarray     # bool [n_shadows, P]: point in the shadow model's training set
     solutions: np.ndarray     # int8 [n_models, 2m]: 0/1, -1 where unknown
 
     @property
@@ -32,35 +32,52 @@ class ScenarioData:
         return np.array([i for i, md in enumerate(self.models) if md.phase == phase], dtype=np.int64)
 
     @property
-    def n_train(self) -> int:
+    def n_shadows(self) -> int:
+        """Shadow models (train, then designed shadows) are rows ``0 .. n_shadows - 1``."""
         return len(self.shadow_in)
 
 
 def scenario_points(data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int):
-    """(model folders, their splits, sorted union of their challenge points) of one scenario."""
+    """(model folders, their splits (None for designed shadows), sorted union of the challenge points)."""
     mds = layout.models(data_dir, track, scenario)
-    if not mds:
+    if not any(not md.designed for md in mds):
         raise layout.LayoutError(f"{os.path.join(data_dir, track, scenario)}: no model folders; "
                                  "re-download the scenario or remove the empty folder")
-    splits = [md.splits(params, n_points) for md in mds]
-    return mds, splits, np.unique(np.concatenate([s.challenge for s in splits]))
+    splits = [None if md.designed else md.splits(params, n_points) for md in mds]
+    return mds, splits, np.unique(np.concatenate([s.challenge for s in splits if s is not None]))
+
+
+def _solutions(mds, splits, m2: int) -> np.ndarray:
+    """int8 [n_models, 2m] ground truth, -1 where unknown; a train model's solution.csv must agree
+    with the split rebuilt from its seeds."""
+    solutions = np.full((len(mds), m2), -1, dtype=np.int8)
+    for i, (md, s) in enumerate(zip(mds, splits)):
+        sol = None if md.designed else md.solution()
+        if sol is None:
+            continue
+        if len(sol) != m2:
+            raise layout.LayoutError(f"{md.solution_file()}: {len(sol)} values, expected {m2}")
+        solutions[i] = sol
+        if s.member is not None and not np.array_equal(sol, s.solutions()):
+            raise layout.LayoutError(f"{md.solution_file()}: disagrees with the split rebuilt from "
+                                     "the seeds (wrong challenge parameters or base dataset?)")
+    return solutions
 
 
 def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, params: ChallengeParams,
                   n_points: int, fields=("phi",)) -> ScenarioData:
     mds, splits, points = scenario_points(data_dir, track, scenario, params, n_points)
-    challenge = np.stack([np.searchsorted(points, s.challenge) for s in splits])
-    member = membership_matrix(n_points, [s for md, s in zip(mds, splits) if md.phase == "train"])
-    solutions = np.full(challenge.shape, -1, dtype=np.int8)
-    for i, (md, s) in enumerate(zip(mds, splits)):
-        sol = md.solution()
-        if sol is not None:
-            if len(sol) != challenge.shape[1]:
-                raise layout.LayoutError(f"{md.solution_file()}: {len(sol)} values, expected "
-                                         f"{challenge.shape[1]}")
-            solutions[i] = sol
-        if s.member is not None and sol is not None and not np.array_equal(sol, s.solutions()):
-            raise layout.LayoutError(f"{md.solution_file()}: disagrees with the split rebuilt from "
-                                     "the seeds (wrong challenge parameters or base dataset?)")
+    m2 = 2 * params.len_challenge
+    challenge = np.stack([np.full(m2, -1) if s is None else np.searchsorted(points, s.challenge) for s in splits])
+    shadows = [i for i, md in enumerate(mds) if md.phase in ("train", "shadow")]
+    if shadows != list(range(len(shadows))):
+        raise AssertionError("layout.models must list the shadow phases first")
+    member = membership_matrix(n_points, [splits[k] for k in shadows if splits[k] is not None])[:, points]
+    designed = [k for k in shadows if splits[k] is None]
+    if designed:
+        rows = np.zeros((len(designed), n_points), dtype=bool)
+        for r, k in enumerate(designed):
+            rows[r, mds[k].training_set(params, n_points)] = True
+        member = np.concatenate([member, rows[:, points]])
     arrays = cache.load(cache_dir, mds, points, fields)
-    return ScenarioData(scenario, mds, points, arrays, challenge, member[:, points], solutions)
+    return ScenarioData(scenario, mds, points, arrays, challenge, member, _solutions(mds, splits, m2))

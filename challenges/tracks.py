@@ -13,8 +13,11 @@ from dataclasses import asdict, dataclass
 from .fileio import write_text
 
 SCENARIO_SUFFIXES = ("inf", "hi", "lo")  # no DP, eps=10, eps=4 (delta=1e-5)
-PHASES = ("train", "dev", "final")
+PHASES = ("train", "dev", "final")  # MICO's phases
 TARGET_PHASES = ("dev", "final")
+SHADOW_PHASE = "shadow"  # designed shadow models (train_shadows.py --design balanced): never targets
+# Every model folder of a scenario, in row order: the shadows (train, then designed) come first.
+MODEL_PHASES = ("train", SHADOW_PHASE, "dev", "final")
 LEN_CHALLENGE = 100  # members = non-members = 100, so 200 challenge points per model
 
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
