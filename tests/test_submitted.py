@@ -547,7 +547,7 @@ def test_winner_matches_literal_program(world, metric, formula):
     fast, targets = fast_winner(world, metric, formula, 250)
     expect = np.stack([raw[nm] for nm in targets])
     assert np.isfinite(expect).all()
-    np.testing.assert_allclose(fast, expect, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(fast, expect, rtol=0, atol=2e-6)  # torch float32 against our float64
 
 
 def test_winner_departures_only_where_the_original_has_nan():
@@ -631,17 +631,22 @@ def test_synthetic_quirky_membership_differs_from_the_truth(synthetic_world):
     assert (quirky != true).mean() > 0.3
 
 
-@pytest.mark.parametrize("choice", [WINNER_CONFIG["purchase100", "inf"], WINNER_CONFIG["purchase100", "hi"]],
-                         ids=["purchase100_inf", "purchase100_hi"])
-def test_winner_on_synthetic_challenge(synthetic_world, choice):
+@pytest.mark.parametrize("scenario", ["inf", "hi"])
+def test_winner_on_synthetic_challenge(synthetic_world, scenario):
     w = synthetic_world
-    metric, formula = choice.metric, choice.formula
-    raw = literal_winner(w, ["loss", "confidence"].index(metric), ["mid", "in", "z"].index(formula),
-                         SYNTHETIC["len_training"])
-    fast, targets = fast_winner(w, metric, formula, SYNTHETIC["len_training"])
+    choice = WINNER_CONFIG["purchase100", scenario]
+    with np.errstate(all="ignore"):
+        raw = literal_winner(w, ["loss", "confidence"].index(choice.metric),
+                             ["mid", "in", "z"].index(choice.formula), SYNTHETIC["len_training"])
+    fast, targets = fast_winner(w, choice.metric, choice.formula, SYNTHETIC["len_training"])
     expect = np.stack([raw[nm] for nm in targets])
-    ok = np.isfinite(expect).all(axis=1)  # a phase with a point lacking IN shadows is NaN throughout there
-    np.testing.assert_allclose(fast[ok], expect[ok], rtol=0, atol=2e-5)
+    finite = np.isfinite(expect).all(axis=1)
+    if choice.formula == "z":
+        assert finite.all()
+    else:  # with 6 shadows each phase has a point with no IN shadow: NaN, spread by the min-max
+        assert not finite.any()
+    assert np.isfinite(fast).all()
+    np.testing.assert_allclose(fast[finite], expect[finite], rtol=0, atol=2e-6)
 
 
 # --------------------------------------------------------------------------- #
