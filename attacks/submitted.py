@@ -244,6 +244,8 @@ def runner_up_lira(target_signal, shadow_signal, shadow_in, target_index, exclud
     ----------
     target_signal : (T, K)
         Each target's :func:`runner_up_signal` on its K challenge points, in challenge order.
+        Targets in the original's processing order (dev, final, train; ids ascending) make the
+        carried signal of (U6) identical; nothing else depends on the order.
     shadow_signal : (S, P)
         Every shadow's :func:`runner_up_signal` on the pool of P points.
     shadow_in : (S, P) bool
@@ -278,9 +280,8 @@ def runner_up_lira(target_signal, shadow_signal, shadow_in, target_index, exclud
 
     - (U5) wrote the raw ratio, in [0, inf] or NaN, which MICO's scorer rejects; we map it by
       :func:`_ratio_to_unit` (strictly increasing, so the original's ranking is kept).
-    - A point with no OUT shadow: the original's np.mean of an empty list gave NaN (its assert
-      then stopped the run; with stable logit scaling np.max of an empty array raised first).
-      Every NaN becomes 1/2.
+    - A point with no OUT shadow: the original stopped with a ValueError (softmax, or np.max with
+      stable scaling, of an empty array); its statistics are NaN here.  Every NaN becomes 1/2.
 
     Returns (T, K) float64 in [0, 1].
     """
