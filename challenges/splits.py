@@ -116,3 +116,51 @@ def membership_matrix(n_points: int, splits: list[Splits]) -> np.ndarray:
     for k, s in enumerate(splits):
         out[k, s.train_indices()] = True
     return out
+
+
+# The MICO runner-up's run_lira_mia.py hard-codes this for both tracks (purchase100's real value is
+# 150,000).
+RUNNER_UP_LEN_TRAINING = 50_000
+
+
+def runner_up_train_positions(n_points: int, len_challenge: int, seed_training: int, seed_membership: int,
+                              len_training: int = RUNNER_UP_LEN_TRAINING) -> np.ndarray:
+    """What the MICO runner-up took for a train model's training set, in its order (int64).
+
+    Its run_lira_mia.py stores ``member.indices + training.indices`` of MICO's
+    ``ChallengeDataset``. Those are ``Subset`` indices *into their parent subsets*: positions
+    ``0..2m-1`` inside ``challenge`` and ``0..N-2m-1`` inside ``rest``, not dataset indices. It
+    then tests a challenge point's dataset index against that list. So this returns
+
+        randperm(2m, seed_membership)[m:] ++ randperm(N - 2m, seed_training)[:len_training - m]
+
+    (no ``seed_challenge``: the positions do not depend on it), duplicates kept, as the Python
+    list was.
+
+    ``len_training`` larger than ``N - m`` (the hard-coded 50,000 on a small synthetic
+    challenge): ``random_split(rest, [len_training - m, N - len_training - m])`` does not fail,
+    since the lengths still sum to ``N - 2m``; torch slices the permutation with
+    ``indices[0 : len_training - m]`` and ``indices[len_training - m : N - 2m]``, so ``training``
+    takes every position of ``rest`` and ``evaluation`` is empty. The slice here clamps the same
+    way. Then every point below ``N - 2m`` is "IN" for every shadow.
+    """
+    m = len_challenge
+    if not 0 < 2 * m <= n_points or len_training < m:
+        raise ValueError(f"inconsistent sizes: n_points={n_points}, len_training={len_training}, "
+                         f"len_challenge={len_challenge}")
+    member = randperm(2 * m, seed_membership)[m:]
+    training = randperm(n_points - 2 * m, seed_training)[: len_training - m]
+    return np.concatenate([member, training])
+
+
+def runner_up_membership(points: np.ndarray, train_positions: list[np.ndarray]) -> np.ndarray:
+    """Boolean (shadows x len(points)): the runner-up's ``cp in train_set`` for each dataset index.
+
+    ``points``: dataset indices (e.g. a scenario's sorted challenge-point pool);
+    ``train_positions``: one :func:`runner_up_train_positions` array per shadow.
+    """
+    points = np.asarray(points, dtype=np.int64)
+    out = np.zeros((len(train_positions), len(points)), dtype=bool)
+    for s, positions in enumerate(train_positions):
+        out[s] = np.isin(points, positions)
+    return out
