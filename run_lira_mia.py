@@ -16,7 +16,7 @@ import os
 from tqdm.auto import tqdm
 
 from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, SIGNALS, AttackOptions
-from attacks.suite import COMPARE, COMPARE_SETS, fields_needed, make_attack
+from attacks.suite import COMPARE, COMPARE_SETS, REFERENCES, fields_needed, make_attack, uses_logits
 from challenges import cache, cli, evaluation, layout, report
 from challenges.datasets import load_dataset
 from challenges.scenario import load_scenario
@@ -57,6 +57,8 @@ def build_parser() -> cli.Parser:
                    help="run every attack leave-one-out and write a comparison report instead of predictions")
     _option(p, "--seed", type=int, help="seed for sampling in rmia and classifier")
     lira = p.add_argument_group("LiRA (the runner-up's flags; --online_attack also selects online RMIA)")
+    _option(lira, "--as_submitted", action="store_true",
+            help="the runner-up's LiRA exactly as released, bugs included (see README); with its four flags")
     _option(lira, "--global_variance", action="store_true",
             help="one sigma per target model from all pooled shadow signals, not one per point")
     _option(lira, "--online_attack", action="store_true",
@@ -102,21 +104,22 @@ def option_flags(options: AttackOptions) -> list[str]:
     return out
 
 
-def cache_fields(args, attack: str) -> tuple:
-    """Cache fields ``attack`` reads; logits only where save_preds.py stored them for every model."""
-    if attack != "classifier":
-        return fields_needed(attack)
+def cache_fields(args, options: AttackOptions) -> tuple:
+    """Cache fields the attack reads; logits only where save_preds.py stored them for every model."""
+    if not uses_logits(options):
+        return fields_needed(options)
     mds = [md for sc in layout.scenarios(args.data_dir, args.challenge, args.scenario)
            for md in layout.models(args.data_dir, args.challenge, sc)]
-    return fields_needed(attack, bool(mds) and all(cache.has_field(args.cache_dir, md, "logits") for md in mds))
+    return fields_needed(options, bool(mds) and all(cache.has_field(args.cache_dir, md, "logits") for md in mds))
 
 
-def scenarios_data(args, fields):
-    """Yield each scenario's arrays, loaded once."""
+def scenarios_data(args, fields, runner_up: bool = False):
+    """Yield each scenario's arrays, loaded once (``runner_up``: with the runner-up's membership)."""
     params = load_params(args.data_dir, args.challenge)
     n_points = len(load_dataset(params)) if params.n_points is None else params.n_points
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
-        data = load_scenario(args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields)
+        data = load_scenario(args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields,
+                             runner_up=runner_up)
         if data.n_shadows == 0:
             raise layout.LayoutError(f"{args.data_dir}/{args.challenge}/{scenario}/train: no shadow models")
         yield data
@@ -127,11 +130,11 @@ def compare(args, options: AttackOptions) -> str:
     shared = {k: v for k, v in dataclasses.asdict(options).items() if k not in COMPARE_SETS}
     runs = [(label, dataclasses.replace(row, **shared)) for label, row in COMPARE]
     shared_flags = option_flags(dataclasses.replace(AttackOptions(), **shared))
-    fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o.attack)}))
+    fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o)}))
     scores = {label: {} for label, _ in runs}
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     bar = tqdm(total=len(runs) * n_scenarios, desc="compare", unit="run")
-    for data in scenarios_data(args, fields):
+    for data in scenarios_data(args, fields, runner_up=any(o.as_submitted for _, o in runs)):
         for label, o in runs:
             bar.set_postfix_str(f"{data.scenario}: {label}")
             results = evaluation.attack_scenario(data, make_attack(o), evaluate=True)
@@ -143,7 +146,8 @@ def compare(args, options: AttackOptions) -> str:
     if args.scenario:
         base += ["--scenario", args.scenario]
     commands = {label: " ".join(base + ["--evaluate"] + option_flags(row) + shared_flags) for label, row in COMPARE}
-    return report.write_compare_report(os.path.join(args.report_dir, args.challenge), scores, commands)
+    return report.write_compare_report(os.path.join(args.report_dir, args.challenge), scores, commands,
+                                       references=REFERENCES)
 
 
 def main(argv=None) -> int:
@@ -157,7 +161,8 @@ def main(argv=None) -> int:
     attack = make_attack(options)
     scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
-    for data in tqdm(scenarios_data(args, cache_fields(args, options.attack)), desc=options.attack,
+    data_iter = scenarios_data(args, cache_fields(args, options), runner_up=options.as_submitted)
+    for data in tqdm(data_iter, desc=options.attack,
                      unit="scenario", total=n_scenarios):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
         done.append((data.models, results))  # the signals themselves are not kept

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-ATTACKS = ("lira", "rmia", "loss", "confidence", "calibrated", "entropy", "classifier")
+ATTACKS = ("lira", "rmia", "loss", "confidence", "calibrated", "entropy", "classifier", "mico-winner")
 MU_CHOICES = ("mean", "median")
 SIGNALS = ("loss", "confidence")
 CALIBRATIONS = ("in", "mid", "z")
@@ -18,10 +18,13 @@ class AttackOptions:
     """Options of every attack; each attack reads the ones it needs.
 
     LiRA takes the runner-up's four flags plus ``mu`` and ``min_shadows``; ``online_attack`` also
-    selects online RMIA. ``rmia_a`` is a number in [0, 1] or ``'auto'`` (best leave-one-out AUC on
-    the train phase). ``seed`` drives sampling in RMIA and the classifier.
+    selects online RMIA. ``as_submitted`` (LiRA only) runs the runner-up's code as it was released,
+    bugs included (attacks.submitted); ``attack='mico-winner'`` is the winner's submission.
+    ``rmia_a`` is a number in [0, 1] or ``'auto'`` (best leave-one-out AUC on the train phase).
+    ``seed`` drives sampling in RMIA and the classifier.
     """
     attack: str = "lira"
+    as_submitted: bool = False
     global_variance: bool = False
     online_attack: bool = False
     logit_scaling: bool = False
@@ -43,6 +46,10 @@ class AttackOptions:
                 raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
         if self.rmia_a != "auto" and not (isinstance(self.rmia_a, (int, float)) and 0 <= self.rmia_a <= 1):
             raise ValueError(f"rmia_a must be a number in [0, 1] or 'auto', got {self.rmia_a!r}")
+        if self.as_submitted and self.attack != "lira":
+            raise ValueError("as_submitted reproduces the runner-up's LiRA; it applies to --attack lira only")
+        if self.as_submitted and self.online_attack and (self.logit_scaling or self.stable_logit_scaling):
+            raise ValueError("the runner-up's code refuses online attacks with logit scaling (as_submitted)")
         if isinstance(self.min_shadows, bool) or int(self.min_shadows) != self.min_shadows or self.min_shadows < 1:
             raise ValueError(f"min_shadows must be an integer >= 1, got {self.min_shadows!r}")
 

@@ -18,17 +18,22 @@ from .classifier import classifier_attack
 from .lira import lira, signal_from_phi, signal_kind
 from .options import AttackOptions
 from .rmia import rmia
+from .submitted import WINNER_CONFIG, mico_winner, runner_up_lira, runner_up_signal, winner_signal
 
 RMIA_A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
 
-def fields_needed(attack: str, have_logits: bool = False) -> tuple:
-    """Cache fields an attack reads."""
-    if attack in ("entropy",):
-        return ("phi", "mentr")
-    if attack == "classifier":
-        return ("phi", "mentr", "logits") if have_logits else ("phi", "mentr")
-    return ("phi",)
+def fields_needed(o: AttackOptions, have_logits: bool = False) -> tuple:
+    """Cache fields the attack of ``o`` reads; logits (where every model has them) make the
+    classifier's features richer and the runner-up's as-submitted signal exact."""
+    logits = ("logits",) if have_logits and uses_logits(o) else ()
+    if o.attack in ("entropy", "classifier"):
+        return ("phi", "mentr") + logits
+    return ("phi",) + logits
+
+
+def uses_logits(o: AttackOptions) -> bool:
+    return o.attack == "classifier" or o.as_submitted
 
 
 def _own(arr, data, rows):
@@ -36,7 +41,43 @@ def _own(arr, data, rows):
     return arr[rows[:, None], data.challenge[rows]]
 
 
+def _runner_up(data, rows, exclude, o):
+    """The runner-up's LiRA as released (attacks.submitted): the membership its code used, its
+    float32 signal (exact from logits when cached), its 100 train models as the only shadows, and
+    its processing order (dev, final, train), on which its online branch's carried value depends."""
+    logits = data.fields.get("logits")
+    flags = dict(logit_scaling=o.logit_scaling, stable_logit_scaling=o.stable_logit_scaling)
+    train = data.phase_rows("train")
+    needed = np.union1d(rows, train)
+    sig = np.zeros((len(data.models), data.phi.shape[1]), dtype=np.float64)
+    for k in needed:
+        sig[k] = runner_up_signal(data.phi[k, :, 0], None if logits is None else logits[k, :, 0], **flags)
+    rank = {"dev": 0, "final": 1, "train": 2}
+    order = np.lexsort((rows, [rank.get(data.models[r].phase, 3) for r in rows]))
+    r = rows[order]
+    scores = runner_up_lira(np.take_along_axis(sig[r], data.challenge[r], axis=1), sig[train], data.runner_up_in,
+                            data.challenge[r], exclude[order], online_attack=o.online_attack,
+                            global_variance=o.global_variance, **flags)
+    out = np.empty_like(scores)
+    out[order] = scores
+    return out
+
+
+def _winner(data, rows, exclude, o):
+    """The MICO winner's submission (attacks.submitted): its per-scenario signal and calibration,
+    the train models as the only shadows, min-max per phase."""
+    track, suffix = data.scenario.rsplit("_", 1)
+    choice = WINNER_CONFIG[track, suffix]
+    train = data.phase_rows("train")
+    sig = winner_signal(data.phi[:, :, 0], choice.metric)
+    phase = np.array([data.models[r].phase for r in rows])
+    return mico_winner(np.take_along_axis(sig[rows], data.challenge[rows], axis=1), sig[train],
+                       data.shadow_in[train], data.challenge[rows], exclude, formula=choice.formula, phase=phase)
+
+
 def _lira(data, rows, exclude, o):
+    if o.as_submitted:
+        return _runner_up(data, rows, exclude, o)
     sig = signal_from_phi(data.phi, signal_kind(o.logit_scaling, o.stable_logit_scaling))
     return lira(_own(sig, data, rows), sig[:data.n_shadows], data.shadow_in, data.challenge[rows], exclude,
                 online=o.online_attack, global_variance=o.global_variance, mu_estimator=o.mu,
@@ -96,7 +137,7 @@ def _classifier(data, rows, exclude, o):
 
 
 _RUN = {"lira": _lira, "rmia": _rmia, "loss": _loss, "confidence": _confidence, "calibrated": _calibrated,
-        "entropy": _entropy, "classifier": _classifier}
+        "entropy": _entropy, "classifier": _classifier, "mico-winner": _winner}
 
 
 def make_attack(o: AttackOptions):
@@ -108,10 +149,15 @@ def make_attack(o: AttackOptions):
 
 
 # The --compare line-up. The runner-up submitted offline LiRA with global variance on the plain
-# probability.
+# probability; the two top MICO entries as submitted are the references every row is compared to.
+RUNNER_UP = "Runner-up as submitted (LiRA offline, global variance)"
+WINNER = "MICO winner as submitted (calibrated, per scenario)"
+REFERENCES = (WINNER, RUNNER_UP)
 COMPARE = (
+    (WINNER, AttackOptions(attack="mico-winner")),
+    (RUNNER_UP, AttackOptions(global_variance=True, as_submitted=True)),
     ("LiRA offline", AttackOptions()),
-    ("LiRA offline, global variance (runner-up)", AttackOptions(global_variance=True)),
+    ("LiRA offline, global variance (runner-up, corrected)", AttackOptions(global_variance=True)),
     ("LiRA offline, stable logit", AttackOptions(stable_logit_scaling=True)),
     ("LiRA online", AttackOptions(online_attack=True)),
     ("LiRA online, global variance", AttackOptions(online_attack=True, global_variance=True)),
@@ -128,5 +174,5 @@ COMPARE = (
     ("Confidence", AttackOptions(attack="confidence")),
 )
 # What the rows choose; the other options (min_shadows, rmia_gamma, ...) come from the command line.
-COMPARE_SETS = ("attack", "global_variance", "online_attack", "logit_scaling", "stable_logit_scaling", "mu",
-                "rmia_a", "signal", "calibration")
+COMPARE_SETS = ("attack", "as_submitted", "global_variance", "online_attack", "logit_scaling", "stable_logit_scaling",
+                "mu", "rmia_a", "signal", "calibration")

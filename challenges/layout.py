@@ -3,9 +3,10 @@
 ``<data-dir>/<track>/<track>_{inf,hi,lo}/{train,dev,final}/model_<id>/`` holds ``model.pt`` and
 ``seed_challenge``; train models also hold ``seed_training``, ``seed_membership`` and
 ``solution.csv``. Designed shadow models (ours, not MICO's) live in ``<scenario>/shadow/model_<id>/``
-with ``model.pt`` and an explicit training set (:mod:`challenges.membership`) instead of seeds. Ground truth for dev/final, when known (the synthetic challenge), lives in a
-separate tree ``<data-dir>/<track>/solutions/<scenario>/<phase>/model_<id>/solution.csv`` so
-that model folders never reveal it. Nothing else in the project lists directories.
+with ``model.pt`` and an explicit training set (:mod:`challenges.membership`) instead of seeds.
+Ground truth for dev/final, when known (the synthetic challenge), lives in a separate tree
+``<data-dir>/<track>/solutions/<scenario>/<phase>/model_<id>/solution.csv`` so that model folders
+never reveal it. Nothing else in the project lists directories.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .splits import Splits, reconstruct
 from .membership import read_training_set
+from .splits import Splits, reconstruct
 from .tracks import MODEL_PHASES, SHADOW_PHASE, ChallengeParams, check_scenario, scenario_names
 
 _MODEL_RE = re.compile(r"^model_(0|[1-9][0-9]*)$")

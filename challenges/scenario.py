@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cache, layout
-from .splits import membership_matrix
+from .splits import RUNNER_UP_LEN_TRAINING, membership_matrix, runner_up_membership, runner_up_train_positions
 from .tracks import ChallengeParams
 
 
@@ -23,6 +23,9 @@ class ScenarioData:
     challenge: np.ndarray     # int64 [n_models, 2m]: positions in ``points``, challenge order; -1 for shadows
     shadow_in: np.ndarray     # bool [n_shadows, P]: point in the shadow model's training set
     solutions: np.ndarray     # int8 [n_models, 2m]: 0/1, -1 where unknown
+    # bool [n_train, P]: the membership the MICO runner-up's code *used* for the train models (its
+    # index bug, challenges.splits.runner_up_train_positions); only when asked for
+    runner_up_in: np.ndarray | None = None
 
     @property
     def phi(self) -> np.ndarray:
@@ -64,8 +67,16 @@ def _solutions(mds, splits, m2: int) -> np.ndarray:
     return solutions
 
 
+def runner_up_len_training(params: ChallengeParams) -> int:
+    """The LEN_TRAINING the runner-up's code used: 50,000 on MICO's data (for both tracks); on a
+    synthetic challenge, whose datasets are far smaller, the challenge's own (only the index bug
+    remains there)."""
+    return params.len_training if params.synthetic else RUNNER_UP_LEN_TRAINING
+
+
 def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, params: ChallengeParams,
-                  n_points: int, fields=("phi",)) -> ScenarioData:
+                  n_points: int, fields=("phi",), runner_up: bool = False) -> ScenarioData:
+    """The scenario's arrays; ``runner_up``: also the runner-up's (wrong) train-model membership."""
     mds, splits, points = scenario_points(data_dir, track, scenario, params, n_points)
     m2 = 2 * params.len_challenge
     challenge = np.stack([np.full(m2, -1) if s is None else np.searchsorted(points, s.challenge) for s in splits])
@@ -79,5 +90,11 @@ def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, para
         for r, k in enumerate(designed):
             rows[r, mds[k].training_set(params, n_points)] = True
         member = np.concatenate([member, rows[:, points]])
+    quirky = None
+    if runner_up:
+        positions = [runner_up_train_positions(n_points, params.len_challenge, *md.seeds()[1:],
+                                               len_training=runner_up_len_training(params))
+                     for md in mds if md.phase == "train"]
+        quirky = runner_up_membership(points, positions)
     arrays = cache.load(cache_dir, mds, points, fields)
-    return ScenarioData(scenario, mds, points, arrays, challenge, member, _solutions(mds, splits, m2))
+    return ScenarioData(scenario, mds, points, arrays, challenge, member, _solutions(mds, splits, m2), quirky)

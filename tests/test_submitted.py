@@ -34,6 +34,7 @@ from challenges.splits import (
     runner_up_membership,
     runner_up_train_positions,
 )
+from production.folders import model_seeds
 
 FLAGS = ("online_attack", "global_variance", "logit_scaling", "stable_logit_scaling")
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -588,10 +589,9 @@ SYNTHETIC = {"n_points": 1200, "len_training": 700, "n_train": 6, "n_dev": 2, "n
 @pytest.fixture(scope="module")
 def synthetic_world():
     """The tiny challenge ``build_synthetic(root, "purchase100", **SYNTHETIC, scenarios=["purchase100_inf"])``
-    builds: its sizes and the very seeds it draws (challenges.build.model_seeds; scenario key 1 =
+    builds: its sizes and the very seeds it draws (production.folders.model_seeds; scenario key 1 =
     'inf'), with random logits in place of its trained models (10-15 s of training on 2 cores that
     these comparisons do not need)."""
-    from challenges.build import model_seeds
     c = SYNTHETIC
     return random_world(c["seed"], n=c["n_points"], m=100, len_training=c["len_training"], n_train=c["n_train"],
                         n_dev=c["n_dev"], n_final=c["n_final"], n_classes=100,
