@@ -27,7 +27,7 @@ def scorer_accepts(path: str, n: int) -> bool:
 
 
 CASES = {
-    "empty field": "0.5,," + ",".join(["0.3"] * 198) + "\n",
+    "empty field": "0.5,," + ",".join(["0.3"] * 199) + "\n",  # 200 values once the empty one is skipped
     "underscore": "1_0e-1," + ",".join(["0.3"] * 199) + "\n",
     "hex float": "0x1p-1," + ",".join(["0.3"] * 199) + "\n",
     "non-ascii digit": "\uff10.5," + ",".join(["0.3"] * 199) + "\n",
