@@ -73,15 +73,16 @@ def fetch(args) -> None:
     """The challenge (hub mirror or archive), then the base dataset."""
     scenarios = [args.scenario] if args.scenario else None
     download.check_not_synthetic(args.data_dir, args.challenge)
-    if args.url:
-        download.fetch_challenge_archive(args.data_dir, args.challenge, args.url, args.md5, scenarios,
-                                         keep_archive=args.keep_archives)
-    else:
-        download.fetch_challenge_hub(args.data_dir, args.challenge, scenarios,
-                                     repo_id=args.hub_repo, revision=args.revision)
-    if not args.no_dataset:
-        download.fetch_dataset(args.data_dir, args.challenge, args.dataset_url, args.dataset_md5,
-                               keep_archive=args.keep_archives)
+    with download.removing_if_empty(download.track_dir(args.data_dir, args.challenge)):
+        if args.url:
+            download.fetch_challenge_archive(args.data_dir, args.challenge, args.url, args.md5, scenarios,
+                                             keep_archive=args.keep_archives)
+        else:
+            download.fetch_challenge_hub(args.data_dir, args.challenge, scenarios,
+                                         repo_id=args.hub_repo, revision=args.revision)
+        if not args.no_dataset:
+            download.fetch_dataset(args.data_dir, args.challenge, args.dataset_url, args.dataset_md5,
+                                   keep_archive=args.keep_archives)
 
 
 def main(argv=None) -> int:

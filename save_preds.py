@@ -2,9 +2,13 @@
 
 Each model (train, dev, final) runs once over the union of the scenario's challenge points, in
 large batches, on CUDA when present. Reruns skip models whose cache is current and only add the
-points that new shadow models brought.
+points that new shadow models brought; an unreadable cache file, or one from another model.pt, is
+recomputed. Runs sharing a cache wait for each other model by model and never redo each other's work.
 """
 from __future__ import annotations
+
+import collections
+import functools
 
 import numpy as np
 import torch
@@ -35,6 +39,24 @@ def parse_args(argv=None):
     return args
 
 
+class UnionQuery:
+    """Model outputs on a scenario's union of challenge points; the inputs for the whole union are
+    built and moved to the device once, when the first model needs them."""
+
+    def __init__(self, args, dataset, union: np.ndarray, views: list[str], device):
+        self.args, self.dataset, self.union, self.views, self.device = args, dataset, union, views, device
+        self.x = self.y = None
+
+    def __call__(self, md, todo: np.ndarray, keep_logits: bool) -> dict:
+        if self.x is None:
+            self.x = to_tensor(self.args.challenge, self.dataset.x[self.union]).to(self.device)
+            self.y = torch.from_numpy(self.dataset.y[self.union]).to(self.device)
+        rows = torch.from_numpy(np.searchsorted(self.union, todo)).to(self.device)
+        model = load_model(self.args.challenge, md.model_file, self.device)
+        out = query(model, self.x[rows], self.y[rows], self.views, self.args.batch_size, keep_logits=keep_logits)
+        return {k: v.numpy() for k, v in out.items()}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     views = view_names(args.augment, args.shifts)
@@ -43,27 +65,15 @@ def main(argv=None) -> int:
     dataset = load_dataset(params)
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
         mds, _, union = scenario_points(args.data_dir, args.challenge, scenario, params, len(dataset))
-        x = y = None
-        bar = tqdm(mds, desc=f"{scenario}: {len(union)} points x {len(views)} views", unit="model")
-        done = 0
-        for md in bar:
+        outputs = UnionQuery(args, dataset, union, views, device)
+        done = collections.Counter()
+        for md in tqdm(mds, desc=f"{scenario}: {len(union)} points x {len(views)} views", unit="model"):
             path = cache.cache_file(args.cache_dir, md)
-            entry, todo = cache.pending(cache.read(path), md.model_file, union, views, args.save_logits)
-            if len(todo) == 0:
-                continue
-            if x is None:  # inputs for the whole union, moved to the device once per scenario
-                x = to_tensor(args.challenge, dataset.x[union]).to(device)
-                y = torch.from_numpy(dataset.y[union]).to(device)
-            rows = torch.from_numpy(np.searchsorted(union, todo)).to(device)
-            # An entry that already holds logits keeps them, so merged rows stay complete.
-            logits = args.save_logits or (entry is not None and "logits" in entry)
-            model = load_model(args.challenge, md.model_file, device)
-            out = query(model, x[rows], y[rows], views, args.batch_size, keep_logits=logits)
-            points, arrays = cache.merge(entry, todo, {k: v.numpy() for k, v in out.items()})
-            cache.write(path, points, views, cache.model_stamp(md.model_file), arrays)
-            done += 1
-        bar.close()
-        print(f"{scenario}: {done} model(s) queried, {len(mds) - done} already cached")
+            done[cache.update(path, md.model_file, union, views, args.save_logits,
+                              functools.partial(outputs, md))] += 1
+        restamped = f", {done['restamped']} stamp(s) refreshed" if done["restamped"] else ""
+        print(f"{scenario}: {done['computed']} model(s) queried, {len(mds) - done['computed']} already "
+              f"cached{restamped}")
     return 0
 
 

@@ -9,20 +9,31 @@ One file per model, ``<cache-dir>/<track>/<scenario>/<phase>/model_<id>.npz``, h
   sigmoid(phi));
 - ``mentr``   float32 [P, V]: modified prediction entropy (Song & Mittal 2021);
 - ``logits``  float32 [P, V, C]: only with ``save_preds.py --save-logits``;
-- ``model_size``, ``model_mtime_ns``, ``model_sha256``: the model.pt the signals came from.
+- the stamp of the model.pt the signals came from: ``model_size``, ``model_mtime_ns``,
+  ``model_inode``, ``model_ctime_ns`` (its key) and ``model_sha256``.
 
-A file is reused only if its model.pt is unchanged and its views match; points missing from it
-(new shadow models widen the union) are computed and merged. Files are written to a temporary
-name and renamed, so a killed run leaves either the old file or the new one.
+Every read checks an entry against its model.pt. The key is the fast path: a copy (``cp -a``,
+rsync, an archive) keeps size and mtime but never inode and ctime, and a rewrite in place
+changes ctime. When the key differs the sha256 decides, so a copied tree, or an entry written
+before the key had inode and ctime, is still used. A file is reused by save_preds.py only if
+it came from this model.pt and its views match; points missing from it (new shadow models widen
+the union) are computed and merged. Files are written under a unique temporary name and
+renamed, while holding the advisory lock of their folder (``.lock``), so a killed run leaves
+either the old file or the new one and concurrent runs wait for each other model by model.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
-from .fileio import atomic_path, file_digest
+from .fileio import atomic_path, file_digest, locked, remove_leftovers, write_error
 from .layout import ModelDir
+
+KEY = ("model_size", "model_mtime_ns", "model_inode", "model_ctime_ns")
+REQUIRED = ("points", "views", "phi", "mentr", "model_size", "model_mtime_ns", "model_sha256")
+LOCK = ".lock"
 
 
 class CacheError(ValueError):
@@ -37,41 +48,63 @@ def sha256(path: str) -> str:
     return file_digest(path, "sha256")
 
 
+def model_key(path: str) -> dict:
+    """What identifies this very file cheaply: size, mtime, inode and ctime."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise CacheError(f"{path}: cannot read ({e.strerror}); re-download the model folder") from None
+    return {"model_size": st.st_size, "model_mtime_ns": st.st_mtime_ns, "model_inode": st.st_ino,
+            "model_ctime_ns": st.st_ctime_ns}
+
+
 def model_stamp(path: str, sha: str | None = None) -> dict:
-    st = os.stat(path)
-    return {"model_size": st.st_size, "model_mtime_ns": st.st_mtime_ns,
-            "model_sha256": sha if sha is not None else sha256(path)}
+    return {**model_key(path), "model_sha256": sha if sha is not None else sha256(path)}
+
+
+def source_stamp(entry: dict, model_file: str) -> dict | None:
+    """``model_file``'s stamp if ``entry`` was computed from these very bytes, else None.
+
+    Equal keys are trusted; otherwise the file is hashed and compared with the entry's sha256.
+    The result differs from the entry's own stamp when only the key changed (a copy).
+    """
+    key = model_key(model_file)
+    if all(k in entry and int(entry[k]) == v for k, v in key.items()):
+        return {**key, "model_sha256": str(entry["model_sha256"])}
+    sha = sha256(model_file)
+    return {**key, "model_sha256": sha} if sha == str(entry["model_sha256"]) else None
 
 
 def read(path: str) -> dict | None:
-    """A cache file's arrays, or None if it is absent or unreadable (it will be recomputed)."""
+    """A cache file's arrays, or None if it is absent.
+
+    Raises CacheError if it exists but cannot be read, or is not a consistent cache file.
+    """
     if not os.path.exists(path):
         return None
+    fix = "rerun save_preds.py, which recomputes it"
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
-        return None
-
-
-def is_current(entry: dict | None, model_file: str, views: list[str], need_logits: bool) -> bool:
-    """Whether ``entry`` came from this very model.pt, with these views (and logits if needed)."""
-    stamp = ("views", "model_size", "model_mtime_ns", "model_sha256", "points", "phi", "mentr")
-    if entry is None or any(k not in entry for k in stamp):  # not a file of ours: recompute
-        return False
-    if list(entry["views"]) != list(views) or (need_logits and "logits" not in entry):
-        return False
-    st = os.stat(model_file)
-    if int(entry["model_size"]) != st.st_size:
-        return False
-    if int(entry["model_mtime_ns"]) == st.st_mtime_ns:
-        return True
-    return str(entry["model_sha256"]) == sha256(model_file)
+            entry = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - truncated zip, bad CRC, bad header: all mean the same
+        raise CacheError(f"{path}: corrupt cache file ({type(e).__name__}); {fix}") from None
+    missing = [k for k in REQUIRED if k not in entry]
+    if missing:
+        raise CacheError(f"{path}: corrupt cache file (no {missing[0]!r}); {fix}")
+    p, v = len(entry["points"]), len(entry["views"])
+    bad = [k for k in ("phi", "mentr", "logits") if k in entry and entry[k].shape[:2] != (p, v)]
+    if bad:
+        raise CacheError(f"{path}: corrupt cache file ({bad[0]} shape {entry[bad[0]].shape}, "
+                         f"expected ({p}, {v}, ...)); {fix}")
+    return entry
 
 
 def write(path: str, points: np.ndarray, views: list[str], stamp: dict, arrays: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_path(path, ".tmp.npz") as tmp:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
+    with atomic_path(path) as tmp:
         np.savez(tmp, points=np.asarray(points, dtype=np.int64), views=np.asarray(views),
                  **{k: np.asarray(v) for k, v in stamp.items()}, **arrays)
 
@@ -86,25 +119,59 @@ def merge(entry: dict | None, points: np.ndarray, arrays: dict) -> tuple[np.ndar
     return allp[order], {k: np.concatenate([entry[k], v])[order] for k, v in arrays.items()}
 
 
+def update(path: str, model_file: str, union: np.ndarray, views: list[str], need_logits: bool,
+           compute: Callable[[np.ndarray, bool], dict]) -> str:
+    """Bring one model's cache file up to date; returns 'current', 'restamped' or 'computed'.
+
+    ``compute(points, keep_logits)`` returns {field: array [len(points), V(, C)]} for the points
+    still missing. The file is checked and written under its folder's lock, so that a concurrent
+    run sees the result and does not redo it, or redoes it when it asks for more (logits). An
+    unreadable file, or one computed from another model.pt, is recomputed from scratch.
+    """
+    with locked(os.path.join(os.path.dirname(path), LOCK)):
+        remove_leftovers(path)
+        try:
+            entry = read(path)
+        except CacheError:
+            entry = None
+        stamp = None if entry is None else source_stamp(entry, model_file)
+        if stamp is None or list(entry["views"]) != list(views) or (need_logits and "logits" not in entry):
+            entry, stamp = None, model_stamp(model_file)  # taken before the model is loaded
+        todo = union if entry is None else np.setdiff1d(union, entry["points"], assume_unique=True)
+        if len(todo) == 0:
+            if all(k in entry and int(entry[k]) == stamp[k] for k in KEY):
+                return "current"
+            fields = {k: v for k, v in entry.items() if k not in stamp and k not in ("points", "views")}
+            write(path, entry["points"], views, stamp, fields)
+            return "restamped"
+        # An entry that already holds logits keeps them, so merged rows stay complete.
+        arrays = compute(todo, need_logits or (entry is not None and "logits" in entry))
+        points, arrays = merge(entry, todo, arrays)
+        write(path, points, views, stamp, arrays)
+        return "computed"
+
+
 def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",)) -> dict:
     """{field: float32 [n_models, len(points), V(, C)]} for every model on ``points``.
 
-    Raises CacheError naming the first model whose cache is missing, lacks a field or a point.
+    Raises CacheError naming the first model whose cache is missing, corrupt, computed from
+    another model.pt, or lacks a field or a point.
     """
     out = {}
     for k, md in enumerate(mds):
         path = cache_file(cache_dir, md)
+        rerun = f"rerun save_preds.py --challenge {md.track}"
         entry = read(path)
         if entry is None:
             raise CacheError(f"{path}: missing; run save_preds.py --challenge {md.track} first")
+        if source_stamp(entry, md.model_file) is None:
+            raise CacheError(f"{path}: stale, {md.model_file} is not the model it was computed from; {rerun}")
         pos = np.minimum(np.searchsorted(entry["points"], points), len(entry["points"]) - 1)
         if not np.array_equal(entry["points"][pos], points):
-            raise CacheError(f"{path}: does not cover every challenge point; rerun save_preds.py "
-                             f"--challenge {md.track}")
+            raise CacheError(f"{path}: does not cover every challenge point; {rerun}")
         for field in fields:
             if field not in entry:
-                raise CacheError(f"{path}: has no {field!r}; rerun save_preds.py --challenge {md.track}"
-                                 + (" --save-logits" if field == "logits" else ""))
+                raise CacheError(f"{path}: has no {field!r}; {rerun}" + (" --save-logits" if field == "logits" else ""))
             arr = entry[field][pos]
             if field not in out:
                 out[field] = np.empty((len(mds),) + arr.shape, dtype=np.float32)
@@ -120,13 +187,5 @@ def has_field(cache_dir: str, md: ModelDir, field: str) -> bool:
     try:
         with np.load(cache_file(cache_dir, md), allow_pickle=False) as z:
             return field in z.files
-    except (OSError, ValueError, EOFError):
+    except Exception:  # noqa: BLE001 - absent or unreadable: load() names the problem
         return False
-
-
-def pending(entry: dict | None, model_file: str, union: np.ndarray, views: list[str],
-            need_logits: bool) -> tuple[dict | None, np.ndarray]:
-    """(reusable entry or None, points still to compute) for one model."""
-    if not is_current(entry, model_file, views, need_logits):
-        return None, union
-    return entry, np.setdiff1d(union, entry["points"], assume_unique=True)

@@ -2,7 +2,9 @@
 
 - cifar10: the CIFAR-10 python archive directory (``data_batch_1..5`` then ``test_batch``,
   i.e. torchvision's CIFAR10 train ++ test, 60,000 images). Images become float CHW in [0,1],
-  normalised with MICO's per-channel mean and std.
+  normalised with MICO's per-channel mean and std. The batches are pickles; they are read with an
+  unpickler that builds only what the real files hold (dicts, lists, strings, ints and uint8 numpy
+  arrays), so a crafted batch cannot run code.
 - purchase100: ``dataset_purchase``, CSV rows ``label,600 binary features`` with labels 1..100,
   shifted to 0..99. N is taken from the file (197,324 for the real one).
 
@@ -42,6 +44,44 @@ def _missing(path: str, track: str) -> DatasetError:
                         "(or --synthetic for an offline challenge), or copy it there")
 
 
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as Python 3 uses it to pickle bytes at protocol 2, and nothing else."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"it calls _codecs.encode with {encoding!r}, which no CIFAR-10 batch does; "
+                                     "not unpickled")
+    return text.encode("latin1")
+
+
+# The only globals a CIFAR-10 batch references: numpy's array reconstructor under its numpy 1 and
+# numpy 2 module names (the real files, written by Python 2's cPickle with protocol 2, name
+# numpy.core.multiarray), ndarray and dtype; numpy's protocol 5 reconstructor; and the latin-1
+# encoding by which Python 3 writes bytes at protocol 2 (a batch re-pickled that way).
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+_PICKLE_GLOBALS = {
+    **{(m, "_reconstruct"): _RECONSTRUCT for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "_frombuffer"): _FROMBUFFER for m in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which no CIFAR-10 batch does; "
+                                         "not unpickled") from None
+
+
+def read_cifar_batch(path: str) -> dict:
+    """One CIFAR-10 python batch (a dict with bytes keys), unpickled without running any code."""
+    with open(path, "rb") as f:
+        return _BatchUnpickler(f, encoding="bytes").load()
+
+
 def load_cifar10(path: str) -> BaseDataset:
     if not os.path.isdir(path):
         raise _missing(path, "cifar10")
@@ -49,13 +89,13 @@ def load_cifar10(path: str) -> BaseDataset:
     for name in CIFAR_FILES:
         f = os.path.join(path, name)
         try:
-            with open(f, "rb") as fh:
-                # The CIFAR-10 python batches are pickles by design; they hold only arrays and lists.
-                batch = pickle.load(fh, encoding="bytes")
+            batch = read_cifar_batch(f)
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             labels = np.asarray(batch[b"labels"], dtype=np.int64)
         except FileNotFoundError:
             raise _missing(f, "cifar10") from None
+        except pickle.UnpicklingError as e:
+            raise DatasetError(f"{f}: not a CIFAR-10 python batch ({e}); delete it and re-download") from None
         except Exception as e:  # noqa: BLE001 - any parse failure means the same to the user
             raise DatasetError(f"{f}: not a CIFAR-10 python batch ({type(e).__name__}); "
                                "delete it and re-download") from None

@@ -9,11 +9,13 @@ Sources
 Guarantees
 - downloads stream into ``<dest>.part``, resume with an HTTP Range request, are checked
   against an md5 when one is known, and only then take their final name;
-- archives are checked member by member (no absolute paths, ``..`` components, links leading
-  outside, device files) before anything is written, extracted into a staging folder inside
-  the track folder, and moved into place by ``os.rename`` (atomic on one file system);
+- archives are checked member by member (no absolute paths, ``..`` components, links of any
+  kind, device files: MICO's archives hold only folders and regular files) before anything is
+  written, extracted into a staging folder inside the track folder, and moved into place by
+  ``os.rename`` (atomic on one file system); a hub snapshot holding a link is refused too;
 - a scenario folder or base dataset therefore either is complete or is absent, so a rerun
-  skips what is present and fetches nothing when everything is.
+  skips what is present and fetches nothing when everything is; a run that places nothing
+  removes the track folder it created, if empty.
 
 Every expected failure raises :class:`DownloadError` (or a subclass) with a one-line message
 that says what could not be fetched and how to proceed.
@@ -28,8 +30,8 @@ import shutil
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 from urllib.parse import unquote, urlparse
 
 import requests
@@ -88,7 +90,7 @@ class FetchError(DownloadError):
         msg = f"could not fetch {url}: {self.reason}"
         super().__init__(f"{msg}; {hint}" if hint else msg)
 
-    def with_hint(self, hint: str) -> "FetchError":
+    def with_hint(self, hint: str) -> FetchError:
         return FetchError(self.url, self.reason, hint)
 
 
@@ -179,7 +181,11 @@ def _transfer(session: requests.Session, url: str, part: str, timeout, progress:
                      desc=os.path.basename(part[:-len(".part")]), disable=not progress,
                      leave=False) as bar:
             for chunk in _body(r):
-                f.write(chunk)
+                try:
+                    f.write(chunk)
+                except OSError as e:  # a full disk: keep what was written, for a resume
+                    raise DownloadError(f"{part}: cannot write ({e.strerror or e}); free some space, then "
+                                        "rerun to resume") from None
                 bar.update(len(chunk))
     size = os.path.getsize(part)
     if total is not None and size != total:
@@ -199,42 +205,46 @@ def download_file(url: str, dest: str, md5: str | None = None, *,
     """
     md5 = md5.lower() if md5 else None
     if os.path.isfile(dest):
-        if md5:
-            actual = file_digest(dest, "md5")
-            if actual != md5:
-                os.remove(dest)
-                raise ChecksumError(f"checksum mismatch for {dest} (from {url}): expected md5 {md5}, "
-                                    f"got {actual}; the file was deleted, rerun to download it again")
+        _check_md5(dest, md5, f"checksum mismatch for {dest} (from {url})", "the file was deleted, rerun to "
+                   "download it again")
         return dest
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
     own = session is None
     session = session or requests.Session()
     try:
+        _fetch_part(session, url, part, timeout, progress)
+    finally:
+        if own:
+            session.close()
+    _check_md5(part, md5, f"checksum mismatch for {url}", "the download was deleted, rerun to fetch it again")
+    os.replace(part, dest)
+    return dest
+
+
+def _check_md5(path: str, md5: str | None, what: str, then: str) -> None:
+    """Nothing without ``md5``; else delete ``path`` and raise ChecksumError if its md5 differs."""
+    if md5:
+        actual = file_digest(path, "md5")
+        if actual != md5:
+            os.remove(path)
+            raise ChecksumError(f"{what}: expected md5 {md5}, got {actual}; {then}")
+
+
+def _fetch_part(session, url: str, part: str, timeout, progress: bool) -> None:
+    """Transfer ``url`` into ``part`` (resuming it), restarting at most twice on inconsistent ranges."""
+    try:
         for _ in range(3):
             if _transfer(session, url, part, timeout, progress):
-                break
+                return
             os.remove(part)
-        else:
-            raise FetchError(url, "the server keeps answering range requests inconsistently")
+        raise FetchError(url, "the server keeps answering range requests inconsistently")
     except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
         reason = _reason(e)
         kept = os.path.getsize(part) if os.path.exists(part) else 0
         if kept:
             reason += f" ({kept} bytes kept in {part}, rerun to resume)"
         raise FetchError(url, reason) from None
-    finally:
-        if own:
-            session.close()
-    if md5:
-        actual = file_digest(part, "md5")
-        if actual != md5:
-            os.remove(part)
-            raise ChecksumError(f"checksum mismatch for {url}: expected md5 {md5}, got {actual}; "
-                                "the download was deleted, rerun to fetch it again")
-    os.replace(part, dest)
-    return dest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,14 +262,10 @@ def _member_path(archive: str, name: str) -> str | None:
     return "/".join(parts) or None
 
 
-def _check_link(archive: str, name: str, path: str, target: str, hard: bool) -> None:
-    t = target.replace("\\", "/")
-    if not t or t.startswith("/") or re.match(r"^[A-Za-z]:", t):
-        raise UnsafeArchiveError(archive, name, f"links to the absolute path {target!r}")
-    base = "" if hard else posixpath.dirname(path)  # hard link targets are archive paths
-    resolved = posixpath.normpath(posixpath.join(base, t))
-    if resolved == ".." or resolved.startswith("../"):
-        raise UnsafeArchiveError(archive, name, f"links outside the archive ({target!r})")
+def _refuse_link(archive: str, name: str, target: str) -> None:
+    # MICO's archives hold no links; one that resolves inside the staging folder today may lead
+    # outside once its folder is moved into place, so none is accepted.
+    raise UnsafeArchiveError(archive, name, f"is a link (to {target!r}); MICO's archives hold none")
 
 
 def _zip_plan(archive: str, zf: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, str]]:
@@ -270,7 +276,7 @@ def _zip_plan(archive: str, zf: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, 
             continue
         mode = zi.external_attr >> 16
         if stat.S_ISLNK(mode):
-            _check_link(archive, zi.filename, path, zf.read(zi).decode("utf-8", "replace"), hard=False)
+            _refuse_link(archive, zi.filename, zf.read(zi).decode("utf-8", "replace"))
         elif mode and stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise UnsafeArchiveError(archive, zi.filename, "is a device, fifo or socket")
         plan.append((zi, path))
@@ -284,16 +290,11 @@ def _tar_plan(archive: str, tf: tarfile.TarFile) -> list[tuple[tarfile.TarInfo, 
         if path is None:
             continue
         if ti.issym() or ti.islnk():
-            _check_link(archive, ti.name, path, ti.linkname, hard=ti.islnk())
+            _refuse_link(archive, ti.name, ti.linkname)
         elif not (ti.isfile() or ti.isdir()):
             raise UnsafeArchiveError(archive, ti.name, "is a device, fifo or other special file")
         plan.append((ti, path))
     return plan
-
-
-def _inside(root: str, path: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def safe_extract(archive: str, dest: str, select: Callable[[str], bool] | None = None) -> None:
@@ -307,28 +308,16 @@ def safe_extract(archive: str, dest: str, select: Callable[[str], bool] | None =
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                plan = _zip_plan(archive, zf)
-                root = os.path.realpath(dest)
-                for zi, path in plan:
+                for zi, path in _zip_plan(archive, zf):
                     if select is not None and not select(path):
                         continue
                     target = os.path.join(dest, *path.split("/"))
-                    link = stat.S_ISLNK(zi.external_attr >> 16)
-                    # links extracted earlier may redirect a path lexically inside: resolve it
-                    if not _inside(root, os.path.dirname(target) if link else target):
-                        raise UnsafeArchiveError(archive, zi.filename, "would be written through a link "
-                                                 "leading outside the archive")
                     if zi.is_dir():
                         os.makedirs(target, exist_ok=True)
                         continue
                     os.makedirs(os.path.dirname(target), exist_ok=True)
-                    if link:
-                        os.symlink(zf.read(zi).decode("utf-8"), target)
-                        if not _inside(root, target):
-                            raise UnsafeArchiveError(archive, zi.filename, "links outside the archive")
-                    else:
-                        with zf.open(zi) as src, open(target, "wb") as out:
-                            shutil.copyfileobj(src, out, CHUNK)
+                    with zf.open(zi) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive, "r:*") as tf:
                 plan = _tar_plan(archive, tf)
@@ -343,6 +332,9 @@ def safe_extract(archive: str, dest: str, select: Callable[[str], bool] | None =
             raise DownloadError(f"{archive}: not a zip or tar archive")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, UnicodeDecodeError) as e:
         raise DownloadError(f"{archive}: corrupt archive ({type(e).__name__}: {e})") from None
+    except OSError as e:  # a full disk, permissions
+        raise DownloadError(f"{dest}: cannot extract {archive} there ({e.strerror or e}); free some space "
+                            "or fix the permissions, then rerun") from None
 
 
 @contextlib.contextmanager
@@ -419,6 +411,35 @@ def _place(src: str, dst: str) -> None:
     info(f"placed {dst}")
 
 
+def _refuse_links(root: str) -> None:
+    """Refuse a downloaded tree holding a symbolic link: MICO's trees hold none, and a link may
+    resolve outside the track folder once the tree is moved into place."""
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(folder, name)
+            if os.path.islink(p):
+                raise DownloadError(f"{p}: a link (to {os.readlink(p)!r}) in the downloaded tree, which MICO's "
+                                    f"trees never hold; nothing was placed; delete {root} and rerun")
+
+
+@contextlib.contextmanager
+def removing_if_empty(folder: str):
+    """On the way out, remove ``folder`` and the parents this block created, if they are empty:
+    a run that placed nothing (offline, refused archive) leaves no empty track folder behind."""
+    created, p = [], os.path.abspath(folder)
+    while not os.path.exists(p):
+        created.append(p)
+        p = os.path.dirname(p)
+    try:
+        yield
+    finally:
+        for p in created:
+            try:
+                os.rmdir(p)
+            except OSError:  # not empty (a partial download kept for resuming) or already gone
+                break
+
+
 def _hub_snapshot_download(**kwargs):
     from huggingface_hub import snapshot_download
     return snapshot_download(**kwargs)
@@ -479,6 +500,8 @@ def fetch_challenge_hub(data_dir: str, track: str, scenarios: Iterable[str] | No
               or not os.listdir(os.path.join(staging, s))]
     if absent:
         raise DownloadError(f"{hub_url(repo_id)} has no folder {absent[0]}/; {hint}")
+    for s in missing:
+        _refuse_links(os.path.join(staging, s))
     for s in missing:
         _place(os.path.join(staging, s), os.path.join(tdir, s))
     shutil.rmtree(staging, ignore_errors=True)

@@ -1,27 +1,94 @@
-"""Files and messages: writing so that a reader never sees a partial file and a failure leaves
-nothing behind, file digests, and one-line error texts."""
+"""Writing files so that a reader never sees a partial one, a failure leaves nothing behind, and
+concurrent writers never share a temporary name; file digests and one-line error texts.
+
+A file or folder ``<dir>/<name>`` is written inside a private folder ``<dir>/.<name>.<random><suffix>``
+(created with ``tempfile.mkdtemp``, so no two writers ever get the same one) and renamed to its
+final name in one step. A run killed mid-write can leave such a hidden folder behind; it is never
+mistaken for the real file, and :func:`remove_leftovers` deletes it where a lock excludes other
+writers.
+"""
 from __future__ import annotations
 
+import errno
+import fcntl
+import glob
 import hashlib
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
+
+
+def write_error(path: str, e: OSError) -> OSError:
+    """A one-line error naming the file that could not be written, and what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space there"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make its folder writable"
+    else:
+        fix = "check its folder"
+    return OSError(f"{path}: cannot write ({e.strerror or e}); {fix}, then rerun")
 
 
 @contextmanager
 def atomic_path(path: str, suffix: str = ".tmp"):
-    """Yield a temporary name beside ``path`` (file or folder) to write; on success it is renamed to
-    ``path`` in one step, on any failure (Ctrl-C included) it is removed."""
-    tmp = path + suffix
+    """Yield a fresh, not yet existing name to write ``path`` (file or folder) under; on success it is
+    renamed to ``path`` in one step, on any failure (Ctrl-C included) it is removed.
+
+    An OSError that names no file (a full disk while writing) or names the temporary one is raised
+    again as a one-line error naming ``path``.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    try:
+        private = tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=parent)
+    except OSError as e:
+        raise write_error(path, e) from None
+    tmp = os.path.join(private, name)  # the final name, so that suffix-sensitive writers (np.savez) keep it
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.lexists(tmp):
-            os.remove(tmp)
+    except OSError as e:
+        shutil.rmtree(private, ignore_errors=True)
+        if e.filename is None or str(e.filename).startswith(private):
+            raise write_error(path, e) from None
         raise
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    os.rmdir(private)
+
+
+def remove_leftovers(path: str) -> None:
+    """Delete what a killed writer of ``path`` left behind. Only call this under a lock that every
+    writer of ``path`` holds: another writer's temporary folder looks the same."""
+    parent, name = os.path.split(os.path.abspath(path))
+    for leftover in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _open_locked(path: str):
+    """``path`` opened (created if absent) with an exclusive flock on it; waits for it."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        f = open(path, "a")  # noqa: SIM115 - returned open: the lock lives as long as the file
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    except OSError as e:
+        f.close()
+        raise write_error(path, e) from None
+    return f
+
+
+@contextmanager
+def locked(path: str):
+    """Hold an exclusive advisory lock (``fcntl.flock``) on the file ``path``, created if absent;
+    waits while another process holds it. The lock dies with its process, so a killed run never
+    leaves a stale one."""
+    with _open_locked(path):  # closing the file releases the lock
+        yield
 
 
 def write_text(path: str, text: str) -> None:

@@ -30,14 +30,14 @@ class LayoutError(ValueError):
 
 def read_seed(path: str) -> int:
     try:
-        with open(path) as f:
-            text = f.read().strip()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise LayoutError(f"{path}: cannot read seed ({e.strerror}); re-download the model folder") from None
     try:
-        return int(text)
-    except ValueError:
-        raise LayoutError(f"{path}: malformed seed {text[:40]!r} (expected one integer); "
+        return int(raw.decode("ascii").strip())
+    except ValueError:  # UnicodeDecodeError included
+        raise LayoutError(f"{path}: malformed seed {raw[:40]!r} (expected one integer); "
                           "re-download the model folder") from None
 
 
@@ -83,7 +83,8 @@ class ModelDir:
         return f"{self.scenario}/{self.phase}/{self.name}"
 
     def seeds(self) -> tuple[int, int | None, int | None]:
-        """(seed_challenge, seed_training, seed_membership); the last two None when absent."""
+        """(seed_challenge, seed_training, seed_membership); the last two None when absent, which
+        only dev and final models may be (a train model's training set comes from them)."""
         out = []
         for i, name in enumerate(SEED_FILES):
             p = os.path.join(self.path, name)
@@ -92,6 +93,9 @@ class ModelDir:
             elif i == 0:
                 raise LayoutError(f"{p}: missing; every model folder needs seed_challenge "
                                   "(re-download it with download_files.py)")
+            elif self.phase == "train":
+                raise LayoutError(f"{p}: missing; a train model needs seed_training and seed_membership "
+                                  "(re-download the model folder, or move it out of train/)")
             else:
                 out.append(None)
         return tuple(out)

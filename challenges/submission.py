@@ -7,6 +7,7 @@ confidences in [0, 1], in challenge order.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -24,13 +25,24 @@ def write_prediction(path: str, scores: np.ndarray) -> None:
 
 
 def check_prediction(path: str, n_expected: int) -> str | None:
-    """None if ``path`` is a valid prediction file, else the reason."""
+    """None if ``path`` is a valid prediction file, else the reason.
+
+    The file is parsed exactly as MICO's scorer (``scoring/score.py``) reads it,
+    ``np.loadtxt(path, delimiter=",")``, so what passes here parses there: empty fields, Python-only
+    spellings such as ``1_0e-1`` and hex floats are refused as they would be on upload.
+    """
     if not os.path.exists(path):
         return "missing"
     try:
-        values = layout.read_row(path)
-    except layout.LayoutError:
-        return "not a comma-separated row of numbers"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file: loadtxt warns, the length check reports it
+            values = np.loadtxt(path, delimiter=",")
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+    except ValueError as e:  # UnicodeDecodeError included
+        return f"not a comma-separated row of numbers as MICO's scorer reads it ({' '.join(str(e).split())})"
+    if values.ndim != 1:
+        return f"parses to shape {values.shape}, expected one row of {n_expected} values"
     if len(values) != n_expected:
         return f"{len(values)} values, expected {n_expected}"
     if not np.all(np.isfinite(values)):

@@ -43,3 +43,24 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+SMALL = {"n_points": 600, "len_training": 300, "n_train": 4, "n_dev": 1, "n_final": 1, "epochs": 1, "seed": 3,
+         "scenarios": ["purchase100_inf"]}
+
+
+@pytest.fixture(scope="session")
+def small_challenge(tmp_path_factory):
+    """A read-only data dir with one tiny purchase100 scenario (4 train, 1 dev, 1 final models)."""
+    from challenges.synthetic import build_synthetic
+    root = str(tmp_path_factory.mktemp("small") / "data")
+    build_synthetic(root, "purchase100", device="cpu", **SMALL)
+    return root
+
+
+@pytest.fixture
+def small_copy(small_challenge, tmp_path):
+    """A private, writable copy of ``small_challenge`` and an empty cache dir beside it."""
+    dst = str(tmp_path / "data")
+    shutil.copytree(small_challenge, dst)
+    return dst, str(tmp_path / "cache")

@@ -309,7 +309,7 @@ def test_bad_checksum_with_known_md5(server, tmp_path, capsys):
     line = error_line(err)
     assert url in line and download.KNOWN_MD5["cifar10.zip"] in line and md5(archive) in line
     tdir = tmp_path / "cifar10"
-    assert os.listdir(tdir) == []  # no part, no archive, no scenario
+    assert not tdir.exists()  # no part, no archive, no scenario, and no empty track folder
 
 
 def test_bad_checksum_explicit(server, tmp_path):
@@ -343,7 +343,7 @@ def test_zip_traversal_rejected(server, tmp_path, capsys, bad):
     assert rc == 1
     line = error_line(err)
     assert repr(bad) in line and "x.zip" in line
-    assert os.listdir(data_dir / "cifar10") == []  # nothing in place; the archive was deleted
+    assert not (data_dir / "cifar10").exists()  # nothing in place; the archive was deleted
     assert not (tmp_path / "evil").exists() and not os.path.exists("/abs")
 
 
@@ -377,11 +377,15 @@ def test_tar_link_outside_rejected(tmp_path, name, target, kind):
     assert not (tmp_path / "out" / "d").exists()
 
 
-def test_tar_link_inside_allowed(tmp_path):
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_tar_link_inside_rejected(tmp_path, kind):
+    # MICO's archives hold no links: even one that resolves inside is refused, before anything is written
     path = tmp_path / "a.tar.gz"
-    path.write_bytes(make_tar({"d/file": b"1"}, extra=[_tar_link("d/link", "file", tarfile.SYMTYPE)]))
-    download.safe_extract(str(path), str(tmp_path / "out"))
-    assert (tmp_path / "out" / "d" / "link").read_bytes() == b"1"
+    path.write_bytes(make_tar({"d/file": b"1"}, extra=[_tar_link("d/link", "file" if kind == tarfile.SYMTYPE
+                                                                  else "d/file", kind)]))
+    with pytest.raises(download.UnsafeArchiveError, match="'d/link' is a link"):
+        download.safe_extract(str(path), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "d").exists()
 
 
 def test_tar_device_rejected(tmp_path):
@@ -403,7 +407,7 @@ def test_zip_symlink_outside_rejected(server, tmp_path, capsys):
                          capsys)
     assert rc == 1
     assert "'cifar10/cifar10_inf/link'" in error_line(err)
-    assert os.listdir(data_dir / "cifar10") == []
+    assert not (data_dir / "cifar10").exists()
 
 
 def test_archive_without_scenarios(server, tmp_path, capsys):
@@ -411,7 +415,7 @@ def test_archive_without_scenarios(server, tmp_path, capsys):
     rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"],
                          capsys)
     assert rc == 1 and "cifar10_inf" in error_line(err)
-    assert os.listdir(tmp_path / "cifar10") == []
+    assert not (tmp_path / "cifar10").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +447,7 @@ def test_offline_real_hub_client(tmp_path, closed_port_url):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert f"{endpoint}/datasets/szanella/MICO-CIFAR10" in lines[0] and "--synthetic" in lines[0]
-    assert os.listdir(tmp_path / "data" / "cifar10") == []
+    assert not (tmp_path / "data" / "cifar10").exists()
 
 
 def test_url_original_keyword(tmp_path, monkeypatch):
@@ -612,7 +616,7 @@ def test_zip_link_chain_escape_rejected(tmp_path):
     path.write_bytes(make_zip({}, extra=[(_zip_link("y"), b"."), (_zip_link("x"), b"y/.."),
                                          ("x/stage/evil", b"pwned")]))
     dest = tmp_path / "stage"
-    with pytest.raises(download.UnsafeArchiveError, match="'x'"):
+    with pytest.raises(download.UnsafeArchiveError, match="'y' is a link"):
         download.safe_extract(str(path), str(dest))
     assert not (tmp_path / "stage" / "evil").exists() and not (tmp_path / "evil").exists()
 
@@ -621,5 +625,81 @@ def test_tar_link_chain_escape_rejected(tmp_path):
     path = tmp_path / "a.tar.gz"
     links = [_tar_link("y", ".", tarfile.SYMTYPE), _tar_link("x", "y/..", tarfile.SYMTYPE)]
     path.write_bytes(make_tar({}, extra=links))
-    with pytest.raises(download.UnsafeArchiveError, match="'x'"):
+    with pytest.raises(download.UnsafeArchiveError, match="'y' is a link"):
         download.safe_extract(str(path), str(tmp_path / "stage"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing left behind, no links placed, a full disk named
+# ---------------------------------------------------------------------------------------------
+
+def test_offline_run_leaves_no_empty_folders(tmp_path, capsys, closed_port_url):
+    data_dir = tmp_path / "new" / "data"
+    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(data_dir), "--url", closed_port_url], capsys)
+    assert rc == 1 and closed_port_url in error_line(err)
+    assert os.listdir(tmp_path) == []  # neither data/cifar10 nor the data folder this run created
+
+
+def test_offline_run_keeps_folders_it_did_not_create(tmp_path, capsys, closed_port_url):
+    (tmp_path / "cifar10").mkdir()
+    rc, _, _ = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", closed_port_url,
+                        "--no-dataset"], capsys)
+    assert rc == 1 and os.listdir(tmp_path / "cifar10") == []
+
+
+class LinkingHub(FakeHub):
+    """A snapshot whose tree holds a symbolic link leading out of the track folder."""
+
+    def __call__(self, **kwargs):
+        out = super().__call__(**kwargs)
+        os.symlink("../../../../outside", os.path.join(kwargs["local_dir"], "cifar10_inf", "train", "link"))
+        return out
+
+
+def test_hub_snapshot_with_a_link_is_not_placed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(download, "HUB_DOWNLOAD", LinkingHub())
+    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--no-dataset"], capsys)
+    assert rc == 1
+    line = error_line(err)
+    assert os.path.join(str(tmp_path), "cifar10", ".staging", "cifar10_inf", "train", "link") in line
+    assert "'../../../../outside'" in line and "delete" in line
+    assert placed(str(tmp_path / "cifar10")) == []
+
+
+def _full_disk_open(real_open):
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    return lambda path, mode="r", *a, **k: Full(real_open(path, mode, *a, **k)) if "w" in mode or "a" in mode \
+        else real_open(path, mode, *a, **k)
+
+
+def test_disk_full_while_downloading_names_the_file(server, tmp_path, capsys, monkeypatch):
+    url = server.add("/x.zip", make_zip(fake_tree()))
+    monkeypatch.setattr(download, "open", _full_disk_open(open), raising=False)
+    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"],
+                         capsys)
+    assert rc == 1
+    line = error_line(err)
+    assert str(tmp_path / "cifar10" / "x.zip.part") in line and "No space left on device" in line
+    assert "free some space" in line
+
+
+def test_disk_full_while_extracting_names_the_folder(tmp_path, monkeypatch):
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(make_zip({"d/file": b"1" * 100}))
+    monkeypatch.setattr(download, "open", _full_disk_open(open), raising=False)
+    with pytest.raises(download.DownloadError) as ei:
+        download.safe_extract(str(archive), str(tmp_path / "out"))
+    msg = str(ei.value)
+    assert str(tmp_path / "out") in msg and str(archive) in msg and "No space left on device" in msg
