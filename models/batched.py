@@ -1,0 +1,500 @@
+"""Train K models of one architecture at once on one device, each exactly as models.train would.
+
+Every model of a group has its own training set (indices into shared ``x``/``y`` tensors on the
+device), its own seed and its scenario's MICO recipe (:func:`models.train.recipe_for`); the
+group's parameters are stacked (``name -> [K, *shape]``) and every step updates all K models.
+Model k's result equals ``train_model(track, recipe, x[set_k], y[set_k], seed=seed_k)`` up to
+float rounding, because it follows the same maths and, on the CPU, the same random numbers:
+
+* Initialisation: ``torch.manual_seed(seed_k); build_model(track)``.
+* Random streams: model k owns a CPU generator holding the global CPU state right after that
+  initialisation, the state train_model's Poisson sampler, shuffles and DP noise draw from. On
+  CUDA, shuffles and noise come from a CUDA generator seeded with ``seed_k``, as train_model's
+  global CUDA generator after ``torch.manual_seed``, and Poisson sampling stays on the CPU one.
+* Non-private: each model visits its own training set in the given order (or reshuffled per
+  epoch with ``Recipe.shuffle``), batches of B, last batch smaller; mean cross-entropy.
+* DP-SGD (Opacus' maths, Abadi et al. 2016, Alg. 1): ``S_k = ceil(N_k / B)`` Poisson batches per
+  epoch at sample rate ``q_k = 1 / S_k``, an empty batch being a noise-only step. Each per-sample
+  gradient, all parameters jointly, is scaled by ``min(1, C / (norm + 1e-6))`` (C =
+  max_grad_norm); Gaussian noise of std ``sigma_k * C`` is added to the sum, drawn per parameter
+  in parameter order as Opacus' ``DPOptimizer.add_noise``; the sum is divided by Opacus'
+  expected batch size ``int(N_k * q_k)``. ``sigma_k`` comes from
+  :func:`models.privacy.find_noise_multiplier` and the reported epsilon from
+  :func:`models.privacy.prv_epsilon`, as in train_model.
+* Optimisers: torch.optim.SGD / Adam with default settings, applied to the stacked tensors (all
+  their state is elementwise); Adam's step count is kept per model. StepLR(step_size, gamma)
+  stepped once per epoch.
+
+Models of one group may have training sets of different sizes: batches are padded to the
+longest with a mask, and a model that has run its ``S_k`` steps of the epoch is not updated (its
+optimiser state included) until the next epoch starts.
+
+Gradients: the purchase100 MLP has a hand-written batched forward and backward (:func:`mlp_grads`:
+``torch.baddbmm`` over stacked weights; per-sample norms by the ghost-clipping identity, so no
+per-sample gradient is materialised); any architecture can use :func:`func_grads` (torch.func:
+``vmap`` over models of ``grad``, and for DP of ``vmap`` over samples of ``grad``), which the
+cifar10 CNN does and which the tests use as the slow obvious reference for the MLP.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from models.loading import build_model, resolve_device
+from models.privacy import find_noise_multiplier, prv_epsilon
+from models.train import Recipe, TrainResult, _check_data
+
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which MICO used
+ADAM_EPS = 1e-8
+CLIP_EPS = 1e-6  # Opacus' clip factor: min(1, C / (norm + CLIP_EPS))
+MLP_KEYS = ("mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias")
+PSG_CHUNK = 32  # samples per model per per-sample-gradient call in func_grads (bounds memory)
+EVAL_SAMPLES = {"purchase100": 1 << 16, "cifar10": 1 << 11}  # samples per forward, all models
+MAX_PARALLEL = {"cpu": 8, "cuda": 64}  # auto_parallel's cap: bounds a group's latency
+MEMORY_SHARE = 0.5  # auto_parallel plans for this share of the free memory
+
+Params = dict  # parameter name -> stacked tensor [K, *shape]
+GradFn = Callable[..., tuple[Params, torch.Tensor, torch.Tensor]]
+ProgressFn = Callable[[int, int, float, float], None]
+
+
+# ---------------------------------------------------------------- gradients
+
+def _clip_factor(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    return (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+
+
+def _mean_weights(mask: torch.Tensor) -> torch.Tensor:
+    """[K, B] weights 1/n_k on each model's n_k valid samples: the gradient of a mean loss."""
+    w = mask.to(torch.float32)
+    return w / w.sum(1, keepdim=True).clamp(min=1)
+
+
+def mlp_grads(params: Params, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor,
+              max_grad_norm: float | None = None) -> tuple[Params, torch.Tensor, torch.Tensor]:
+    """Gradients of K purchase100 MLPs on their batches, by hand with batched matmuls.
+
+    params: ``MLP_KEYS -> [K, *shape]``; xb ``[K, B, 600]``; yb ``[K, B]``; mask ``[K, B]``
+    (False: padding). ``max_grad_norm=None``: each model's gradient of its mean cross-entropy over
+    its valid samples. Otherwise the sum over valid samples of the per-sample gradients, each
+    clipped as a whole to ``max_grad_norm`` (Opacus' clip factor).
+    Per-sample norms (ghost clipping, Li et al. 2022; Opacus' "ghost" mode): a linear layer's
+    per-sample gradient is ``d_i a_i^T`` (d: gradient at its output, a: its input), whose norm
+    is ``|d_i| |a_i|``; the bias adds ``|d_i|``. Returns (grads ``name -> [K, *shape]``, loss sum
+    ``[K]``, correct predictions ``[K]``), sums over valid samples.
+    """
+    w1, b1, w2, b2 = (params[k] for k in MLP_KEYS)
+    h = torch.tanh(torch.baddbmm(b1.unsqueeze(1), xb, w1.transpose(1, 2)))  # [K, B, 128]
+    z = torch.baddbmm(b2.unsqueeze(1), h, w2.transpose(1, 2))  # logits [K, B, 100]
+    logp = torch.log_softmax(z, dim=2)
+    nll = -logp.gather(2, yb.unsqueeze(2)).squeeze(2)  # [K, B]
+    correct = ((z.argmax(dim=2) == yb) & mask).sum(1)
+    d2 = logp.exp_()  # d l_i / d z = softmax - onehot(y_i)
+    d2.scatter_add_(2, yb.unsqueeze(2), torch.full_like(nll, -1.0).unsqueeze(2))
+    d1 = torch.bmm(d2, w2).mul_(1 - h * h)  # d l_i / d(first layer's output) [K, B, 128]
+    if max_grad_norm is None:
+        weight = _mean_weights(mask)
+    else:
+        sq_norms = (d2.square().sum(2) * (h.square().sum(2) + 1)
+                    + d1.square().sum(2) * (xb.square().sum(2) + 1))
+        weight = _clip_factor(sq_norms.sqrt(), max_grad_norm) * mask
+    d1.mul_(weight.unsqueeze(2))
+    d2.mul_(weight.unsqueeze(2))
+    grads = dict(zip(MLP_KEYS, (torch.bmm(d1.transpose(1, 2), xb), d1.sum(1),
+                                torch.bmm(d2.transpose(1, 2), h), d2.sum(1))))
+    return grads, (nll * mask).sum(1), correct
+
+
+@functools.cache
+def _skeleton(track: str) -> torch.nn.Module:
+    """The track's module on the meta device (no storage, no random draws): functional_call
+    supplies every weight. Built outside vmap, which refuses the random initialisation."""
+    with torch.device("meta"):
+        return build_model(track)
+
+
+def _losses(module: torch.nn.Module, params: Params, xb: torch.Tensor, yb: torch.Tensor):
+    """One model's per-sample cross-entropy ``[B]`` and correctness ``[B]`` on xb ``[B, ...]``."""
+    out = functional_call(module, params, (xb,))
+    return F.cross_entropy(out, yb, reduction="none"), out.argmax(dim=1) == yb
+
+
+def func_grads(track: str, params: Params, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor,
+               max_grad_norm: float | None = None) -> tuple[Params, torch.Tensor, torch.Tensor]:
+    """:func:`mlp_grads`' contract for any track, by torch.func (xb ``[K, B, *input_shape]``).
+
+    Non-private: ``vmap`` over models of ``grad`` of the weighted loss. DP: ``vmap`` over models
+    of ``vmap`` over samples of ``grad`` gives per-sample gradients ``[K, c, *shape]``, PSG_CHUNK
+    samples at a time; their norm is Opacus' (per-parameter norms, then the norm of those).
+    """
+    module = _skeleton(track)
+
+    def weighted_loss(p, xk, yk, wk):
+        nll, ok = _losses(module, p, xk, yk)
+        return (nll * wk).sum(), (nll, ok)
+
+    if max_grad_norm is None:
+        grads, (nll, ok) = vmap(grad(weighted_loss, has_aux=True))(params, xb, yb, _mean_weights(mask))
+        return grads, (nll * mask).sum(1), (ok & mask).sum(1)
+
+    def sample_loss(p, xi, yi):
+        return weighted_loss(p, xi.unsqueeze(0), yi.unsqueeze(0), torch.ones(1, device=xi.device))
+
+    per_sample = vmap(vmap(grad(sample_loss, has_aux=True), in_dims=(None, 0, 0)))
+    summed = {n: torch.zeros_like(p) for n, p in params.items()}
+    loss = torch.zeros(len(mask), device=mask.device)
+    correct = torch.zeros(len(mask), dtype=torch.int64, device=mask.device)
+    for lo in range(0, mask.shape[1], PSG_CHUNK):
+        m = mask[:, lo:lo + PSG_CHUNK]
+        g, (nll, ok) = per_sample(params, xb[:, lo:lo + PSG_CHUNK], yb[:, lo:lo + PSG_CHUNK])
+        norms = torch.stack([v.flatten(2).norm(dim=2) for v in g.values()]).norm(dim=0)  # [K, c]
+        factor = _clip_factor(norms, max_grad_norm) * m
+        for n, v in g.items():
+            summed[n] += torch.einsum("kc,kc...->k...", factor, v)
+        loss += (nll.squeeze(2) * m).sum(1)
+        correct += (ok.squeeze(2) & m).sum(1)
+    return summed, loss, correct
+
+
+GRADS: dict[str, GradFn] = {"purchase100": mlp_grads,
+                            "cifar10": functools.partial(func_grads, "cifar10")}
+
+
+def logits(track: str, params: Params, xb: torch.Tensor) -> torch.Tensor:
+    """Outputs ``[K, B, classes]`` of K stacked models on their inputs xb ``[K, B, ...]``."""
+    return vmap(functools.partial(functional_call, _skeleton(track)))(params, (xb,))
+
+
+# ---------------------------------------------------------------- optimisers
+
+class StackedOptimizer:
+    """torch.optim.SGD(lr, momentum) or torch.optim.Adam(lr) with their other defaults, for K
+    models whose parameters are stacked ``[K, *shape]``.
+
+    All their state is elementwise, so one update of the stacked tensors performs the K models'
+    updates; Adam's bias correction follows each model's own step count. ``step`` leaves a model
+    whose ``active`` flag is False untouched, state included, as if its optimiser had not run.
+    The arithmetic is torch's single-tensor implementation, operation for operation.
+    """
+
+    def __init__(self, recipe: Recipe, params: Params) -> None:
+        self.kind, self.momentum, self.params = recipe.optimizer, recipe.momentum, params
+        self.steps = np.zeros(len(next(iter(params.values()))), dtype=np.int64)
+        if self.kind == "adam":
+            names = ("exp_avg", "exp_avg_sq")
+        else:
+            names = ("momentum_buffer",) if self.momentum else ()
+        self.state = {s: {n: torch.zeros_like(p) for n, p in params.items()} for s in names}
+
+    def step(self, grads: Params, lr: float, active: np.ndarray) -> None:
+        """One step of the models where ``active`` ([K] bool) holds; grads ``name -> [K, *shape]``."""
+        self.steps[active] += 1
+        if active.all():
+            self._update(self.params, self.state, grads, lr, self.steps)
+            return
+        idx = torch.as_tensor(np.flatnonzero(active), device=next(iter(grads.values())).device)
+
+        def pick(d: Params) -> Params:  # copies of the active models' slices
+            return {n: v.index_select(0, idx) for n, v in d.items()}
+
+        params, state = pick(self.params), {s: pick(d) for s, d in self.state.items()}
+        self._update(params, state, pick(grads), lr, self.steps[active])
+        for dst, src in [(self.params, params), *((self.state[s], state[s]) for s in state)]:
+            for n, v in dst.items():
+                v.index_copy_(0, idx, src[n])
+
+    def _update(self, params: Params, state: dict, grads: Params, lr: float, steps: np.ndarray) -> None:
+        if self.kind == "sgd":
+            for n, p in params.items():
+                d = grads[n]
+                if self.momentum:  # buffer 0 at first: momentum * 0 + g is torch's clone(g)
+                    d = state["momentum_buffer"][n].mul_(self.momentum).add_(d)
+                p.add_(d, alpha=-lr)
+            return
+        beta1, beta2 = ADAM_BETAS
+        dev = next(iter(params.values())).device
+        # torch computes these per step in Python floats; here one per model, rounded alike.
+        neg_step_size = torch.tensor(-(lr / (1 - beta1 ** steps)), dtype=torch.float32).to(dev)
+        bc2_sqrt = torch.tensor((1 - beta2 ** steps) ** 0.5, dtype=torch.float32).to(dev)
+        for n, p in params.items():
+            g, m, v = grads[n], state["exp_avg"][n], state["exp_avg_sq"][n]
+            per_model = (-1,) + (1,) * (p.dim() - 1)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / bc2_sqrt.view(per_model)).add_(ADAM_EPS)
+            p.add_(torch.mul(m, neg_step_size.view(per_model)).div_(denom))  # addcdiv's order
+
+
+# ---------------------------------------------------------------- DP noise and batches
+
+def add_noise(grads: Params, generators: Sequence[torch.Generator], stds: np.ndarray,
+              active: np.ndarray) -> None:
+    """Add N(0, std_k^2) to every coordinate of active model k's gradients, in place.
+
+    Drawn like Opacus' ``DPOptimizer.add_noise``: one ``torch.normal`` per parameter in parameter
+    order from model k's generator, and nothing at all when the std is 0.
+    """
+    for k in np.flatnonzero(active):
+        if stds[k] == 0:
+            continue
+        for g in grads.values():
+            g[k] += torch.normal(mean=0, std=float(stds[k]), size=g[k].shape, device=g.device,
+                                 generator=generators[k], dtype=g.dtype)
+
+
+def _padded(rows: list[torch.Tensor], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """K index vectors -> indices ``[K, Bmax]`` (padding: 0) and mask ``[K, Bmax]``, on dev."""
+    lengths = torch.tensor([len(r) for r in rows])
+    idx = torch.zeros(len(rows), int(lengths.max()), dtype=torch.int64)
+    for k, r in enumerate(rows):
+        idx[k, :len(r)] = r
+    mask = torch.arange(idx.shape[1]) < lengths.unsqueeze(1)
+    return idx.to(dev, non_blocking=True), mask.to(dev, non_blocking=True)
+
+
+def _poisson_rows(group: _Group, active: np.ndarray) -> list[torch.Tensor]:
+    """Each active model's Poisson batch (dataset indices), drawn as Opacus'
+    UniformWithReplacementSampler draws it: ``rand(N_k) < q_k`` from the model's CPU generator."""
+    empty = torch.zeros(0, dtype=torch.int64)
+    return [s[(torch.rand(len(s), generator=g) < q).nonzero().squeeze(1)] if a else empty
+            for s, g, q, a in zip(group.sets, group.cpu_gens, group.rates, active)]
+
+
+# ---------------------------------------------------------------- one group
+
+@dataclass
+class _Group:
+    """K models' training sets, per-model DP constants and random generators."""
+    sets: list[torch.Tensor]  # CPU int64 dataset indices, in MICO's order
+    steps: np.ndarray  # [K] batches per epoch, ceil(N_k / B)
+    cpu_gens: list[torch.Generator]  # Poisson sampling (and, on the CPU, everything random)
+    dev_gens: list[torch.Generator]  # shuffles and DP noise
+    rates: np.ndarray | None = None  # DP: sample rate 1 / steps
+    expected: np.ndarray | None = None  # DP: Opacus' expected batch size int(N_k * rate)
+    sigmas: np.ndarray | None = None  # DP: noise multipliers
+
+
+def _init(track: str, seeds: Sequence[int], dev: torch.device) -> tuple[Params, list, list]:
+    """Stacked initial parameters of ``torch.manual_seed(s); build_model(track)`` for each seed,
+    and each model's generators (see the module docstring). The global RNG is left as it was."""
+    models, cpu_gens = [], []
+    with torch.random.fork_rng(devices=[]):
+        for s in seeds:
+            torch.manual_seed(s)
+            models.append(build_model(track))
+            cpu_gens.append(torch.Generator())
+            cpu_gens[-1].set_state(torch.get_rng_state())
+    params = {n: torch.stack([m.state_dict()[n] for m in models]).to(dev) for n in models[0].state_dict()}
+    dev_gens = cpu_gens if dev.type == "cpu" else [torch.Generator(dev).manual_seed(s) for s in seeds]
+    return params, cpu_gens, dev_gens
+
+
+def _make_group(recipe: Recipe, sets: list[torch.Tensor], cpu_gens: list, dev_gens: list) -> _Group:
+    sizes = np.array([len(s) for s in sets])
+    group = _Group(sets, -(-sizes // recipe.batch_size), cpu_gens, dev_gens)
+    if recipe.private:
+        group.rates = 1.0 / group.steps
+        # Opacus' make_private: expected_batch_size = int(len(dataset) * sample_rate).
+        group.expected = np.array([int(n * q) for n, q in zip(sizes, group.rates)])
+        if (group.expected < 1).any():
+            raise ValueError("a training set this small gives Opacus an expected batch size of 0")
+        group.sigmas = np.array([find_noise_multiplier(float(recipe.epsilon), float(recipe.delta),
+                                                       float(q), int(s) * recipe.epochs)
+                                 for q, s in zip(group.rates, group.steps)])
+    return group
+
+
+def _epoch_rows(group: _Group, recipe: Recipe, dev: torch.device) -> Iterator[tuple[np.ndarray, list]]:
+    """(active [K], rows) for every step of one epoch; rows: each model's batch (dataset indices).
+
+    A model whose epoch has fewer steps is inactive (empty batch) for the remaining ones.
+    """
+    if not recipe.private:
+        orders = [torch.randperm(len(s), generator=g, device=dev).cpu() if recipe.shuffle else None
+                  for s, g in zip(group.sets, group.dev_gens)]
+    for step in range(int(group.steps.max())):
+        active = group.steps > step
+        if recipe.private:
+            yield active, _poisson_rows(group, active)
+            continue
+        lo, hi = step * recipe.batch_size, (step + 1) * recipe.batch_size
+        yield active, [s[lo:hi] if o is None else s[o[lo:hi]] for s, o in zip(group.sets, orders)]
+
+
+def _train_epoch(track: str, recipe: Recipe, group: _Group, params: Params, opt: StackedOptimizer,
+                 x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, ...]:
+    """One epoch for the group; returns per-model loss sum, correct count and samples seen [K]."""
+    dev = x.device
+    K = len(group.sets)
+    loss = torch.zeros(K, device=dev)
+    correct = torch.zeros(K, dtype=torch.int64, device=dev)
+    seen = torch.zeros(K, dtype=torch.int64, device=dev)
+    clip = float(recipe.max_grad_norm) if recipe.private else None
+    if recipe.private:
+        expected = torch.as_tensor(group.expected, dtype=torch.float32).to(dev)
+    for active, rows in _epoch_rows(group, recipe, dev):
+        idx, mask = _padded(rows, dev)
+        if idx.shape[1]:
+            grads, batch_loss, batch_correct = GRADS[track](params, x[idx], y[idx], mask, clip)
+            loss += batch_loss
+            correct += batch_correct
+            seen += mask.sum(1)
+        else:  # every Poisson batch empty: noise-only steps
+            grads = {n: torch.zeros_like(p) for n, p in params.items()}
+        if recipe.private:
+            add_noise(grads, group.dev_gens, group.sigmas * clip, active)
+            for g in grads.values():
+                g /= expected.view((-1,) + (1,) * (g.dim() - 1))
+        opt.step(grads, lr, active)
+    return loss, correct, seen
+
+
+def _accuracies(track: str, params: Params, x: torch.Tensor, y: torch.Tensor,
+                sets: list[torch.Tensor]) -> list[float]:
+    """Each model's top-1 accuracy on its own index set (dataset indices)."""
+    idx, mask = _padded(sets, x.device)
+    chunk = max(1, EVAL_SAMPLES[track] // len(sets))
+    correct = torch.zeros(len(sets), dtype=torch.int64, device=x.device)
+    with torch.no_grad():
+        for lo in range(0, idx.shape[1], chunk):
+            i, m = idx[:, lo:lo + chunk], mask[:, lo:lo + chunk]
+            correct += ((logits(track, params, x[i]).argmax(dim=2) == y[i]) & m).sum(1)
+    return (correct.cpu().double() / mask.sum(1).cpu()).tolist()
+
+
+def _as_index(s, n: int, what: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s))
+    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool or not len(t):
+        raise ValueError(f"{what}: expected a non-empty 1-D array of integer indices")
+    if int(t.min()) < 0 or int(t.max()) >= n:
+        raise ValueError(f"{what}: indices must lie in [0, {n})")
+    return t.to(torch.int64)
+
+
+def train_batched(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
+                  train_sets: Sequence, seeds: Sequence[int], *, eval_sets: Sequence | None = None,
+                  device="auto", progress: ProgressFn | None = None) -> list[TrainResult]:
+    """Train one group of K = len(seeds) models at once; result k as train_model's (see module).
+
+    x: float32 ``[N, *input_shape]`` (all records, preprocessed as for train_model), y: int64
+    ``[N]``; both are moved to ``device`` once. train_sets[k]: model k's training set, indices
+    into x in MICO's order (``Splits.train_indices()``); eval_sets[k] (optional): indices of its
+    evaluation set. ``progress(epoch, n_epochs, loss, acc)`` after every epoch, with the means
+    over the group of the models' running loss and accuracy.
+    """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    _check_data(track, x, y, "training data")
+    if len(seeds) != len(train_sets) or not len(seeds):
+        raise ValueError(f"need one seed per training set, got {len(seeds)} seeds and {len(train_sets)} sets")
+    if eval_sets is not None and len(eval_sets) != len(seeds):
+        raise ValueError(f"need one evaluation set per model, got {len(eval_sets)} for {len(seeds)} models")
+    dev = resolve_device(device)
+    x, y = x.to(dev, torch.float32), y.to(dev, torch.int64)
+    sets = [_as_index(s, len(x), f"training set {k}") for k, s in enumerate(train_sets)]
+    evals = None if eval_sets is None else [_as_index(s, len(x), f"evaluation set {k}")
+                                            for k, s in enumerate(eval_sets)]
+    params, cpu_gens, dev_gens = _init(track, seeds, dev)
+    group = _make_group(recipe, sets, cpu_gens, dev_gens)
+    opt = StackedOptimizer(recipe, params)
+    histories: list[list] = [[] for _ in seeds]
+    lr = float(recipe.lr)
+    for epoch in range(1, recipe.epochs + 1):
+        loss, correct, seen = (t.cpu().double().numpy() for t in
+                               _train_epoch(track, recipe, group, params, opt, x, y, lr))
+        seen = np.maximum(seen, 1)
+        for h, lo, ac in zip(histories, loss / seen, correct / seen):
+            h.append({"epoch": epoch, "loss": float(lo), "train_accuracy": float(ac)})
+        if epoch % recipe.step_size == 0:  # StepLR, stepped once per epoch
+            lr *= recipe.gamma
+        if progress is not None:
+            progress(epoch, recipe.epochs, float(np.mean(loss / seen)), float(np.mean(correct / seen)))
+    return _results(track, recipe, group, params, x, y, evals, histories)
+
+
+def _results(track: str, recipe: Recipe, group: _Group, params: Params, x: torch.Tensor,
+             y: torch.Tensor, evals: list | None, histories: list[list]) -> list[TrainResult]:
+    """The K trained models as plain modules in eval mode, with accuracies and epsilons."""
+    train_acc = _accuracies(track, params, x, y, group.sets)
+    eval_acc = _accuracies(track, params, x, y, evals) if evals is not None else [None] * len(group.sets)
+    out = []
+    for k in range(len(group.sets)):
+        model = build_model(track)
+        model.load_state_dict({n: p[k] for n, p in params.items()}, strict=True)
+        eps = sigma = None
+        if recipe.private:
+            sigma = float(group.sigmas[k])
+            eps = prv_epsilon(sigma, float(group.rates[k]), int(group.steps[k]) * recipe.epochs,
+                              float(recipe.delta))
+        out.append(TrainResult(model=model.to(x.device).eval(), train_accuracy=train_acc[k],
+                               eval_accuracy=eval_acc[k], epsilon=eps, history=histories[k],
+                               noise_multiplier=sigma))
+    return out
+
+
+# ---------------------------------------------------------------- many groups
+
+def free_memory(dev: torch.device) -> int:
+    """Bytes free on ``dev``: CUDA's free memory, or the host's available memory for the CPU."""
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+# Working floats per sample of a batch (activations, their gradients, the gathered input), and
+# per-sample-gradient floats per sample for DP, by track; estimates with about 2x headroom.
+_FLOATS_PER_SAMPLE = {"purchase100": 4_000, "cifar10": 600_000}
+
+
+def auto_parallel(track: str, recipe: Recipe, device="auto", n_train: int | None = None) -> int:
+    """How many models to train at once on ``device``: as many as MEMORY_SHARE of its free memory
+    holds, by a per-model estimate, capped at MAX_PARALLEL. ``n_train``: training-set size (the
+    DP batch is about n / ceil(n / B), padded to the group's largest)."""
+    dev = resolve_device(device)
+    n_params = sum(p.numel() for p in _skeleton(track).parameters())
+    batch = recipe.batch_size
+    if recipe.private:
+        n = n_train or batch
+        expected = n / math.ceil(n / batch)
+        batch = int(expected + 4 * math.sqrt(expected)) + 1
+    per_sample = _FLOATS_PER_SAMPLE[track]
+    if recipe.private and GRADS[track] is not mlp_grads:
+        per_sample += n_params * min(batch, PSG_CHUNK) // batch  # func_grads' per-sample grads
+    per_model = 4 * (8 * n_params + batch * per_sample)  # float32: params, grads, state, noise
+    k = int(MEMORY_SHARE * free_memory(dev) // per_model)
+    return max(1, min(k, MAX_PARALLEL.get(dev.type, 1)))
+
+
+def train_many(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor, train_sets: Sequence,
+               seeds: Sequence[int], *, eval_sets: Sequence | None = None, parallel: int | None = None,
+               device="auto", progress: ProgressFn | None = None) -> Iterator[tuple[int, TrainResult]]:
+    """Train len(seeds) models in groups of ``parallel`` (None: :func:`auto_parallel`), yielding
+    ``(job index, TrainResult)`` as each group finishes, so the caller can save and resume.
+    Arguments as :func:`train_batched`'s, one entry per job."""
+    if parallel is not None and (not isinstance(parallel, int) or parallel < 1):
+        raise ValueError(f"parallel must be a positive integer or None, got {parallel!r}")
+    if len(seeds) != len(train_sets):
+        raise ValueError(f"need one seed per training set, got {len(seeds)} seeds and {len(train_sets)} sets")
+    dev = resolve_device(device)
+    if parallel is None:
+        parallel = auto_parallel(track, recipe, dev, max((len(s) for s in train_sets), default=1))
+    x, y = x.to(dev, torch.float32), y.to(dev, torch.int64)
+    for lo in range(0, len(seeds), parallel):
+        hi = min(lo + parallel, len(seeds))
+        group_eval = None if eval_sets is None else eval_sets[lo:hi]
+        results = train_batched(track, recipe, x, y, train_sets[lo:hi], seeds[lo:hi],
+                                eval_sets=group_eval, device=dev, progress=progress)
+        yield from zip(range(lo, hi), results)

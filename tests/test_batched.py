@@ -1,0 +1,289 @@
+"""Batched training (models/batched.py) against the one-model trainer, Opacus and torch.optim."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import batched, build_model, load_model, plain_state_dict, train
+from models.batched import (
+    StackedOptimizer,
+    auto_parallel,
+    func_grads,
+    mlp_grads,
+    train_batched,
+    train_many,
+)
+from models.privacy import find_noise_multiplier, prv_epsilon
+from models.train import evaluate_accuracy, recipe_for, train_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _data(track: str, n: int, seed: int = 0, n_classes: int = 4):
+    """Learnable random data: a class-dependent shift on binary (purchase100) or normal (cifar10)
+    inputs."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    if track == "purchase100":
+        x = (torch.rand(n, 600, generator=g) < 0.05).float()
+        for c in range(n_classes):
+            x[y == c, c * 20:(c + 1) * 20] = 1.0
+    else:
+        x = 0.5 * torch.randn(n, 3, 32, 32, generator=g) + (y.float() - n_classes / 2).view(-1, 1, 1, 1) / 2
+    return x, y
+
+
+def _sets(n: int, sizes, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n)[:m] for m in sizes]
+
+
+def _sequential(track, recipe, x, y, sets, seeds):
+    return [train_model(track, recipe, x[s], y[s], seed=seed) for s, seed in zip(sets, seeds)]
+
+
+def _assert_same_models(got, ref, atol):
+    for a, b in zip(got, ref):
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert list(sa) == list(sb)
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+# Both tracks; training sets of different sizes (and so different step counts per epoch) in one
+# group, the purchase100 one with two equal ones too. DP at a learning rate low enough that the
+# models do not fit perfectly: Adam on vanishing gradients, or SGD at MICO's DP rate 0.5 on these
+# tiny sets, would amplify float rounding into visible differences.
+CASES = {
+    "purchase100": {"n": 120, "sizes": (96, 96, 70), "seeds": (3, 4, 5), "dp_lr": 1e-3,
+                    "overrides": {"epochs": 3, "batch_size": 16}},
+    "cifar10": {"n": 32, "sizes": (24, 12), "seeds": (6, 7), "dp_lr": 0.02,
+                "overrides": {"epochs": 2, "batch_size": 8}},
+}
+
+
+# ---------------------------------------------------------------- equal to train_model
+
+@pytest.mark.parametrize("track", sorted(CASES))
+def test_nonprivate_equals_sequential(track):
+    c = CASES[track]
+    x, y = _data(track, c["n"])
+    sets = _sets(c["n"], c["sizes"])
+    recipe = recipe_for(track, "inf", **c["overrides"])
+    got = train_batched(track, recipe, x, y, sets, c["seeds"], eval_sets=sets[::-1])
+    ref = _sequential(track, recipe, x, y, sets, c["seeds"])
+    _assert_same_models(got, ref, atol=1e-5)
+    for g, r, ev in zip(got, ref, sets[::-1]):
+        assert g.train_accuracy == pytest.approx(r.train_accuracy)
+        assert g.eval_accuracy == pytest.approx(evaluate_accuracy(r.model, x[ev], y[ev]))
+        assert [h["epoch"] for h in g.history] == [h["epoch"] for h in r.history]
+        for hg, hr in zip(g.history, r.history):
+            assert hg["loss"] == pytest.approx(hr["loss"], rel=1e-5)
+            assert hg["train_accuracy"] == pytest.approx(hr["train_accuracy"])
+        assert g.epsilon is None and g.noise_multiplier is None
+        assert type(g.model) is type(r.model) and not g.model.training
+
+
+def test_shuffled_equals_sequential():
+    x, y = _data("purchase100", 64)
+    sets = _sets(64, (64, 50))
+    recipe = recipe_for("purchase100", "inf", epochs=2, batch_size=16, shuffle=True)
+    _assert_same_models(train_batched("purchase100", recipe, x, y, sets, (1, 2)),
+                        _sequential("purchase100", recipe, x, y, sets, (1, 2)), atol=1e-5)
+
+
+@pytest.fixture
+def no_noise(monkeypatch):
+    """sigma = 0 in both trainers: DP-SGD reduces to Poisson batches and clipping."""
+    for mod in (train, batched):
+        monkeypatch.setattr(mod, "find_noise_multiplier", lambda *a, **k: 0.0)
+        monkeypatch.setattr(mod, "prv_epsilon", lambda *a, **k: float("inf"))
+
+
+@pytest.mark.parametrize("track", sorted(CASES))
+def test_dp_clipping_equals_opacus(no_noise, track):
+    # Both trainers draw model k's Poisson batches from the same generator state, so they see
+    # identical batches; the clipping norm is small enough to clip most samples.
+    c = CASES[track]
+    x, y = _data(track, c["n"])
+    sets = _sets(c["n"], c["sizes"])
+    recipe = recipe_for(track, "lo", max_grad_norm=0.5, lr=c["dp_lr"], **c["overrides"])
+    got = train_batched(track, recipe, x, y, sets, c["seeds"])
+    ref = _sequential(track, recipe, x, y, sets, c["seeds"])
+    _assert_same_models(got, ref, atol=1e-5)
+    for g, r in zip(got, ref):
+        assert g.noise_multiplier == r.noise_multiplier == 0.0
+        assert g.history[-1]["loss"] == pytest.approx(r.history[-1]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("track", sorted(CASES))
+def test_dp_with_noise_equals_opacus(track):
+    # The same generator states give the same noise too, and each model's own noise multiplier
+    # (set sizes differ, so sample rates differ) and epsilon.
+    c = CASES[track]
+    x, y = _data(track, c["n"])
+    sets = _sets(c["n"], c["sizes"])
+    recipe = recipe_for(track, "lo", lr=c["dp_lr"], **c["overrides"])
+    got = train_batched(track, recipe, x, y, sets, c["seeds"])
+    ref = _sequential(track, recipe, x, y, sets, c["seeds"])
+    _assert_same_models(got, ref, atol=1e-5)
+    for g, r, s in zip(got, ref, sets):
+        steps = -(-len(s) // recipe.batch_size)
+        sigma = find_noise_multiplier(4.0, 1e-5, 1.0 / steps, steps * recipe.epochs)
+        assert g.noise_multiplier == r.noise_multiplier == sigma
+        assert g.epsilon == r.epsilon == prv_epsilon(sigma, 1.0 / steps, steps * recipe.epochs, 1e-5)
+        assert 3.9 <= g.epsilon <= 4.0
+
+
+def test_noise_std_per_model(monkeypatch):
+    # Zero gradients: with SGD at lr 1, a model's total update is minus its summed noise divided
+    # by its expected batch size, std sqrt(steps) * sigma * C / expected per coordinate.
+    def zero_grads(params, xb, yb, mask, max_grad_norm=None):
+        k = len(mask)
+        return {n: torch.zeros_like(p) for n, p in params.items()}, torch.zeros(k), torch.zeros(k, dtype=torch.int64)
+
+    monkeypatch.setitem(batched.GRADS, "purchase100", zero_grads)
+    c = CASES["purchase100"]
+    x, y = _data("purchase100", c["n"])
+    sets, seeds = _sets(c["n"], (96, 70, 96)), (11, 12, 11)
+    recipe = recipe_for("purchase100", "lo", optimizer="sgd", lr=1.0, **c["overrides"])
+    got = train_batched("purchase100", recipe, x, y, sets, seeds)
+    deltas = []
+    for res, s, seed in zip(got, sets, seeds):
+        torch.manual_seed(seed)
+        init = build_model("purchase100").state_dict()
+        delta = torch.cat([(res.model.state_dict()[n] - init[n]).flatten() for n in init])
+        steps = -(-len(s) // recipe.batch_size)
+        expected_std = ((steps * recipe.epochs) ** 0.5 * res.noise_multiplier * recipe.max_grad_norm
+                        / int(len(s) * (1.0 / steps)))
+        assert delta.std().item() == pytest.approx(expected_std, rel=0.02)
+        assert abs(delta.mean().item()) < 5 * expected_std / len(delta) ** 0.5
+        deltas.append(delta)
+    assert got[0].noise_multiplier != got[1].noise_multiplier  # 6 vs 5 steps per epoch
+    assert abs(np.corrcoef(deltas[0].numpy(), deltas[1].numpy())[0, 1]) < 0.02
+    assert torch.equal(deltas[0], deltas[2])  # same seed, same noise
+
+
+def test_saved_model_loads_and_scores_like_sequential(tmp_path):
+    x, y = _data("purchase100", 400, n_classes=5)
+    sets = _sets(300, (300, 300))
+    held_out = np.arange(300, 400)
+    recipe = recipe_for("purchase100", "inf", epochs=6, batch_size=32)
+    got = train_batched("purchase100", recipe, x, y, sets, (1, 2), eval_sets=[held_out] * 2)
+    for res, s, seed in zip(got, sets, (1, 2)):
+        path = tmp_path / f"model_{seed}.pt"
+        torch.save(plain_state_dict(res.model), path)
+        loaded = load_model("purchase100", path)
+        acc = evaluate_accuracy(loaded, x[held_out], y[held_out])
+        assert acc == pytest.approx(res.eval_accuracy) and acc > 0.9
+        alone = train_model("purchase100", recipe, x[s], y[s], x[held_out], y[held_out], seed=seed)
+        assert abs(alone.eval_accuracy - acc) <= 0.02
+
+
+# ---------------------------------------------------------------- fast paths against slow ones
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.3])
+def test_mlp_grads_match_torch_func(max_grad_norm):
+    # Padding, a model with an empty batch, and norms on both sides of the clipping threshold.
+    g = torch.Generator().manual_seed(0)
+    params = {n: 0.3 * torch.randn(3, *p.shape, generator=g)
+              for n, p in build_model("purchase100").named_parameters()}
+    xb = (torch.rand(3, 9, 600, generator=g) < 0.1).float()
+    yb = torch.randint(0, 100, (3, 9), generator=g)
+    mask = torch.arange(9) < torch.tensor([[9], [4], [0]])
+    fast = mlp_grads(params, xb, yb, mask, max_grad_norm)
+    slow = func_grads("purchase100", params, xb, yb, mask, max_grad_norm)
+    for n in params:
+        torch.testing.assert_close(fast[0][n], slow[0][n], rtol=1e-4, atol=1e-6)
+        assert not fast[0][n][2].any()
+    torch.testing.assert_close(fast[1], slow[1])
+    assert torch.equal(fast[2], slow[2])
+
+
+@pytest.mark.parametrize(("optimizer", "momentum"), [("adam", 0.0), ("sgd", 0.0), ("sgd", 0.9)])
+def test_stacked_optimizer_matches_torch(optimizer, momentum):
+    # Random gradients, models skipping random steps: each slice follows its own torch optimizer
+    # stepped only when that model is active.
+    recipe = recipe_for("purchase100", "inf", optimizer=optimizer, momentum=momentum, lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    stacked = {"w": torch.randn(3, 4, 5, generator=g), "b": torch.randn(3, 5, generator=g)}
+    refs = [[stacked[n][k].clone().requires_grad_() for n in stacked] for k in range(3)]
+    opts = [train._make_optimizer(recipe, r) for r in refs]
+    opt = StackedOptimizer(recipe, stacked)
+    rng = np.random.default_rng(0)
+    for step in range(8):
+        grads = {n: torch.randn(v.shape, generator=g) for n, v in stacked.items()}
+        active = rng.random(3) < 0.7 if step else np.ones(3, dtype=bool)
+        lr = 0.01 * 0.5 ** (step // 3)
+        opt.step(grads, lr, active)
+        for k in np.flatnonzero(active):
+            for p, n in zip(refs[k], stacked):
+                p.grad = grads[n][k].clone()
+            opts[k].param_groups[0]["lr"] = lr
+            opts[k].step()
+    for k in range(3):
+        for p, n in zip(refs[k], stacked):
+            assert torch.equal(stacked[n][k], p.detach())  # operation for operation
+
+
+# ---------------------------------------------------------------- groups, memory, errors
+
+def test_train_many_groups_like_one_batch():
+    c = CASES["purchase100"]
+    x, y = _data("purchase100", c["n"])
+    sets = _sets(c["n"], (96, 70, 96))
+    recipe = recipe_for("purchase100", "lo", **c["overrides"])
+    calls = []
+    many = list(train_many("purchase100", recipe, x, y, sets, (1, 2, 3), parallel=2,
+                           progress=lambda *a: calls.append(a)))
+    assert [i for i, _ in many] == [0, 1, 2]
+    assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)] * 2  # two groups, three epochs each
+    _assert_same_models([r for _, r in many], train_batched("purchase100", recipe, x, y, sets, (1, 2, 3)),
+                        atol=1e-6)
+
+
+def test_auto_parallel(monkeypatch):
+    for track, suffix in [("purchase100", "inf"), ("purchase100", "lo"), ("cifar10", "inf"), ("cifar10", "lo")]:
+        k = auto_parallel(track, recipe_for(track, suffix), "cpu", n_train=50_000)
+        assert isinstance(k, int) and 1 <= k <= batched.MAX_PARALLEL["cpu"]
+    monkeypatch.setattr(batched, "free_memory", lambda dev: 10**6)
+    assert auto_parallel("cifar10", recipe_for("cifar10", "lo"), "cpu", n_train=50_000) == 1
+    monkeypatch.setattr(batched, "free_memory", lambda dev: 10**15)
+    assert auto_parallel("purchase100", recipe_for("purchase100", "inf"), "cpu") == batched.MAX_PARALLEL["cpu"]
+
+
+def test_input_errors():
+    x, y = _data("purchase100", 20)
+    recipe = recipe_for("purchase100", "inf", epochs=1)
+    with pytest.raises(ValueError, match="one seed per"):
+        train_batched("purchase100", recipe, x, y, [np.arange(5)], [1, 2])
+    with pytest.raises(ValueError, match="non-empty"):
+        train_batched("purchase100", recipe, x, y, [np.arange(0)], [1])
+    with pytest.raises(ValueError, match="integer"):
+        train_batched("purchase100", recipe, x, y, [np.arange(5.0)], [1])
+    with pytest.raises(ValueError, match=r"\[0, 20\)"):
+        train_batched("purchase100", recipe, x, y, [np.arange(21)], [1])
+    with pytest.raises(ValueError, match="evaluation set per model"):
+        train_batched("purchase100", recipe, x, y, [np.arange(5)], [1], eval_sets=[])
+    with pytest.raises(ValueError):
+        train_batched("cifar10", recipe, x, y, [np.arange(5)], [1])
+    with pytest.raises(TypeError):
+        train_batched("purchase100", {"epochs": 1}, x, y, [np.arange(5)], [1])
+    with pytest.raises(ValueError, match="parallel"):
+        next(train_many("purchase100", recipe, x, y, [np.arange(5)], [1], parallel=0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("suffix", ["inf", "lo"])
+def test_cuda_equals_sequential_cuda(suffix):
+    # On CUDA too, Poisson batches come from the CPU generator and noise from the CUDA one that
+    # train_model's torch.manual_seed seeds.
+    x, y = _data("purchase100", 96)
+    sets = _sets(96, (96, 80))
+    recipe = recipe_for("purchase100", suffix, epochs=2, batch_size=16, lr=0.01)
+    got = train_batched("purchase100", recipe, x, y, sets, (1, 2), device="cuda")
+    ref = [train_model("purchase100", recipe, x[s], y[s], device="cuda", seed=seed)
+           for s, seed in zip(sets, (1, 2))]
+    assert all(next(r.model.parameters()).is_cuda for r in got)
+    _assert_same_models(got, ref, atol=1e-5)
