@@ -1,23 +1,31 @@
-"""Train extra shadow models with a scenario's MICO recipe, written as new train models.
+"""Train extra shadow models with a scenario's MICO recipe (DP-SGD for hi/lo), many at once.
 
-Models get ids --first-id .. --first-id+N-1 and fresh seeds derived from (--seed, scenario, id),
-so save_preds.py and run_lira_mia.py use them as shadows with no other change. A model folder
-appears only once complete; a rerun skips finished ids and continues. --shard i/n trains the ids
-with index % n == i, so several GPUs or hosts can split one run without collisions (then copy
-the folders together).
+--design mico (default): fresh MICO-random training sets, written as new train models with ids
+--first-id .. and seeds derived from (--seed, scenario, id); each brings 200 new challenge points.
+
+--design balanced: --n (even) shadows whose training sets are designed: every challenge point of
+the scenario is IN for exactly the same number of them (half, or the smallest share that lets
+every shadow reach LEN_TRAINING), the rest drawn from outside the challenge points, class balance
+kept. They go to <scenario>/shadow/model_<k>/ with their training set stored explicitly; they are
+shadows only (never targets, never submitted, never evaluated). A design can grow: --n 64 after
+--n 32 (f = 1/2) keeps the first 32.
+
+Both: models train --parallel at a time with the batched trainer (default: as many as the
+device's memory holds), a folder appears only once complete, a rerun trains only what is missing,
+--shard i/n trains every n-th model from the i-th (SLURM: --shard
+$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), and concurrent runs on one scenario split the work.
 """
 from __future__ import annotations
 
 import argparse
-import os
-
-from tqdm.auto import tqdm
 
 from challenges import cli
 from challenges.datasets import load_dataset
 from challenges.layout import ModelDir
-from challenges.tracks import SCENARIO_SUFFIXES, load_params, scenario_suffix
-from production.folders import model_seeds, train_model_folder
+from challenges.tracks import SHADOW_PHASE, load_params, scenario_suffix
+from models.train import recipe_for
+from production.design import designed_jobs
+from production.folders import model_seeds, seeded_job, train_with_progress
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -33,45 +41,53 @@ def parse_shard(text: str) -> tuple[int, int]:
 def parse_args(argv=None):
     p = cli.parser(__doc__, scenario=None)
     p.add_argument("--scenario", required=True, help="scenario whose recipe to use, e.g. purchase100_inf")
-    p.add_argument("--n", type=int, required=True, help="number of extra shadow models (ids --first-id..)")
-    p.add_argument("--first-id", type=int, default=1000, help="id of the first extra model (MICO's own ids are 0-199)")
-    p.add_argument("--seed", type=int, default=0, help="seeds are drawn from (seed, scenario, id)")
-    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: train only ids with index %% n == i")
+    p.add_argument("--n", type=int, required=True, help="number of extra shadow models")
+    p.add_argument("--design", choices=("mico", "balanced"), default="mico",
+                   help="MICO-random training sets (new train models) or a balanced design (shadow/)")
+    p.add_argument("--first-id", type=int, default=1000,
+                   help="--design mico: id of the first extra model (MICO's own ids are 0-199)")
+    p.add_argument("--seed", type=int, default=0, help="seeds and designs are drawn from (seed, scenario)")
+    p.add_argument("--shard", type=parse_shard, default="0/1", help="i/n: train only models with index %% n == i")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="models trained at once (default: as many as the device's free memory holds)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     args = p.parse_args(argv)
-    if args.n < 1:
-        p.error("--n must be positive")
+    if args.n < 1 or (args.design == "balanced" and args.n % 2):
+        p.error("--n must be positive (and even with --design balanced)")
+    if args.parallel is not None and args.parallel < 1:
+        p.error("--parallel must be positive")
     return args
+
+
+def mico_jobs(args, params, n_points) -> list:
+    suffix = ("inf", "hi", "lo").index(scenario_suffix(args.scenario))
+    mds = [ModelDir(args.data_dir, args.challenge, args.scenario, "train", args.first_id + j) for j in range(args.n)]
+    return [seeded_job(md, params, n_points, model_seeds(args.seed, 100 + suffix, md.model_id), reveal=True)
+            for md in mds]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.data_dir, args.challenge)
-    scenario_dir = os.path.join(args.data_dir, args.challenge, args.scenario)
-    if not os.path.isdir(scenario_dir):
-        raise ValueError(f"{scenario_dir}: no such scenario; download it first (download_files.py)")
-    shard, n_shards = args.shard
-    ids = [args.first_id + j for j in range(args.n) if j % n_shards == shard]
-    todo = [ModelDir(args.data_dir, args.challenge, args.scenario, "train", i) for i in ids]
-    todo = [md for md in todo if not os.path.isdir(md.path)]
-    print(f"{args.scenario}: {len(ids) - len(todo)} of {len(ids)} shadow model(s) of this shard already done")
-    if not todo:
-        return 0
     dataset = load_dataset(params)
+    if args.design == "balanced":
+        jobs, design = designed_jobs(args.data_dir, args.challenge, args.scenario, params, dataset, args.n, args.seed)
+        print(f"{args.scenario}: balanced design of {args.n} shadows over {len(design.pool)} challenge points, "
+              f"each IN for {design.in_count} (f = {design.fraction:.3f}), {params.len_training} records each, "
+              f"in {args.data_dir}/{args.challenge}/{args.scenario}/{SHADOW_PHASE}/")
+    else:
+        jobs = mico_jobs(args, params, len(dataset))
+    shard, n_shards = args.shard
+    jobs = jobs[shard::n_shards]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                  if v is not None}
-    suffix = SCENARIO_SUFFIXES.index(scenario_suffix(args.scenario))
-    bar = tqdm(todo, desc=f"{args.scenario}: shadows", unit="model")
-    for md in bar:
-        def progress(epoch, n_epochs, loss, acc, md=md):
-            bar.set_postfix(model=md.model_id, epoch=f"{epoch}/{n_epochs}", loss=f"{loss:.3f}", acc=f"{acc:.3f}")
-        info = train_model_folder(md, params, dataset, model_seeds(args.seed, 100 + suffix, md.model_id),
-                                  reveal=True, device=args.device, progress=progress, **overrides)
-        tqdm.write(f"{md.key}: eval accuracy {info['accuracy']:.4f}"
-                   + (f", epsilon {info['epsilon']:.3f}" if info["epsilon"] is not None else ""))
+    done = train_with_progress(jobs, params, dataset, f"{args.scenario}: shadows", device=args.device,
+                               parallel=args.parallel,
+                               recipe=recipe_for(args.challenge, scenario_suffix(args.scenario), **overrides))
+    print(f"{args.scenario}: {len(done)} shadow model(s) trained by this run, {len(jobs)} in this shard")
     return 0
 
 

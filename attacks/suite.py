@@ -92,9 +92,9 @@ def _rmia_scores(data, rows, exclude, o, a):
 
 def choose_rmia_a(data, o) -> float:
     """The offline coefficient a with the best leave-one-out AUC on the train models."""
-    train = np.arange(data.n_shadows)
+    train = data.phase_rows("train")  # train models are rows 0..n_train-1, so each leaves itself out
     truth = data.solutions[train].ravel()
-    if data.n_shadows < 2 or len(np.unique(truth)) < 2:
+    if len(train) < 2 or len(np.unique(truth)) < 2:
         raise ValueError("--rmia-a auto needs train models with known membership")
     aucs = {a: roc_auc_score(truth, _rmia_scores(data, train, train, o, a).ravel()) for a in RMIA_A_GRID}
     return max(aucs, key=aucs.get)
@@ -152,7 +152,7 @@ def make_attack(o: AttackOptions):
 # probability; the two top MICO entries as submitted are the references every row is compared to.
 RUNNER_UP = "Runner-up as submitted (LiRA offline, global variance)"
 WINNER = "MICO winner as submitted (calibrated, per scenario)"
-REFERENCES = (WINNER, RUNNER_UP)
+REFERENCES = {WINNER: "winner", RUNNER_UP: "runner-up"}  # label -> short name for the report
 COMPARE = (
     (WINNER, AttackOptions(attack="mico-winner")),
     (RUNNER_UP, AttackOptions(global_variance=True, as_submitted=True)),

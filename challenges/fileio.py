@@ -82,6 +82,24 @@ def _open_locked(path: str):
     return f
 
 
+def try_lock(path: str, wait: bool = False):
+    """``path`` (created if absent) opened with an exclusive flock, or None if another process holds
+    it; ``wait``: block until it is free instead. Closing the returned file releases the lock."""
+    if wait:
+        return _open_locked(path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        f = open(path, "a")  # noqa: SIM115 - returned open: the lock lives as long as the file
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
 @contextmanager
 def locked(path: str):
     """Hold an exclusive advisory lock (``fcntl.flock``) on the file ``path``, created if absent;

@@ -117,10 +117,11 @@ def save_report(report_dir: str, scores: dict) -> list[str]:
     return paths
 
 
-def _compare_table(scores: dict, phase: str, references=()) -> list[str]:
+def _compare_table(scores: dict, phase: str, references: dict | None = None) -> list[str]:
     """Markdown table (attacks ranked by the average TPR@10%FPR) for one phase; best per column bold.
 
-    With ``references`` (labels), a last column gives each row's average minus each reference's.
+    With ``references`` ({label: short name}), a column per reference gives each row's average minus
+    the reference's.
     """
     labels = [lb for lb, by_sc in scores.items() if by_sc and all(phase in v for v in by_sc.values())]
     if not labels:
@@ -130,9 +131,10 @@ def _compare_table(scores: dict, phase: str, references=()) -> list[str]:
     value = {lb: [scores[lb][sc][phase][key] for sc, key in cols] for lb in labels}
     avg = {lb: float(np.mean([scores[lb][sc][phase][RANKING_KEY] for sc in scenarios])) for lb in labels}
     best = [max(value[lb][j] for lb in labels) for j in range(len(cols))] + [max(avg.values())]
+    references = references or {}
     refs = [r for r in references if r in avg]
     head = ["rank", "attack"] + [f"{sc} {METRIC_LABELS[key]}" for sc, key in cols] + [RANKING_LABEL]
-    head += [f"vs {r}" for r in refs]
+    head += [f"Δ vs {dict(references)[r]}" for r in refs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, lb in enumerate(sorted(labels, key=lambda x: -avg[x]), 1):
         cells = [f"{v:.4f}" for v in value[lb] + [avg[lb]]]
@@ -142,11 +144,11 @@ def _compare_table(scores: dict, phase: str, references=()) -> list[str]:
     return lines
 
 
-def write_compare_report(report_dir: str, scores: dict, commands: dict, references=()) -> str:
+def write_compare_report(report_dir: str, scores: dict, commands: dict, references: dict | None = None) -> str:
     """report.md and one ROC overlay PNG per scenario (train phase, leave-one-out).
 
     ``scores``: {attack label: {scenario: {phase: metrics}}}; ``commands``: {label: command line};
-    ``references``: labels of the rows everything is compared against (drawn thick in the plots).
+    ``references``: {label: short name} of the rows everything is compared against (drawn thick).
     """
     os.makedirs(report_dir, exist_ok=True)
     labels = list(scores)
@@ -166,7 +168,7 @@ def write_compare_report(report_dir: str, scores: dict, commands: dict, referenc
         if curves:
             name = f"compare_roc_{sc}.png"
             plot_roc(curves, os.path.join(report_dir, name), title=f"{sc}: train, leave-one-out",
-                     highlight=references)
+                     highlight=tuple(references or ()))
             md += [f"![{sc}]({name})", ""]
     md += ["## Commands", "", "Each row, as a run that also writes the prediction.csv files:", ""]
     md += [f"- {lb}: `{commands[lb]}`" for lb in labels]

@@ -16,9 +16,21 @@ point for exactly ``pkeep * num_experiments`` shadows):
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from challenges import layout
+from challenges.datasets import BaseDataset
+from challenges.scenario import scenario_points
+from challenges.tracks import SCENARIO_SUFFIXES, SHADOW_PHASE, ChallengeParams, scenario_suffix
+from production.folders import Job, model_seeds
+
+DESIGN_FILE = "design.json"
+EVAL_POINTS = 10_000  # held-out points per designed shadow for its accuracy file
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,7 @@ class Design:
     in_count: int          # m: shadows each pool point is IN for
     n_shadows: int         # K
     train_sets: list       # K sorted int64 arrays of exactly len_training dataset indices
+    group: int             # shadows per group: 2 (complementary pairs, f = 1/2, nested) or K
 
     @property
     def fraction(self) -> float:
@@ -106,22 +119,69 @@ def balanced_design(labels: np.ndarray, pool: np.ndarray, len_training: int, n_s
     """The training sets of ``n_shadows`` (even) designed shadows.
 
     labels: int [N] class of every dataset point; pool: dataset indices of the challenge points
-    (any order, duplicates allowed). Deterministic in ``seed``; shadow k's set does not depend on
-    how many shadows are trained in one run, only on (seed, n_shadows).
+    (any order, duplicates allowed); seed: int or sequence of ints. Deterministic. With f = 1/2 the
+    shadows come in complementary pairs (each pool point IN for exactly one of each pair), drawn
+    pair by pair, so the first 2j shadows of a design of K are exactly the design of 2j: a design
+    can grow. Otherwise the K shadows form one group (m of K per point).
     """
     if n_shadows < 2 or n_shadows % 2:
         raise ValueError(f"a balanced design needs an even number of shadows >= 2, got {n_shadows}")
+    key = [int(v) for v in np.atleast_1d(seed)]
     labels = np.asarray(labels)
     N = len(labels)
     pool = np.unique(np.asarray(pool, dtype=np.int64))
     outside = np.setdiff1d(np.arange(N, dtype=np.int64), pool, assume_unique=True)
     m = in_count(len(pool), len(outside), len_training, n_shadows, fraction)
-    rng = np.random.default_rng(seed)
-    member = pool_membership(len(pool), n_shadows, m, rng)
+    g, a = (2, 1) if 2 * m == n_shadows else (n_shadows, m)
+    member = np.concatenate([pool_membership(len(pool), g, a, np.random.default_rng(key + [g, i]))
+                             for i in range(n_shadows // g)])
     freq = np.bincount(labels, minlength=int(labels.max()) + 1) / N
     sets = []
     for k in range(n_shadows):
         chosen = pool[member[k]]
-        fill = _filler(labels, outside, labels[chosen], len_training - len(chosen), freq, len_training, rng)
+        fill = _filler(labels, outside, labels[chosen], len_training - len(chosen), freq, len_training,
+                       np.random.default_rng(key + [0, k]))
         sets.append(np.sort(np.concatenate([chosen, fill])))
-    return Design(pool, m, n_shadows, sets)
+    return Design(pool, m, n_shadows, sets, g)
+
+
+def _identity(design: Design, seed: int) -> dict:
+    """What makes two designed shadows parts of one design (written to each folder's design.json)."""
+    return {"design": "balanced", "seed": seed, "group": design.group,
+            "in_per_group": design.in_count * design.group // design.n_shadows,
+            "n_shadows": design.n_shadows if design.group == design.n_shadows else None,
+            "pool_sha256": hashlib.sha256(design.pool.tobytes()).hexdigest()}
+
+
+def _check_compatible(mds: list, want: dict) -> None:
+    """Refuse to add shadows of another design (other seed, pool or size) beside existing ones."""
+    for md in mds:
+        path = os.path.join(md.path, DESIGN_FILE)
+        try:
+            with open(path) as f:
+                have = json.load(f)
+        except (OSError, ValueError):
+            raise layout.LayoutError(f"{path}: missing or unreadable; delete {md.path} and rerun") from None
+        if have != want:
+            diff = ", ".join(f"{k} {have.get(k)} (now {v})" for k, v in want.items() if have.get(k) != v)
+            raise layout.LayoutError(f"{md.path}: belongs to another design ({diff}); rerun with its --n/--seed, "
+                                     f"or delete {os.path.dirname(md.path)} to start a new design")
+
+
+def designed_jobs(data_dir: str, track: str, scenario: str, params: ChallengeParams, dataset: BaseDataset,
+                  n: int, seed: int) -> tuple[list[Job], Design]:
+    """The jobs of a balanced design of ``n`` shadows for ``scenario`` (``<scenario>/shadow/model_<k>``)."""
+    _, _, pool = scenario_points(data_dir, track, scenario, params, len(dataset))
+    si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
+    design = balanced_design(dataset.y, pool, params.len_training, n, seed=[seed, 200 + si])
+    want = _identity(design, seed)
+    _check_compatible([md for md in layout.models(data_dir, track, scenario, (SHADOW_PHASE,))], want)
+    text = json.dumps(want, indent=2) + "\n"
+    jobs = []
+    for k, train in enumerate(design.train_sets):
+        md = layout.ModelDir(data_dir, track, scenario, SHADOW_PHASE, k)
+        rest = np.setdiff1d(np.arange(len(dataset)), train, assume_unique=True)
+        held_out = np.random.default_rng([seed, 300 + si, k]).choice(rest, min(EVAL_POINTS, len(rest)), replace=False)
+        jobs.append(Job(md, train, np.sort(held_out), model_seeds(seed, 200 + si, k)[0], {DESIGN_FILE: text},
+                        training_set=True))
+    return jobs, design

@@ -1,23 +1,36 @@
-"""Training MICO model folders from seeds: the synthetic challenge and extra shadow models.
+"""Training model folders: the synthetic challenge's models and extra shadow models.
 
-A model folder is built under a temporary name beside its final place and renamed only once
-complete, so a killed run never leaves a folder that looks finished; a rerun skips done ids.
+A :class:`Job` says where a model goes, what it trains on, its seed and the files that go with
+it. :func:`train_jobs` trains jobs K at a time with the batched trainer (:mod:`models.batched`)
+and writes each folder as its group finishes:
+
+- a folder is assembled under a private temporary name and renamed into place only once
+  complete, so a killed run never leaves a folder that looks finished, and a rerun trains only
+  what is missing (an interrupted group is trained again, nothing else);
+- runs sharing a scenario cooperate: a run claims each model with a non-blocking ``flock`` on
+  ``<phase>/.model_<id>.lock`` before training it, skips models another run holds, and at the end
+  waits for those and trains any whose holder died. Different ``--shard`` s never touch the same
+  model; identical concurrent runs split the work.
 """
 from __future__ import annotations
 
 import os
-import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from challenges.datasets import BaseDataset, to_tensor
-from challenges.fileio import atomic_path, write_text
+from challenges.fileio import atomic_path, remove_leftovers, try_lock, write_text
 from challenges.layout import ModelDir
-from challenges.splits import Splits, reconstruct
+from challenges.membership import write_training_set
+from challenges.splits import reconstruct
 from challenges.tracks import ChallengeParams, scenario_suffix
+from models.batched import auto_parallel, train_batched
 from models.loading import plain_state_dict
-from models.train import recipe_for, train_model
+from models.train import Recipe, TrainResult, recipe_for
 
 
 def model_seeds(*key: int) -> tuple[int, int, int]:
@@ -30,52 +43,140 @@ def model_seeds(*key: int) -> tuple[int, int, int]:
 
 def save_state_dict(model: torch.nn.Module, path: str) -> str:
     """Save ``model``'s plain (prefix-free, CPU) state dict to ``path`` atomically; returns the path."""
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    with atomic_path(os.fspath(path)) as tmp:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp:
         torch.save(plain_state_dict(model), tmp)
-    return os.fspath(path)
+    return path
 
 
-def train_model_folder(md: ModelDir, params: ChallengeParams, dataset: BaseDataset,
-                       seeds: tuple[int, int, int], *, reveal: bool, device="cpu",
-                       progress=None, **overrides) -> dict:
-    """Train the model that ``seeds`` define with its scenario's recipe and write ``md.path``.
+@dataclass(frozen=True)
+class Job:
+    """One model folder to train."""
+    md: ModelDir
+    train: np.ndarray          # dataset indices it trains on, in MICO's order
+    eval: np.ndarray           # held-out dataset indices for its accuracy file
+    seed: int                  # torch seed: initialisation, batch sampling, DP noise
+    files: dict = field(default_factory=dict)   # name -> text, written into the folder
+    training_set: bool = False  # write the explicit training-set file (designed shadows)
+    solution: str | None = None  # dev/final ground truth, for the separate solutions/ tree
 
-    ``reveal``: write seed_training, seed_membership and solution.csv into the model folder
-    (MICO's train phase); otherwise solution.csv goes to the separate ``solutions/`` tree.
-    Returns {'accuracy': ..., 'epsilon': ...}.
-    """
+
+def seeded_job(md: ModelDir, params: ChallengeParams, n_points: int, seeds: tuple[int, int, int], *,
+               reveal: bool) -> Job:
+    """A MICO model defined by its three seeds. ``reveal``: seed_training, seed_membership and
+    solution.csv go into the folder (MICO's train phase); otherwise the solution goes to the
+    ``solutions/`` tree and the folder shows seed_challenge only, as MICO's dev/final models."""
     sc, st, sm = seeds
-    s: Splits = reconstruct(len(dataset), params.len_training, params.len_challenge, sc, st, sm)
-    tr, ev = s.train_indices(), s.evaluation
-    recipe = recipe_for(params.track, scenario_suffix(md.scenario), **overrides)
-    x_eval = y_eval = None
-    if len(ev):
-        x_eval, y_eval = to_tensor(params.track, dataset.x[ev]), torch.from_numpy(dataset.y[ev])
-    result = train_model(params.track, recipe,
-                         to_tensor(params.track, dataset.x[tr]), torch.from_numpy(dataset.y[tr]),
-                         x_eval, y_eval, device=device, seed=sc, progress=progress)
-
-    os.makedirs(os.path.dirname(md.path), exist_ok=True)
-    shutil.rmtree(md.path + ".partial", ignore_errors=True)  # a killed run's leftovers
+    s = reconstruct(n_points, params.len_training, params.len_challenge, sc, st, sm)
     solution = ",".join(str(v) for v in s.solutions()) + "\n"
+    files = {"seed_challenge": f"{sc}\n"}
+    if reveal:
+        files.update({"seed_training": f"{st}\n", "seed_membership": f"{sm}\n", "solution.csv": solution})
+    return Job(md, s.train_indices(), s.evaluation, sc, files, solution=None if reveal else solution)
+
+
+def write_folder(job: Job, result: TrainResult) -> dict:
+    """Place ``job``'s folder (model.pt, its files, accuracy, epsilon) atomically; returns
+    {'accuracy', 'train_accuracy', 'epsilon'} (accuracy: held-out if there is held-out data)."""
+    md = job.md
     acc = result.eval_accuracy if result.eval_accuracy is not None else result.train_accuracy
-    if not reveal:
+    if job.solution is not None:
         sol_dir = os.path.join(md.data_dir, md.track, "solutions", md.key)
         os.makedirs(sol_dir, exist_ok=True)
-        write_text(os.path.join(sol_dir, "solution.csv"), solution)
+        write_text(os.path.join(sol_dir, "solution.csv"), job.solution)
+    files = {**job.files, "accuracy": f"{acc:.6f}\n"}
+    if result.epsilon is not None:
+        files["epsilon"] = f"{result.epsilon:.6f}\n"
+    os.makedirs(os.path.dirname(md.path), exist_ok=True)
     with atomic_path(md.path, ".partial") as tmp:
         os.makedirs(tmp)
         save_state_dict(result.model, os.path.join(tmp, "model.pt"))
-        files = {"seed_challenge": f"{sc}\n", "accuracy": f"{acc:.6f}\n"}
-        if reveal:
-            files.update({"seed_training": f"{st}\n", "seed_membership": f"{sm}\n", "solution.csv": solution})
-        if result.epsilon is not None:
-            files["epsilon"] = f"{result.epsilon:.6f}\n"
         for name, text in files.items():
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
+        if job.training_set:
+            write_training_set(tmp, job.train)
     return {"accuracy": acc, "train_accuracy": result.train_accuracy, "epsilon": result.epsilon}
 
+
+def _lock_path(md: ModelDir) -> str:
+    return os.path.join(os.path.dirname(md.path), f".{md.name}.lock")
+
+
+def _claim(jobs: list[Job], k: int) -> tuple[list[Job], list]:
+    """Up to ``k`` unfinished jobs this run can lock now (and their open lock files)."""
+    group, locks = [], []
+    for job in jobs:
+        if len(group) == k:
+            break
+        if os.path.isdir(job.md.path):
+            continue
+        lock = try_lock(_lock_path(job.md))
+        if lock is None:
+            continue  # another run is training it
+        if os.path.isdir(job.md.path):  # finished while we looked
+            lock.close()
+            continue
+        remove_leftovers(job.md.path)  # a killed run's partial folder: every writer holds this lock
+        group.append(job)
+        locks.append(lock)
+    return group, locks
+
+
+def train_jobs(jobs: list[Job], params: ChallengeParams, dataset: BaseDataset, *, device="auto",
+               parallel: int | None = None, recipe: Recipe | None = None,
+               progress: Callable[[list[Job], int, int], None] | None = None) -> Iterator[tuple[Job, dict]]:
+    """Train every unfinished job (all of one scenario: one recipe), ``parallel`` at a time (None:
+    as many as the device's memory holds), writing each folder as its group finishes; yields
+    ``(job, info)`` per model written by this run. ``progress(group, epoch, n_epochs)``."""
+    if not jobs:
+        return
+    track = params.track
+    recipe = recipe or recipe_for(track, scenario_suffix(jobs[0].md.scenario))
+    k = parallel or auto_parallel(track, recipe, device, max(len(j.train) for j in jobs))
+    x, y = to_tensor(track, dataset.x), torch.from_numpy(dataset.y)
+    pending = list(jobs)
+    while pending:
+        group, locks = _claim(pending, k)
+        if not group:
+            waiting = [j for j in pending if not os.path.isdir(j.md.path)]
+            if not waiting:
+                return
+            with try_lock(_lock_path(waiting[0].md), wait=True):  # another run holds it: wait, then look again
+                pass
+            pending = waiting
+            continue
+        try:
+            results = train_batched(track, recipe, x, y, [j.train for j in group], [j.seed for j in group],
+                                    eval_sets=[j.eval for j in group], device=device,
+                                    progress=None if progress is None else
+                                    (lambda epoch, n, *_, g=group: progress(g, epoch, n)))
+            for job, result in zip(group, results):
+                yield job, write_folder(job, result)
+        finally:
+            for lock in locks:
+                lock.close()
+        trained = {id(j) for j in group}
+        pending = [j for j in pending if id(j) not in trained]
+
+
+def train_with_progress(jobs: list[Job], params: ChallengeParams, dataset: BaseDataset, desc: str,
+                        **kwargs) -> list[tuple[Job, dict]]:
+    """:func:`train_jobs` under one progress bar over the models (K in flight, epoch, ETA)."""
+    todo = [j for j in jobs if not os.path.isdir(j.md.path)]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="model", dynamic_ncols=True)
+
+    def progress(group, epoch, n_epochs):
+        bar.set_postfix_str(f"{len(group)} in flight, epoch {epoch}/{n_epochs}")
+
+    done = []
+    try:
+        for job, info in train_jobs(todo, params, dataset, progress=progress, **kwargs):
+            done.append((job, info))
+            eps = "" if info["epsilon"] is None else f", eps {info['epsilon']:.2f}"
+            bar.set_postfix_str(f"{job.md.name}: acc {info['accuracy']:.3f}{eps}")
+            bar.update()
+    finally:
+        bar.close()
+    return done

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from challenges.datasets import CIFAR_FILES, load_dataset
-from challenges.fileio import atomic_path
+from challenges.fileio import atomic_path, locked, remove_leftovers
 from challenges.layout import ModelDir
 from challenges.tracks import (
     PHASES,
@@ -35,7 +33,8 @@ from challenges.tracks import (
     scenario_names,
     scenario_suffix,
 )
-from production.folders import model_seeds, train_model_folder
+from models.train import recipe_for
+from production.folders import model_seeds, seeded_job, train_with_progress
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,6 @@ def write_purchase_csv(path: str, x: np.ndarray, y: np.ndarray) -> None:
 
 def write_cifar_batches(path: str, x: np.ndarray, y: np.ndarray) -> None:
     """CIFAR-10's python format: five data batches then a test batch of pickled dicts."""
-    shutil.rmtree(path + ".tmp", ignore_errors=True)  # a killed run's leftovers
     with atomic_path(path) as tmp:
         os.makedirs(tmp)
         for name, idx in zip(CIFAR_FILES, np.array_split(np.arange(len(y)), len(CIFAR_FILES))):
@@ -127,21 +125,25 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> Chall
     elif any(os.path.isdir(os.path.join(track_dir, s)) for s in scenario_names(track)):
         raise ValueError(f"{track_dir}: holds a challenge without challenge.json (the real MICO "
                          "data?); pick another --data-dir for the synthetic one")
-    if not os.path.exists(dataset):
-        os.makedirs(track_dir, exist_ok=True)
-        rng = np.random.default_rng([seed, 0])
-        if track == "purchase100":
-            write_purchase_csv(dataset, *make_purchase_like(size.n_points, rng))
-        else:
-            write_cifar_batches(dataset, *make_cifar_like(size.n_points, rng))
+    os.makedirs(track_dir, exist_ok=True)
+    with locked(os.path.join(track_dir, ".build.lock")):  # concurrent builds write the dataset once
+        if not os.path.exists(dataset):
+            remove_leftovers(dataset)  # a killed build's partial copy
+            rng = np.random.default_rng([seed, 0])
+            if track == "purchase100":
+                write_purchase_csv(dataset, *make_purchase_like(size.n_points, rng))
+            else:
+                write_cifar_batches(dataset, *make_cifar_like(size.n_points, rng))
     save_params(data_dir, want)
     return want
 
 
 def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=None, n_train=None,
                     n_dev=None, n_final=None, seed=None, device="auto", epochs=None,
-                    scenarios=None) -> ChallengeParams:
-    """Build (or finish building) a synthetic challenge under ``<data_dir>/<track>/``."""
+                    scenarios=None, parallel: int | None = None) -> ChallengeParams:
+    """Build (or finish building) a synthetic challenge under ``<data_dir>/<track>/``.
+
+    Models are trained ``parallel`` at a time by the batched trainer (None: as many as fit)."""
     size = _resolve(track, n_points, len_training, n_train, n_dev, n_final, epochs)
     seed = 0 if seed is None else int(seed)
     params = _prepare(data_dir, track, size, seed)
@@ -152,20 +154,10 @@ def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=No
         # Seeds are keyed by the scenario itself, not its place in the list, so building one
         # scenario at a time gives the same challenge as building all at once.
         si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
-        jobs, next_id = [], 0
-        for phase in PHASES:
-            for _ in range(counts[phase]):
-                jobs.append(ModelDir(data_dir, track, scenario, phase, next_id))
-                next_id += 1
-        todo = [md for md in jobs if not os.path.isdir(md.path)]
-        bar = tqdm(todo, desc=f"{scenario}: training", unit="model", initial=len(jobs) - len(todo),
-                   total=len(jobs))
-        for md in bar:
-            info = train_model_folder(md, params, dataset, model_seeds(seed, 1 + si, md.model_id),
-                                      reveal=md.phase == "train", device=device, **overrides)
-            post = {"acc": f"{info['accuracy']:.3f}"}
-            if info["epsilon"] is not None:
-                post["eps"] = f"{info['epsilon']:.2f}"
-            bar.set_postfix(post)
-        bar.close()
+        mds = [ModelDir(data_dir, track, scenario, phase, i)
+               for i, phase in enumerate(ph for ph in PHASES for _ in range(counts[ph]))]
+        jobs = [seeded_job(md, params, len(dataset), model_seeds(seed, 1 + si, md.model_id), reveal=md.phase == "train")
+                for md in mds]
+        train_with_progress(jobs, params, dataset, f"{scenario}: training", device=device, parallel=parallel,
+                            recipe=recipe_for(track, scenario_suffix(scenario), **overrides))
     return params

@@ -69,3 +69,13 @@ def test_training_set_file_round_trip_and_errors(tmp_path):
         read_training_set(str(tmp_path), 10, 4)
     with pytest.raises(ValueError, match="repeat"):
         write_training_set(str(tmp_path), [1, 1, 2])
+
+
+def test_half_designs_are_nested_pairs():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 10, 3000)
+    pool = rng.choice(3000, 900, replace=False)
+    big, small = (balanced_design(labels, pool, 1500, K, seed=[7, 1]) for K in (8, 4))
+    assert big.group == 2 and all(np.array_equal(a, b) for a, b in zip(big.train_sets[:4], small.train_sets))
+    member = np.stack([np.isin(big.pool, s) for s in big.train_sets])
+    assert (member[0::2] != member[1::2]).all()  # complementary pairs on the pool
