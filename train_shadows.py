@@ -18,6 +18,7 @@ $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), and concurrent runs on one scenar
 from __future__ import annotations
 
 import argparse
+import os
 
 from challenges import cli
 from challenges.datasets import load_dataset
@@ -82,12 +83,14 @@ def main(argv=None) -> int:
         jobs = mico_jobs(args, params, len(dataset))
     shard, n_shards = args.shard
     jobs = jobs[shard::n_shards]
+    finished = sum(os.path.isdir(j.md.path) for j in jobs)
+    print(f"{args.scenario}: {finished} of {len(jobs)} shadow model(s) of this shard already done")
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                  if v is not None}
     done = train_with_progress(jobs, params, dataset, f"{args.scenario}: shadows", device=args.device,
                                parallel=args.parallel,
                                recipe=recipe_for(args.challenge, scenario_suffix(args.scenario), **overrides))
-    print(f"{args.scenario}: {len(done)} shadow model(s) trained by this run, {len(jobs)} in this shard")
+    print(f"{args.scenario}: {len(done)} shadow model(s) trained by this run")
     return 0
 
 

@@ -96,5 +96,6 @@ def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, para
                                                len_training=runner_up_len_training(params))
                      for md in mds if md.phase == "train"]
         quirky = runner_up_membership(points, positions)
+    solutions = _solutions(mds, splits, m2)  # checked before the (slower) cache is read
     arrays = cache.load(cache_dir, mds, points, fields)
-    return ScenarioData(scenario, mds, points, arrays, challenge, member, _solutions(mds, splits, m2), quirky)
+    return ScenarioData(scenario, mds, points, arrays, challenge, member, solutions, quirky)

@@ -52,7 +52,6 @@ SMALL = {"n_points": 600, "len_training": 300, "n_train": 4, "n_dev": 1, "n_fina
 @pytest.fixture(scope="session")
 def small_challenge(tmp_path_factory):
     """A read-only data dir with one tiny purchase100 scenario (4 train, 1 dev, 1 final models)."""
-    from challenges.synthetic import build_synthetic
     root = str(tmp_path_factory.mktemp("small") / "data")
     build_synthetic(root, "purchase100", device="cpu", **SMALL)
     return root

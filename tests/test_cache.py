@@ -11,7 +11,10 @@ import torch
 import run_lira_mia
 import save_preds
 from challenges import cache, layout
-from challenges.fileio import atomic_path
+from challenges.datasets import load_dataset, to_tensor
+from challenges.fileio import atomic_path, locked
+from challenges.tracks import load_params
+from models import load_model
 
 TRACK, SCENARIO = "purchase100", "purchase100_inf"
 
@@ -184,7 +187,6 @@ def test_lock_excludes_other_processes(tmp_path):
     import subprocess
     import sys
 
-    from challenges.fileio import locked
     lock = str(tmp_path / ".lock")
     probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
              "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)")
@@ -195,9 +197,6 @@ def test_lock_excludes_other_processes(tmp_path):
 
 def test_signals_still_match_a_direct_forward(cached_small):
     """The refactored save_preds loop still stores what the model computes."""
-    from challenges.datasets import load_dataset, to_tensor
-    from challenges.tracks import load_params
-    from models import load_model
     data_dir, cache_dir = cached_small
     md = _models(data_dir)[-1]
     entry = cache.read(cache.cache_file(cache_dir, md))

@@ -6,7 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from challenges.datasets import CIFAR_FILES, DatasetError, load_cifar10
+from challenges.datasets import CIFAR_FILES, DatasetError, load_cifar10, read_cifar_batch
+from production.synthetic import write_cifar_batches
 
 
 def _py2_str(b: bytes) -> bytes:
@@ -59,14 +60,12 @@ def test_numpy_pickles_of_this_python_load(tmp_path, protocol):
     batch = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [1, 2]}
     path = tmp_path / "b"
     path.write_bytes(pickle.dumps(batch, protocol=protocol))
-    from challenges.datasets import read_cifar_batch
     out = read_cifar_batch(str(path))
     np.testing.assert_array_equal(out[b"data"], batch[b"data"])
     assert out[b"labels"] == [1, 2]
 
 
 def test_synthetic_writer_loads(tmp_path):
-    from challenges.synthetic import write_cifar_batches
     x = np.random.default_rng(1).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
     y = np.arange(12) % 10
     write_cifar_batches(str(tmp_path / "c"), x, y)

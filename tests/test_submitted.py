@@ -21,6 +21,7 @@ from torch.utils.data import random_split
 from attacks.lira import squash
 from attacks.submitted import (
     WINNER_CONFIG,
+    _ratio_to_unit,
     mico_winner,
     reference_offline,
     runner_up_lira,
@@ -442,7 +443,6 @@ def test_runner_up_leave_one_out_equals_deleting_the_shadow(world):
 
 
 def test_ratio_map_is_monotone_with_ends():
-    from attacks.submitted import _ratio_to_unit
     r = np.array([0.0, 1e-300, 1e-5, 1.0, 7.0, 1e300, np.inf, np.nan])
     u = _ratio_to_unit(r)
     assert u[0] == 0 and u[-2] == 1 and u[-1] == 0.5 and u[3] == 0.5

@@ -66,13 +66,14 @@ def test_resume_rebuilds_only_missing(tiny_copy):
     mds = layout.models(tiny_copy, track, "purchase100_inf")
     before = {md.model_id: os.path.getmtime(md.model_file) for md in mds}
     shutil.rmtree(mds[1].path)
-    os.makedirs(mds[1].path + ".partial")  # a killed run's leftovers
+    leftover = os.path.join(os.path.dirname(mds[1].path), ".model_1.k3x9q2.partial")
+    os.makedirs(os.path.join(leftover, "model_1"))  # what a run killed mid-write leaves (fileio.atomic_path)
     build_synthetic(tiny_copy, track, **TINY[track])
     after = {md.model_id: os.path.getmtime(md.model_file)
              for md in layout.models(tiny_copy, track, "purchase100_inf")}
     assert set(after) == set(before)
     assert after[1] != before[1] and all(after[k] == before[k] for k in before if k != 1)
-    assert not os.path.exists(mds[1].path + ".partial")
+    assert not os.path.exists(leftover)
 
 
 def test_refuses_other_parameters(tiny_copy):
