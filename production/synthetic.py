@@ -23,6 +23,7 @@ from challenges.datasets import CIFAR_FILES, load_dataset
 from challenges.fileio import atomic_path, locked, remove_leftovers
 from challenges.layout import ModelDir
 from challenges.tracks import (
+    LEN_CHALLENGE,
     PHASES,
     SCENARIO_SUFFIXES,
     ChallengeParams,
@@ -45,6 +46,7 @@ class SyntheticSize:
     n_dev: int
     n_final: int
     epochs: int | None = None  # None: MICO's recipe
+    len_challenge: int = LEN_CHALLENGE  # members = non-members per model (MICO: 100)
 
 
 # Sized so that `make demo` (purchase100) trains, attacks and scores in a few minutes on 2 cores.
@@ -93,18 +95,19 @@ def write_cifar_batches(path: str, x: np.ndarray, y: np.ndarray) -> None:
             pickle.dump({b"label_names": [f"class_{i}".encode() for i in range(10)]}, f)
 
 
-def _resolve(track: str, n_points, len_training, n_train, n_dev, n_final, epochs) -> SyntheticSize:
+def _resolve(track: str, n_points, len_training, n_train, n_dev, n_final, epochs,
+             len_challenge=None) -> SyntheticSize:
     d = DEFAULTS[track]
     n = n_points or d.n_points
     lt = len_training or (d.len_training * n // d.n_points)
-    m = 100
+    m = len_challenge or LEN_CHALLENGE
     if not (m <= lt - 1 and lt + m < n):
-        raise ValueError(f"synthetic sizes: need 100 < len_training < n_points - 100 (MICO's 100 members and "
-                         f"100 non-members per model, and some evaluation data), got n_points={n}, "
+        raise ValueError(f"synthetic sizes: need {m} < len_training < n_points - {m} ({m} members and "
+                         f"{m} non-members per model, and some evaluation data), got n_points={n}, "
                          f"len_training={lt}")
     return SyntheticSize(n, lt, d.n_train if n_train is None else n_train,
                          d.n_dev if n_dev is None else n_dev, d.n_final if n_final is None else n_final,
-                         epochs if epochs is not None else d.epochs)
+                         epochs if epochs is not None else d.epochs, m)
 
 
 def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> ChallengeParams:
@@ -112,7 +115,8 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> Chall
     spec = get_track(track)
     track_dir = os.path.join(data_dir, track)
     dataset = os.path.normpath(os.path.join(track_dir, spec.dataset))
-    want = ChallengeParams(track, size.n_points, size.len_training, 100, dataset, synthetic=True, seed=seed)
+    want = ChallengeParams(track, size.n_points, size.len_training, size.len_challenge, dataset, synthetic=True,
+                           seed=seed)
     if os.path.exists(challenge_json_path(data_dir, track)):
         have = load_params(data_dir, track)
         if have != want:
@@ -140,11 +144,13 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> Chall
 
 def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=None, n_train=None,
                     n_dev=None, n_final=None, seed=None, device="auto", epochs=None,
-                    scenarios=None, parallel: int | None = None) -> ChallengeParams:
+                    scenarios=None, parallel: int | None = None, len_challenge=None) -> ChallengeParams:
     """Build (or finish building) a synthetic challenge under ``<data_dir>/<track>/``.
 
-    Models are trained ``parallel`` at a time by the batched trainer (None: as many as fit)."""
-    size = _resolve(track, n_points, len_training, n_train, n_dev, n_final, epochs)
+    Models are trained ``parallel`` at a time by the batched trainer (None: as many as fit).
+    ``len_challenge`` (default MICO's 100) lets a benchmark keep MICO's proportions on a smaller
+    dataset."""
+    size = _resolve(track, n_points, len_training, n_train, n_dev, n_final, epochs, len_challenge)
     seed = 0 if seed is None else int(seed)
     params = _prepare(data_dir, track, size, seed)
     dataset = load_dataset(params)

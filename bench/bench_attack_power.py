@@ -1,0 +1,225 @@
+"""Attack power at MICO's proportions, and what extra shadow models (balanced vs MICO-random) add.
+
+Builds a synthetic purchase100 challenge with MICO's proportions: LEN_TRAINING / N = 0.76, 100 train,
+25 dev and 25 final models per scenario, and a challenge-point pool covering about 18% of the
+dataset as in MICO (MICO: 200 points per model on N = 197,324; here 2 x --len-challenge points on
+--n-points). Then trains up to max(--shadows) extra shadows per scenario of each design
+(train_shadows.py --design balanced / --design mico), caches every model's signals, and scores
+each attack on dev + final against the ground truth with the first k extra shadows of one design
+(the balanced design grows pair by pair, so its first k shadows are a balanced design of k):
+
+- the MICO winner's configuration (calibrated, per-scenario signal and formula) and the runner-up's
+  (offline LiRA, global variance), with extra shadows; and both as submitted (no extra shadows);
+- offline and online LiRA, online LiRA with global variance, offline and online RMIA, the classifier.
+
+Prints a table, writes <out>/attack_power.{json,md} and <out>/attack_power.png (TPR@10%FPR, the
+ranking metric averaged over the scenarios, and TPR@1%FPR on purchase100_inf, against k).
+Every step resumes: rerunning continues where it stopped. CPU default (N = 15,000, 10 members and
+10 non-members per model, 15 epochs): about 40 minutes on 2 cores; --full uses MICO's sizes
+(N = 197,324, 100 + 100 challenge points per model, MICO's 30 epochs) and wants a GPU.
+
+    python bench/bench_attack_power.py [--out report/attack_power] [--device auto] [--full]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import save_preds  # noqa: E402
+from attacks.options import AttackOptions  # noqa: E402
+from attacks.submitted import WINNER_CONFIG  # noqa: E402
+from attacks.suite import make_attack  # noqa: E402
+from challenges import layout, scoring  # noqa: E402
+from challenges.datasets import load_dataset  # noqa: E402
+from challenges.fileio import write_text  # noqa: E402
+from challenges.scenario import ScenarioData, load_scenario  # noqa: E402
+from challenges.tracks import load_params, scenario_names, scenario_suffix  # noqa: E402
+from models.train import recipe_for  # noqa: E402
+from production.design import designed_jobs  # noqa: E402
+from production.folders import model_seeds, seeded_job, train_with_progress  # noqa: E402
+from production.synthetic import build_synthetic  # noqa: E402
+
+TRACK = "purchase100"
+MICO_RATIO = 150_000 / 197_324  # LEN_TRAINING / N
+FIRST_MICO_ID = 1000
+ALWAYS = ("MICO winner, as submitted", "Runner-up, as submitted")
+
+
+def attacks_for(scenario: str) -> dict:
+    """{label: AttackOptions}; the two as-submitted rows use the train models only."""
+    w = WINNER_CONFIG[TRACK, scenario_suffix(scenario)]
+    return {
+        "MICO winner, as submitted": AttackOptions(attack="mico-winner"),
+        "Runner-up, as submitted": AttackOptions(global_variance=True, as_submitted=True),
+        "MICO winner's configuration": AttackOptions(attack="calibrated", signal=w.metric, calibration=w.formula),
+        "Runner-up's configuration (LiRA offline, global variance)": AttackOptions(global_variance=True),
+        "LiRA offline": AttackOptions(),
+        "LiRA online": AttackOptions(online_attack=True),
+        "LiRA online, global variance": AttackOptions(online_attack=True, global_variance=True),
+        "RMIA offline": AttackOptions(attack="rmia"),
+        "RMIA online": AttackOptions(attack="rmia", online_attack=True),
+        "Classifier": AttackOptions(attack="classifier"),
+    }
+
+
+def build(args, data_dir: str) -> None:
+    """The challenge, then the extra shadows of both designs (each step resumes)."""
+    n, m = args.n_points, args.len_challenge
+    build_synthetic(data_dir, TRACK, n_points=n, len_training=int(round(MICO_RATIO * n)), len_challenge=m,
+                    n_train=100, n_dev=25, n_final=25, seed=args.seed, device=args.device, epochs=args.epochs)
+    params = load_params(data_dir, TRACK)
+    dataset = load_dataset(params)
+    k = max(args.shadows)
+    for scenario in scenario_names(TRACK):
+        recipe = recipe_for(TRACK, scenario_suffix(scenario), **({"epochs": args.epochs} if args.epochs else {}))
+        jobs, design = designed_jobs(data_dir, TRACK, scenario, params, dataset, k, args.seed)
+        print(f"{scenario}: balanced design, {len(design.pool)} challenge points, f = {design.fraction:.3f}")
+        train_with_progress(jobs, params, dataset, f"{scenario}: balanced", device=args.device, recipe=recipe)
+        si = ("inf", "hi", "lo").index(scenario_suffix(scenario))
+        mico = [seeded_job(layout.ModelDir(data_dir, TRACK, scenario, "train", FIRST_MICO_ID + j), params,
+                           len(dataset), model_seeds(args.seed, 100 + si, FIRST_MICO_ID + j), reveal=True)
+                for j in range(k)]
+        train_with_progress(mico, params, dataset, f"{scenario}: MICO-random", device=args.device, recipe=recipe)
+
+
+def subset(data: ScenarioData, extra: list[int]) -> ScenarioData:
+    """The scenario with MICO's train models, the extra shadow rows ``extra`` and the targets."""
+    train = [i for i, md in enumerate(data.models) if md.phase == "train" and md.model_id < FIRST_MICO_ID]
+    targets = [i for i, md in enumerate(data.models) if md.phase in ("dev", "final")]
+    shadows = train + list(extra)
+    rows = np.array(shadows + targets)
+    return dataclasses.replace(
+        data, models=[data.models[i] for i in rows], fields={k: v[rows] for k, v in data.fields.items()},
+        challenge=data.challenge[rows], shadow_in=data.shadow_in[shadows], solutions=data.solutions[rows],
+        runner_up_in=None if data.runner_up_in is None else data.runner_up_in[:len(train)])
+
+
+def score_all(args, data_dir: str, cache_dir: str) -> dict:
+    """{scenario: {design: {k: {attack: metrics}}}} on dev + final."""
+    params = load_params(data_dir, TRACK)
+    out = {}
+    for scenario in scenario_names(TRACK):
+        data = load_scenario(data_dir, cache_dir, TRACK, scenario, params, params.n_points,
+                             ("phi", "mentr"), runner_up=True)
+        pools = {"balanced": [i for i, md in enumerate(data.models) if md.phase == "shadow"],
+                 "mico": [i for i, md in enumerate(data.models)
+                          if md.phase == "train" and md.model_id >= FIRST_MICO_ID]}
+        out[scenario] = {}
+        for design, pool in pools.items():
+            out[scenario][design] = {}
+            for k in args.shadows:
+                sub = subset(data, pool[:k])
+                rows = np.concatenate([sub.phase_rows("dev"), sub.phase_rows("final")])
+                truth = sub.solutions[rows].ravel()
+                res = {}
+                for label, o in attacks_for(scenario).items():
+                    if label in ALWAYS and k:
+                        continue
+                    scores = make_attack(o)(sub, rows, np.full(len(rows), -1))
+                    m = scoring.score(truth, scores.ravel())
+                    res[label] = {key: m[key] for key in ("TPR_FPR_10", "TPR_FPR_100", "TPR_FPR_1000", "AUC")}
+                out[scenario][design][k] = res
+                print(f"{scenario} {design:8s} k={k:3d}: " + ", ".join(
+                    f"{lb.split(' (')[0]} {v['TPR_FPR_1000']:.3f}" for lb, v in res.items()), flush=True)
+    return out
+
+
+def table(results: dict, shadows: list[int]) -> list[str]:
+    """Markdown: one row per (attack, design, k); TPR@10%/1%/0.1%FPR and AUC per scenario, and the average."""
+    scenarios = list(results)
+    head = ["attack", "extra shadows"] + [f"{sc} {lbl}" for sc in scenarios
+                                         for lbl in ("TPR@10%", "TPR@1%", "TPR@0.1%", "AUC")] + ["avg TPR@10%FPR"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    labels = list(results[scenarios[0]]["balanced"][shadows[0]])
+    for label in labels:
+        for design in ("balanced", "mico"):
+            for k in shadows:
+                if (k == 0 and design == "mico") or label not in results[scenarios[0]][design][k]:
+                    continue
+                cells = []
+                for sc in scenarios:
+                    m = results[sc][design][k][label]
+                    cells += [f"{m['TPR_FPR_1000']:.4f}", f"{m['TPR_FPR_100']:.4f}", f"{m['TPR_FPR_10']:.4f}",
+                              f"{m['AUC']:.4f}"]
+                avg = np.mean([results[sc][design][k][label]["TPR_FPR_1000"] for sc in scenarios])
+                lines.append("| " + " | ".join([label, "0" if k == 0 else f"{k} {design}"] + cells + [f"{avg:.4f}"])
+                             + " |")
+    return lines
+
+
+def plot(results: dict, shadows: list[int], path: str) -> None:
+    fig = Figure(figsize=(13, 5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    scenarios = list(results)
+    labels = [lb for lb in results[scenarios[0]]["balanced"][shadows[0]] if lb not in ALWAYS]
+    metric = [("TPR_FPR_1000", scenarios, "TPR@10%FPR, average over the scenarios (ranking metric)"),
+              ("TPR_FPR_100", [s for s in scenarios if s.endswith("_inf")], "TPR@1%FPR, purchase100_inf")]
+    for ax, (key, scs, title) in zip(axes, metric):
+        for i, label in enumerate(labels):
+            for design, ls in (("balanced", "-"), ("mico", "--")):
+                y = [np.mean([results[sc][design if k else "balanced"][k][label][key] for sc in scs]) for k in shadows]
+                ax.plot(shadows, y, ls=ls, color=f"C{i}", marker="o", ms=3,
+                        label=f"{label}" if design == "balanced" else None)
+        for j, label in enumerate(ALWAYS):
+            y0 = np.mean([results[sc]["balanced"][0][label][key] for sc in scs])
+            ax.axhline(y0, color="k", ls=[":", "-."][j], lw=1, label=label)
+        ax.set(xlabel="extra shadow models (solid: balanced design, dashed: MICO-random)", ylabel=key, title=title)
+        ax.grid(alpha=0.3)
+    handles, lbls = axes[0].get_legend_handles_labels()
+    fig.legend(handles, lbls, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.75, 1))
+    with open(path + ".tmp", "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    os.replace(path + ".tmp", path)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="report/attack_power", help="work folder: data, cache and results")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--full", action="store_true", help="MICO's sizes (GPU)")
+    p.add_argument("--n-points", type=int, default=15_000)
+    p.add_argument("--len-challenge", type=int, default=10, help="members (= non-members) per model")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (MICO's recipe: 30; --full uses 30)")
+    p.add_argument("--shadows", default="0,16,32,64,128", help="numbers of extra shadows to score")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.full:
+        args.n_points, args.len_challenge, args.epochs = 197_324, 100, None
+    args.shadows = sorted({int(v) for v in args.shadows.split(",")} | {0})
+    if any(k % 2 for k in args.shadows):
+        p.error("--shadows: even numbers (the balanced design comes in pairs)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data_dir, cache_dir = os.path.join(args.out, "data"), os.path.join(args.out, "cache")
+    t0 = time.time()
+    build(args, data_dir)
+    t1 = time.time()
+    save_preds.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", args.device])
+    results = score_all(args, data_dir, cache_dir)
+    t2 = time.time()
+    lines = table(results, args.shadows)
+    print("\n".join(lines))
+    write_text(os.path.join(args.out, "attack_power.json"), json.dumps(results, indent=1) + "\n")
+    write_text(os.path.join(args.out, "attack_power.md"), "\n".join(lines) + "\n")
+    plot(results, args.shadows, os.path.join(args.out, "attack_power.png"))
+    print(f"models {t1 - t0:.0f} s, signals and attacks {t2 - t1:.0f} s; {args.out}/attack_power.{{md,json,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
