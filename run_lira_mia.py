@@ -15,7 +15,7 @@ import os
 
 from tqdm.auto import tqdm
 
-from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, SIGNALS, AttackOptions
+from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, OFFLINE_TESTS, SIGNALS, AttackOptions
 from attacks.suite import COMPARE, COMPARE_SETS, REFERENCES, fields_needed, make_attack, uses_logits
 from challenges import cache, cli, evaluation, layout, report
 from challenges.datasets import load_dataset
@@ -67,6 +67,8 @@ def build_parser() -> cli.Parser:
     _option(lira, "--stable_logit_scaling", action="store_true",
             help="signal log(p/(1-p)) computed stably from logits (wins over --logit_scaling)")
     _option(lira, "--mu", choices=MU_CHOICES, help="per-point location of shadow signals")
+    _option(lira, "--offline-test", choices=OFFLINE_TESTS,
+            help="offline LiRA: the paper's one-sided Phi(z), or the LiRA reference code's two-sided -log N(s)")
     _option(lira, "--min-shadows", type=int,
             help="fewer IN/OUT shadows than this at a point: use the documented fallback")
     rm = p.add_argument_group("RMIA")

@@ -2,11 +2,17 @@
 
 Reference: N. Carlini, S. Chien, M. Nasr, S. Song, A. Terzis, F. Tramer,
 "Membership Inference Attacks From First Principles", IEEE S&P 2022
-(arXiv:2112.03570), Sec. IV and Algorithm 1.  The conventions below (ddof=0
-standard deviations, pooled "fixed" variance, mean of per-view statistics)
-follow the authors' reference code (tensorflow/privacy,
-research/mi_lira_2021) and the MICO runner-up's re-implementation; where we
-deviate, the docstring says so and why.
+(arXiv:2112.03570), Sec. IV and Algorithm 1.  Some conventions follow the
+authors' reference code (tensorflow/privacy, research/mi_lira_2021): ddof=0
+standard deviations, a pooled "fixed" variance, per-view statistics averaged
+over views, the median as an optional location.  The tests do not: the
+offline test here is the paper's one-sided Phi((s - mu_out) / sigma_out)
+(L1), while the reference's plot.py ranks by -log N(s; median_out, std_out),
+a two-sided test with a log-std term; that one is
+:func:`attacks.submitted.reference_offline` (``offline_test='reference'``).
+The online test (L2) is the paper's and the reference's, except that the
+reference's fixed variance takes both sigmas from the IN pool.  Other
+departures are stated where they occur.
 
 Pure array maths: no I/O, no global state.
 

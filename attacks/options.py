@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 
 ATTACKS = ("lira", "rmia", "loss", "confidence", "calibrated", "entropy", "classifier", "mico-winner")
 MU_CHOICES = ("mean", "median")
+OFFLINE_TESTS = ("one-sided", "reference")  # the paper's Phi(z) / the LiRA reference code's two-sided test
 SIGNALS = ("loss", "confidence")
 CALIBRATIONS = ("in", "mid", "z")
 
@@ -31,6 +32,7 @@ class AttackOptions:
     stable_logit_scaling: bool = False
     mu: str = "mean"
     min_shadows: int = 2
+    offline_test: str = "one-sided"
     rmia_a: float | str = 0.3
     rmia_gamma: float = 1.0
     rmia_population: int = 5000
@@ -40,6 +42,7 @@ class AttackOptions:
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("attack", self.attack, ATTACKS), ("mu", self.mu, MU_CHOICES),
+                                     ("offline_test", self.offline_test, OFFLINE_TESTS),
                                      ("signal", self.signal, SIGNALS),
                                      ("calibration", self.calibration, CALIBRATIONS)):
             if value not in allowed:

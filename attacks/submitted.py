@@ -20,6 +20,7 @@ error or wrote NaN.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -437,7 +438,8 @@ def mico_winner(target_signal, shadow_signal, shadow_in, target_index, exclude=N
 # LiRA reference, offline
 # --------------------------------------------------------------------------- #
 def reference_offline(target_signal, shadow_signal, shadow_in, target_index=None, exclude=None, *,
-                      fix_variance: bool = False, equal_counts: bool = False) -> np.ndarray:
+                      fix_variance: bool = False, equal_counts: bool = False,
+                      no_out: float | None = None) -> np.ndarray:
     """The offline test of the LiRA authors' code (``plot.py``, ``generate_ours_offline``), in [0, 1].
 
     (F1)  score = -mean_v log N(s_v; median(OUT_v), (std(OUT_v) + 1e-30)^2)
@@ -468,7 +470,8 @@ def reference_offline(target_signal, shadow_signal, shadow_in, target_index=None
 
     Statistics: median (np.median, mean of the two middle values) and ddof=0 std of the OUT
     signals.  Returns squash(score) (:func:`attacks.lira.squash`), (T, K) float64 in [0, 1].
-    ValueError if a target point has no OUT shadow (the reference would compute NaN).
+    ValueError if a target point has no OUT shadow (the reference would compute NaN), unless
+    ``no_out`` is given: such points then score ``no_out`` (1/2: no evidence either way).
     Cost: O(S * K * V) per target, plus O(S * P * V) per distinct ``exclude`` value when
     ``fix_variance`` or ``equal_counts`` needs the whole pool.
     """
@@ -487,17 +490,23 @@ def reference_offline(target_signal, shadow_signal, shadow_in, target_index=None
         return whole_pool[e]
 
     score = np.empty(idx.shape)
+    missing = np.zeros(idx.shape, dtype=bool)
     for t in range(len(tgt)):
         if equal_counts or fix_variance:
             keep, pooled = pool_out(excl[t])
             keep = keep[:, idx[t]]
         else:
             keep, pooled = ~member[:, idx[t]] & (np.arange(S) != excl[t])[:, None], None
-        if not keep.any(axis=0).all():
+        missing[t] = ~keep.any(axis=0)
+        if missing[t].any() and no_out is None:
             raise ValueError(f"target {t} has a point with no OUT shadow (after leaving one out and "
                              "equal_counts): the reference's OUT Gaussian is undefined there")
         vals = np.where(keep[:, :, None], shd[:, idx[t]], np.nan)  # (S, K, V)
-        med = np.nanmedian(vals, axis=0)
-        sd = pooled if fix_variance else np.nanstd(vals, axis=0)
-        score[t] = -norm.logpdf(tgt[t], med, sd + SIGMA_EPS).mean(axis=-1)
-    return squash(score)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: the points without OUT
+            med = np.nanmedian(vals, axis=0)
+            sd = pooled if fix_variance else np.nanstd(vals, axis=0)
+            score[t] = -norm.logpdf(tgt[t], med, sd + SIGMA_EPS).mean(axis=-1)
+    out = squash(np.nan_to_num(score))
+    out[missing] = no_out if no_out is not None else 0.5
+    return out

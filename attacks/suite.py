@@ -18,7 +18,7 @@ from .classifier import classifier_attack
 from .lira import lira, signal_from_phi, signal_kind
 from .options import AttackOptions
 from .rmia import rmia
-from .submitted import WINNER_CONFIG, mico_winner, runner_up_lira, runner_up_signal, winner_signal
+from .submitted import WINNER_CONFIG, mico_winner, reference_offline, runner_up_lira, runner_up_signal, winner_signal
 
 RMIA_A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
@@ -79,6 +79,9 @@ def _lira(data, rows, exclude, o):
     if o.as_submitted:
         return _runner_up(data, rows, exclude, o)
     sig = signal_from_phi(data.phi, signal_kind(o.logit_scaling, o.stable_logit_scaling))
+    if o.offline_test == "reference" and not o.online_attack:
+        return reference_offline(_own(sig, data, rows), sig[:data.n_shadows], data.shadow_in, data.challenge[rows],
+                                 exclude, fix_variance=o.global_variance, no_out=0.5)
     return lira(_own(sig, data, rows), sig[:data.n_shadows], data.shadow_in, data.challenge[rows], exclude,
                 online=o.online_attack, global_variance=o.global_variance, mu_estimator=o.mu,
                 min_shadows=o.min_shadows)
@@ -157,6 +160,7 @@ COMPARE = (
     (WINNER, AttackOptions(attack="mico-winner")),
     (RUNNER_UP, AttackOptions(global_variance=True, as_submitted=True)),
     ("LiRA offline", AttackOptions()),
+    ("LiRA offline, reference code's two-sided test", AttackOptions(offline_test="reference")),
     ("LiRA offline, global variance (runner-up, corrected)", AttackOptions(global_variance=True)),
     ("LiRA offline, stable logit", AttackOptions(stable_logit_scaling=True)),
     ("LiRA online", AttackOptions(online_attack=True)),
@@ -175,4 +179,4 @@ COMPARE = (
 )
 # What the rows choose; the other options (min_shadows, rmia_gamma, ...) come from the command line.
 COMPARE_SETS = ("attack", "as_submitted", "global_variance", "online_attack", "logit_scaling", "stable_logit_scaling",
-                "mu", "rmia_a", "signal", "calibration")
+                "mu", "offline_test", "rmia_a", "signal", "calibration")

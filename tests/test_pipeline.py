@@ -285,3 +285,14 @@ def test_save_zip_without_targets(tmp_path):
     (tmp_path / "purchase100" / "purchase100_inf" / "train" / "model_0").mkdir(parents=True)
     with pytest.raises(layout.LayoutError, match="no dev or final model folders"):
         save_zip.main(["--challenge", "purchase100", "--data-dir", str(tmp_path)])
+
+
+def test_reference_offline_test_option(cached, tmp_path):
+    data_dir, cache_dir = cached
+    base = ["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir, "--scenario",
+            "purchase100_inf", "--report-dir", str(tmp_path)]
+    assert _run(run_lira_mia.main, *base, "--offline-test", "reference") == 0
+    md = layout.models(data_dir, "purchase100", "purchase100_inf", ["dev"])[0]
+    ref = layout.read_row(md.prediction_file)
+    assert _run(run_lira_mia.main, *base) == 0
+    assert not np.allclose(ref, layout.read_row(md.prediction_file))  # another test, other scores
