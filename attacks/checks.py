@@ -46,6 +46,17 @@ def check_index(target_index, T: int, K: int, P: int) -> np.ndarray:
     return idx.astype(np.intp)
 
 
+def pool_index(target_index, T: int, K: int, P: int) -> np.ndarray:
+    """(T, K) pool indices: ``target_index`` checked, or, when None, every target on the whole pool
+    in pool order (then K must equal P)."""
+    if target_index is None:
+        if K != P:
+            raise ValueError(f"without target_index the targets must cover the whole pool: "
+                             f"target_signal has {K} points, the pool has {P}")
+        return np.broadcast_to(np.arange(P), (T, P))
+    return check_index(target_index, T, K, P)
+
+
 def check_exclude(exclude, T: int, S: int) -> np.ndarray:
     if exclude is None:
         return np.full(T, -1, dtype=np.intp)

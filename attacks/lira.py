@@ -54,7 +54,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, ndtr
 
-from .checks import check_array, check_exclude, check_index, check_membership
+from .checks import check_array, check_exclude, check_membership, pool_index
 from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap, point_moments
 
 SIGNAL_KINDS = ("prob", "logit", "stable_logit")
@@ -150,14 +150,7 @@ def _check_inputs(target_signal, shadow_signal, shadow_in, target_index, exclude
     if Vs != V:
         raise ValueError(f"view count differs: target_signal has {V}, shadow_signal has {Vs}")
     member = check_membership(shadow_in, (S, P))
-    if target_index is None:
-        if K != P:
-            raise ValueError(f"without target_index the targets must cover the whole pool: "
-                             f"target_signal has {K} points, the pool has {P}")
-        idx = np.broadcast_to(np.arange(P), (T, P))
-    else:
-        idx = check_index(target_index, T, K, P)
-    return tgt, shd, member, idx, check_exclude(exclude, T, S)
+    return tgt, shd, member, pool_index(target_index, T, K, P), check_exclude(exclude, T, S)
 
 
 # --------------------------------------------------------------------------- #

@@ -28,7 +28,7 @@ from scipy.special import expit, logsumexp, softmax
 from scipy.stats import norm
 
 from .baselines import minmax
-from .checks import check_exclude, check_index, check_membership
+from .checks import check_exclude, check_membership, pool_index
 from .lira import squash
 from .stats import SIGMA_FLOOR, point_moments
 
@@ -63,14 +63,7 @@ def _inputs(target_signal, shadow_signal, shadow_in, target_index, exclude, ndim
         raise ValueError(f"view count differs: target_signal has {tgt.shape[2]}, shadow_signal {shd.shape[2]}")
     (T, K), (S, P) = tgt.shape[:2], shd.shape[:2]
     member = check_membership(shadow_in, (S, P))
-    if target_index is None:
-        if K != P:
-            raise ValueError(f"without target_index the targets must cover the whole pool: "
-                             f"target_signal has {K} points, the pool has {P}")
-        idx = np.broadcast_to(np.arange(P), (T, P))
-    else:
-        idx = check_index(target_index, T, K, P)
-    return tgt, shd, member, idx, check_exclude(exclude, T, S)
+    return tgt, shd, member, pool_index(target_index, T, K, P), check_exclude(exclude, T, S)
 
 
 # --------------------------------------------------------------------------- #

@@ -14,9 +14,10 @@ each attack on dev + final against the ground truth with the first k extra shado
 
 Prints a table, writes <out>/attack_power.{json,md} and <out>/attack_power.png (TPR@10%FPR, the
 ranking metric averaged over the scenarios, and TPR@1%FPR on purchase100_inf, against k).
-Every step resumes: rerunning continues where it stopped. CPU default (N = 15,000, 10 members and
-10 non-members per model, 15 epochs): about 40 minutes on 2 cores; --full uses MICO's sizes
-(N = 197,324, 100 + 100 challenge points per model, MICO's 30 epochs) and wants a GPU.
+Every step resumes: rerunning continues where it stopped. CPU default (N = 10,000, 7 members and
+7 non-members per model, 10 epochs): about 35 minutes on 2 cores with --shadows 0,16,32,64, twice
+that with 128; --full uses MICO's sizes (N = 197,324, 100 + 100 challenge points per model, MICO's
+30 epochs) and wants a GPU.
 
     python bench/bench_attack_power.py [--out report/attack_power] [--device auto] [--full]
 """
@@ -189,9 +190,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="report/attack_power", help="work folder: data, cache and results")
     p.add_argument("--device", default="auto")
     p.add_argument("--full", action="store_true", help="MICO's sizes (GPU)")
-    p.add_argument("--n-points", type=int, default=15_000)
-    p.add_argument("--len-challenge", type=int, default=10, help="members (= non-members) per model")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (MICO's recipe: 30; --full uses 30)")
+    p.add_argument("--n-points", type=int, default=10_000)
+    p.add_argument("--len-challenge", type=int, default=7, help="members (= non-members) per model")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (MICO's recipe: 30; --full uses 30)")
     p.add_argument("--shadows", default="0,16,32,64,128", help="numbers of extra shadows to score")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

@@ -67,36 +67,22 @@ def remove_leftovers(path: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _open_locked(path: str):
-    """``path`` opened (created if absent) with an exclusive flock on it; waits for it."""
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        f = open(path, "a")  # noqa: SIM115 - returned open: the lock lives as long as the file
-    except OSError as e:
-        raise write_error(path, e) from None
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-    except OSError as e:
-        f.close()
-        raise write_error(path, e) from None
-    return f
-
-
 def try_lock(path: str, wait: bool = False):
     """``path`` (created if absent) opened with an exclusive flock, or None if another process holds
     it; ``wait``: block until it is free instead. Closing the returned file releases the lock."""
-    if wait:
-        return _open_locked(path)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         f = open(path, "a")  # noqa: SIM115 - returned open: the lock lives as long as the file
     except OSError as e:
         raise write_error(path, e) from None
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
         return None
+    except OSError as e:
+        f.close()
+        raise write_error(path, e) from None
     return f
 
 
@@ -105,7 +91,7 @@ def locked(path: str):
     """Hold an exclusive advisory lock (``fcntl.flock``) on the file ``path``, created if absent;
     waits while another process holds it. The lock dies with its process, so a killed run never
     leaves a stale one."""
-    with _open_locked(path):  # closing the file releases the lock
+    with try_lock(path, wait=True):  # closing the file releases the lock
         yield
 
 
