@@ -307,7 +307,7 @@ def _init(track: str, seeds: Sequence[int], dev: torch.device) -> tuple[Params, 
     models, cpu_gens = [], []
     with torch.random.fork_rng(devices=[]):
         for s in seeds:
-            torch.manual_seed(s)
+            torch.default_generator.manual_seed(s)  # the CPU part of train_model's manual_seed
             models.append(build_model(track))
             cpu_gens.append(torch.Generator())
             cpu_gens[-1].set_state(torch.get_rng_state())
@@ -323,8 +323,10 @@ def _make_group(recipe: Recipe, sets: list[torch.Tensor], cpu_gens: list, dev_ge
         group.rates = 1.0 / group.steps
         # Opacus' make_private: expected_batch_size = int(len(dataset) * sample_rate).
         group.expected = np.array([int(n * q) for n, q in zip(sizes, group.rates)])
-        if (group.expected < 1).any():
-            raise ValueError("a training set this small gives Opacus an expected batch size of 0")
+        bad = sizes[group.expected < 1]  # float rounding, e.g. N = 49, B = 1: 49 * (1/49) < 1
+        if len(bad):
+            raise ValueError(f"a training set of {bad[0]} records with batch size {recipe.batch_size} "
+                             "gives Opacus an expected batch size of 0 (it would divide by zero)")
         group.sigmas = np.array([find_noise_multiplier(float(recipe.epsilon), float(recipe.delta),
                                                        float(q), int(s) * recipe.epochs)
                                  for q, s in zip(group.rates, group.steps)])
@@ -378,8 +380,8 @@ def _train_epoch(track: str, recipe: Recipe, group: _Group, params: Params, opt:
 
 
 def _accuracies(track: str, params: Params, x: torch.Tensor, y: torch.Tensor,
-                sets: list[torch.Tensor]) -> list[float]:
-    """Each model's top-1 accuracy on its own index set (dataset indices)."""
+                sets: list[torch.Tensor]) -> list[float | None]:
+    """Each model's top-1 accuracy on its own index set (dataset indices); None for an empty set."""
     idx, mask = _padded(sets, x.device)
     chunk = max(1, EVAL_SAMPLES[track] // len(sets))
     correct = torch.zeros(len(sets), dtype=torch.int64, device=x.device)
@@ -387,16 +389,17 @@ def _accuracies(track: str, params: Params, x: torch.Tensor, y: torch.Tensor,
         for lo in range(0, idx.shape[1], chunk):
             i, m = idx[:, lo:lo + chunk], mask[:, lo:lo + chunk]
             correct += ((logits(track, params, x[i]).argmax(dim=2) == y[i]) & m).sum(1)
-    return (correct.cpu().double() / mask.sum(1).cpu()).tolist()
+    return [c / n if n else None for c, n in zip(correct.tolist(), mask.sum(1).tolist())]
 
 
-def _as_index(s, n: int, what: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s))
-    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool or not len(t):
-        raise ValueError(f"{what}: expected a non-empty 1-D array of integer indices")
-    if int(t.min()) < 0 or int(t.max()) >= n:
+def _as_index(s, n: int, what: str, allow_empty: bool = False) -> torch.Tensor:
+    """``s`` (array, tensor or sequence of ints) as a CPU int64 tensor of indices into n records."""
+    a = np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s)
+    if a.ndim != 1 or (len(a) and a.dtype.kind not in "iu") or not (len(a) or allow_empty):
+        raise ValueError(f"{what}: expected a {'' if allow_empty else 'non-empty '}1-D array of integer indices")
+    if len(a) and (a.min() < 0 or a.max() >= n):
         raise ValueError(f"{what}: indices must lie in [0, {n})")
-    return t.to(torch.int64)
+    return torch.as_tensor(a.astype(np.int64))
 
 
 def train_batched(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
@@ -407,7 +410,7 @@ def train_batched(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
     x: float32 ``[N, *input_shape]`` (all records, preprocessed as for train_model), y: int64
     ``[N]``; both are moved to ``device`` once. train_sets[k]: model k's training set, indices
     into x in MICO's order (``Splits.train_indices()``); eval_sets[k] (optional): indices of its
-    evaluation set. ``progress(epoch, n_epochs, loss, acc)`` after every epoch, with the means
+    evaluation set (``Splits.evaluation``; empty gives ``eval_accuracy=None``). ``progress(epoch, n_epochs, loss, acc)`` after every epoch, with the means
     over the group of the models' running loss and accuracy.
     """
     if not isinstance(recipe, Recipe):
@@ -420,7 +423,7 @@ def train_batched(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
     dev = resolve_device(device)
     x, y = x.to(dev, torch.float32), y.to(dev, torch.int64)
     sets = [_as_index(s, len(x), f"training set {k}") for k, s in enumerate(train_sets)]
-    evals = None if eval_sets is None else [_as_index(s, len(x), f"evaluation set {k}")
+    evals = None if eval_sets is None else [_as_index(s, len(x), f"evaluation set {k}", allow_empty=True)
                                             for k, s in enumerate(eval_sets)]
     params, cpu_gens, dev_gens = _init(track, seeds, dev)
     group = _make_group(recipe, sets, cpu_gens, dev_gens)

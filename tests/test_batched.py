@@ -270,6 +270,9 @@ def test_input_errors():
         train_batched("cifar10", recipe, x, y, [np.arange(5)], [1])
     with pytest.raises(TypeError):
         train_batched("purchase100", {"epochs": 1}, x, y, [np.arange(5)], [1])
+    with pytest.raises(ValueError, match="expected batch size of 0"):
+        train_batched("purchase100", recipe_for("purchase100", "lo", batch_size=1), *_data("purchase100", 49),
+                      [np.arange(49)], [1])
     with pytest.raises(ValueError, match="parallel"):
         next(train_many("purchase100", recipe, x, y, [np.arange(5)], [1], parallel=0))
 
