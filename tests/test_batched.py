@@ -253,9 +253,11 @@ def test_auto_parallel(monkeypatch):
     assert auto_parallel("purchase100", recipe_for("purchase100", "inf"), "cpu") == batched.MAX_PARALLEL["cpu"]
 
 
-def test_input_errors():
+def test_inputs():
     x, y = _data("purchase100", 20)
     recipe = recipe_for("purchase100", "inf", epochs=1)
+    res = train_batched("purchase100", recipe, x, y, [np.arange(5), [7, 8]], [1, 2], eval_sets=[[], [9]])
+    assert res[0].eval_accuracy is None and res[1].eval_accuracy in (0.0, 1.0)
     with pytest.raises(ValueError, match="one seed per"):
         train_batched("purchase100", recipe, x, y, [np.arange(5)], [1, 2])
     with pytest.raises(ValueError, match="non-empty"):
