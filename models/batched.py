@@ -410,8 +410,9 @@ def train_batched(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
     x: float32 ``[N, *input_shape]`` (all records, preprocessed as for train_model), y: int64
     ``[N]``; both are moved to ``device`` once. train_sets[k]: model k's training set, indices
     into x in MICO's order (``Splits.train_indices()``); eval_sets[k] (optional): indices of its
-    evaluation set (``Splits.evaluation``; empty gives ``eval_accuracy=None``). ``progress(epoch, n_epochs, loss, acc)`` after every epoch, with the means
-    over the group of the models' running loss and accuracy.
+    evaluation set (``Splits.evaluation``; an empty one gives ``eval_accuracy=None``).
+    ``progress(epoch, n_epochs, loss, acc)`` after every epoch, with the means over the group of
+    the models' running loss and accuracy. The global random state is left untouched.
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
@@ -450,14 +451,15 @@ def _results(track: str, recipe: Recipe, group: _Group, params: Params, x: torch
     eval_acc = _accuracies(track, params, x, y, evals) if evals is not None else [None] * len(group.sets)
     out = []
     for k in range(len(group.sets)):
-        model = build_model(track)
-        model.load_state_dict({n: p[k] for n, p in params.items()}, strict=True)
+        with torch.device("meta"):  # no random initialisation: the weights are assigned
+            model = build_model(track)
+        model.load_state_dict({n: p[k].clone() for n, p in params.items()}, strict=True, assign=True)
         eps = sigma = None
         if recipe.private:
             sigma = float(group.sigmas[k])
             eps = prv_epsilon(sigma, float(group.rates[k]), int(group.steps[k]) * recipe.epochs,
                               float(recipe.delta))
-        out.append(TrainResult(model=model.to(x.device).eval(), train_accuracy=train_acc[k],
+        out.append(TrainResult(model=model.eval(), train_accuracy=train_acc[k],
                                eval_accuracy=eval_acc[k], epsilon=eps, history=histories[k],
                                noise_multiplier=sigma))
     return out
