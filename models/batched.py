@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from challenges.tracks import TRACKS
 from models.loading import build_model, resolve_device
 from models.privacy import find_noise_multiplier, prv_epsilon
 from models.train import Recipe, TrainResult, _check_data
@@ -479,15 +480,15 @@ def free_memory(dev: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-# Working floats per sample of a batch (activations, their gradients, the gathered input), and
-# per-sample-gradient floats per sample for DP, by track; estimates with about 2x headroom.
-_FLOATS_PER_SAMPLE = {"purchase100": 4_000, "cifar10": 600_000}
+# Floats alive per sample of a step (layer outputs and their gradients, log-softmax, masks), by
+# track: estimates with about 2x headroom over the layer outputs of models/mlp.py and cnn.py.
+ACTIVATION_FLOATS = {"purchase100": 2_000, "cifar10": 600_000}
 
 
 def auto_parallel(track: str, recipe: Recipe, device="auto", n_train: int | None = None) -> int:
     """How many models to train at once on ``device``: as many as MEMORY_SHARE of its free memory
-    holds, by a per-model estimate, capped at MAX_PARALLEL. ``n_train``: training-set size (the
-    DP batch is about n / ceil(n / B), padded to the group's largest)."""
+    holds by a per-model estimate, capped at MAX_PARALLEL. ``n_train``: training-set size, which
+    sets the DP batch (Poisson, mean n / ceil(n / B), padded to the group's largest)."""
     dev = resolve_device(device)
     n_params = sum(p.numel() for p in _skeleton(track).parameters())
     batch = recipe.batch_size
@@ -495,11 +496,13 @@ def auto_parallel(track: str, recipe: Recipe, device="auto", n_train: int | None
         n = n_train or batch
         expected = n / math.ceil(n / batch)
         batch = int(expected + 4 * math.sqrt(expected)) + 1
-    per_sample = _FLOATS_PER_SAMPLE[track]
-    if recipe.private and GRADS[track] is not mlp_grads:
-        per_sample += n_params * min(batch, PSG_CHUNK) // batch  # func_grads' per-sample grads
-    per_model = 4 * (8 * n_params + batch * per_sample)  # float32: params, grads, state, noise
-    k = int(MEMORY_SHARE * free_memory(dev) // per_model)
+    # func_grads' DP path holds PSG_CHUNK samples' activations and per-sample gradients at a time.
+    per_sample_grads = recipe.private and GRADS[track] is not mlp_grads
+    live = min(batch, PSG_CHUNK) if per_sample_grads else batch
+    floats = (8 * n_params  # parameters, gradients, optimiser state, noise, temporaries
+              + batch * math.prod(TRACKS[track].input_shape)  # the gathered batch
+              + live * (ACTIVATION_FLOATS[track] + 2 * n_params * per_sample_grads))
+    k = int(MEMORY_SHARE * free_memory(dev) // (4 * floats))
     return max(1, min(k, MAX_PARALLEL.get(dev.type, 1)))
 
 
