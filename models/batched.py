@@ -41,7 +41,7 @@ sequential trainer's per-step overheads: about 1.2x for purchase100 without DP a
 DP-SGD (Opacus' ghost clipping runs two backward passes). The CNN under vmap runs as grouped
 convolutions, 0.85-1.05x the sequential speed on a CPU. The gains are meant for GPUs, where one
 model's step is mostly kernel-launch overhead (not measured here). Poisson sampling stays on the
-CPU on every device, as in train_model: about 0.5 ms per model and step for 150,000 records,
+CPU on every device, as in train_model: about 0.7 ms per model and step for 150,000 records,
 which may then bound a GPU step when K is large.
 """
 from __future__ import annotations
