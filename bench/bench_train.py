@@ -63,7 +63,7 @@ def sync(dev: torch.device) -> None:
 
 
 def warm_up(track: str, recipe, x, y, dev: torch.device) -> None:
-    """A short run of both trainers, and the noise multiplier of the timed runs into the cache."""
+    """A short run of both trainers: imports, first-call kernels and allocations."""
     small = recipe_for(track, "lo" if recipe.private else "inf", epochs=1, batch_size=8)
     train_model(track, small, x[:16], y[:16], device=dev, seed=0)
     list(train_many(track, small, x, y, [np.arange(16)] * 2, [0, 1], device=dev))
@@ -94,7 +94,7 @@ def run_case(case: str, args, dev: torch.device) -> tuple[float, float, int]:
         return (time.perf_counter() - start) / n, out
 
     t_seq = t_batched = float("inf")
-    for _ in range(args.repeats):  # alternate, keep the fastest: other work on the machine adds noise
+    for _ in range(args.repeats or (1 if args.full else 3)):  # alternate, keep the fastest: other work on the machine adds noise
         t, seq = timed(lambda: [train_model(track, recipe, x[s], y[s], device=dev, seed=seed)
                                 for s, seed in zip(sets[:n_seq], seeds)], n_seq)
         t_seq = min(t_seq, t)
@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", type=int, default=None, help="models per case (default by size)")
     p.add_argument("--seq-models", type=int, default=None,
                    help="models timed sequentially (default: 4; 2 with --full)")
-    p.add_argument("--repeats", type=int, default=3, help="time each trainer this often, keep the fastest")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="time each trainer this often, keep the fastest (default: 3; 1 with --full)")
     p.add_argument("--parallel", type=int, default=None, help="models per group (default: auto_parallel)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)

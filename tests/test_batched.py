@@ -83,6 +83,7 @@ def test_nonprivate_equals_sequential(track):
             assert hg["train_accuracy"] == pytest.approx(hr["train_accuracy"])
         assert g.epsilon is None and g.noise_multiplier is None
         assert type(g.model) is type(r.model) and not g.model.training
+        assert all(p.requires_grad and p.is_leaf and p.device.type == "cpu" for p in g.model.parameters())
 
 
 def test_shuffled_equals_sequential():
@@ -253,9 +254,13 @@ def test_auto_parallel(monkeypatch):
     assert auto_parallel("purchase100", recipe_for("purchase100", "inf"), "cpu") == batched.MAX_PARALLEL["cpu"]
 
 
-def test_input_errors():
+def test_inputs():
     x, y = _data("purchase100", 20)
     recipe = recipe_for("purchase100", "inf", epochs=1)
+    state = torch.get_rng_state()
+    res = train_batched("purchase100", recipe, x, y, [np.arange(5), [7, 8]], [1, 2], eval_sets=[[], [9]])
+    assert res[0].eval_accuracy is None and res[1].eval_accuracy in (0.0, 1.0)
+    assert torch.equal(torch.get_rng_state(), state)  # the global random state is untouched
     with pytest.raises(ValueError, match="one seed per"):
         train_batched("purchase100", recipe, x, y, [np.arange(5)], [1, 2])
     with pytest.raises(ValueError, match="non-empty"):
@@ -270,6 +275,9 @@ def test_input_errors():
         train_batched("cifar10", recipe, x, y, [np.arange(5)], [1])
     with pytest.raises(TypeError):
         train_batched("purchase100", {"epochs": 1}, x, y, [np.arange(5)], [1])
+    with pytest.raises(ValueError, match="expected batch size of 0"):
+        train_batched("purchase100", recipe_for("purchase100", "lo", batch_size=1), *_data("purchase100", 49),
+                      [np.arange(49)], [1])
     with pytest.raises(ValueError, match="parallel"):
         next(train_many("purchase100", recipe, x, y, [np.arange(5)], [1], parallel=0))
 
