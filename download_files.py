@@ -5,6 +5,7 @@ By default the challenge comes from the public Hugging Face mirror; --url takes 
 competition archive instead; --synthetic builds a small offline challenge. Rerunning skips what
 is already in place. See challenges/download.py for the guarantees.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,14 +19,19 @@ SYNTHETIC_OPTIONS = ("n_points", "len_training", "n_train", "n_dev", "n_final", 
 
 def build_parser() -> cli.Parser:
     mirrors = ", ".join(f"{t}: {r}" for t, r in download.HF_REPOS.items())
-    p = cli.parser("Download a MICO challenge and its base dataset into <data-dir>/<challenge>/; rerunning "
-                   "skips what is in place.", epilog=f"Hugging Face mirrors ({mirrors}). Offline: --synthetic.",
-                   scenario="fetch only this scenario (e.g. cifar10_hi) instead of all three")
+    p = cli.parser(
+        "Download a MICO challenge and its base dataset into <data-dir>/<challenge>/; rerunning "
+        "skips what is in place.",
+        epilog=f"Hugging Face mirrors ({mirrors}). Offline: --synthetic.",
+        scenario="fetch only this scenario (e.g. cifar10_hi) instead of all three",
+    )
     src = p.add_argument_group("challenge source")
-    src.add_argument("--url", help="competition archive URL (cifar10.zip / purchase100.zip) instead of the "
-                     "Hugging Face mirror; 'original' for the competition's own URL")
-    src.add_argument("--md5",
-                     help="expected md5 of the --url archive (built in for cifar10.zip, purchase100.zip)")
+    src.add_argument(
+        "--url",
+        help="competition archive URL (cifar10.zip / purchase100.zip) instead of the "
+        "Hugging Face mirror; 'original' for the competition's own URL",
+    )
+    src.add_argument("--md5", help="expected md5 of the --url archive (built in for cifar10.zip, purchase100.zip)")
     src.add_argument("--hub-repo", help="Hugging Face dataset repo instead of the track's MICO mirror")
     src.add_argument("--revision", help="branch, tag or commit of the Hugging Face repo")
     ds = p.add_argument_group("base dataset")
@@ -33,13 +39,16 @@ def build_parser() -> cli.Parser:
     ds.add_argument("--dataset-url", help="base dataset archive URL instead of the track's public source")
     ds.add_argument("--dataset-md5", help="expected md5 of the base dataset archive")
     p.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extraction")
-    syn = p.add_argument_group("synthetic challenge (offline)",
-                               "options left at None take the synthetic builder's defaults")
-    syn.add_argument("--synthetic", action="store_true",
-                     help="build an offline synthetic challenge instead of downloading")
+    syn = p.add_argument_group(
+        "synthetic challenge (offline)", "options left at None take the synthetic builder's defaults"
+    )
+    syn.add_argument(
+        "--synthetic", action="store_true", help="build an offline synthetic challenge instead of downloading"
+    )
     syn.add_argument("--n-points", type=int, help="synthetic: size of the base dataset")
-    syn.add_argument("--len-training", type=int,
-                     help="synthetic: training-set size per model; half of --n-points when omitted")
+    syn.add_argument(
+        "--len-training", type=int, help="synthetic: training-set size per model; half of --n-points when omitted"
+    )
     syn.add_argument("--n-train", type=int, help="synthetic: number of models in train")
     syn.add_argument("--n-dev", type=int, help="synthetic: number of models in dev")
     syn.add_argument("--n-final", type=int, help="synthetic: number of models in final")
@@ -57,9 +66,19 @@ def parse_args(argv=None):
     if args.url and (args.hub_repo or args.revision):
         parser.error("--hub-repo and --revision select the Hugging Face source; drop them with --url")
     if args.synthetic:
-        ignored = [f for f, v in (("--url", args.url), ("--hub-repo", args.hub_repo), ("--revision", args.revision),
-                                  ("--no-dataset", args.no_dataset), ("--dataset-url", args.dataset_url),
-                                  ("--dataset-md5", args.dataset_md5), ("--keep-archives", args.keep_archives)) if v]
+        ignored = [
+            f
+            for f, v in (
+                ("--url", args.url),
+                ("--hub-repo", args.hub_repo),
+                ("--revision", args.revision),
+                ("--no-dataset", args.no_dataset),
+                ("--dataset-url", args.dataset_url),
+                ("--dataset-md5", args.dataset_md5),
+                ("--keep-archives", args.keep_archives),
+            )
+            if v
+        ]
         if ignored:
             parser.error(f"--synthetic builds everything locally; drop {', '.join(ignored)}")
     else:
@@ -75,14 +94,17 @@ def fetch(args) -> None:
     download.check_not_synthetic(args.data_dir, args.challenge)
     with download.removing_if_empty(download.track_dir(args.data_dir, args.challenge)):
         if args.url:
-            download.fetch_challenge_archive(args.data_dir, args.challenge, args.url, args.md5, scenarios,
-                                             keep_archive=args.keep_archives)
+            download.fetch_challenge_archive(
+                args.data_dir, args.challenge, args.url, args.md5, scenarios, keep_archive=args.keep_archives
+            )
         else:
-            download.fetch_challenge_hub(args.data_dir, args.challenge, scenarios,
-                                         repo_id=args.hub_repo, revision=args.revision)
+            download.fetch_challenge_hub(
+                args.data_dir, args.challenge, scenarios, repo_id=args.hub_repo, revision=args.revision
+            )
         if not args.no_dataset:
-            download.fetch_dataset(args.data_dir, args.challenge, args.dataset_url, args.dataset_md5,
-                                   keep_archive=args.keep_archives)
+            download.fetch_dataset(
+                args.data_dir, args.challenge, args.dataset_url, args.dataset_md5, keep_archive=args.keep_archives
+            )
 
 
 def main(argv=None) -> int:
@@ -90,8 +112,13 @@ def main(argv=None) -> int:
     try:
         if args.synthetic:
             options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
-            build_synthetic(args.data_dir, args.challenge, epochs=args.epochs,
-                            scenarios=[args.scenario] if args.scenario else None, **options)
+            build_synthetic(
+                args.data_dir,
+                args.challenge,
+                epochs=args.epochs,
+                scenarios=[args.scenario] if args.scenario else None,
+                **options,
+            )
         else:
             fetch(args)
     except (download.DownloadError, ValueError) as e:  # ValueError: synthetic sizes or another challenge in place

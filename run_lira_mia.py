@@ -7,6 +7,7 @@ against its solution.csv (and dev/final against a solutions/ tree, when present)
 submission's score is known before it is made. --compare ranks every attack that way and writes
 report/<track>/report.md (no prediction.csv is written then).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,35 +52,64 @@ def build_parser() -> cli.Parser:
     p.add_argument("--cache-dir", default="cache", help="signal cache written by save_preds.py")
     p.add_argument("--report-dir", default="report", help="scores, ROC plots and report.md go to <report-dir>/<track>/")
     _option(p, "--attack", choices=ATTACKS, help="attack to run")
-    p.add_argument("--evaluate", action="store_true",
-                   help="also score train models leave-one-out, and dev/final where ground truth exists")
-    p.add_argument("--compare", action="store_true",
-                   help="run every attack leave-one-out and write a comparison report instead of predictions")
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="also score train models leave-one-out, and dev/final where ground truth exists",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="run every attack leave-one-out and write a comparison report instead of predictions",
+    )
     _option(p, "--seed", type=int, help="seed for sampling in rmia and classifier")
     lira = p.add_argument_group("LiRA (the runner-up's flags; --online_attack also selects online RMIA)")
-    _option(lira, "--as_submitted", action="store_true",
-            help="the runner-up's LiRA exactly as released, bugs included (see README); with its four flags")
-    _option(lira, "--global_variance", action="store_true",
-            help="one sigma per target model from all pooled shadow signals, not one per point")
-    _option(lira, "--online_attack", action="store_true",
-            help="use IN shadows too: likelihood ratio of IN vs OUT Gaussians instead of the one-sided OUT test")
+    _option(
+        lira,
+        "--as_submitted",
+        action="store_true",
+        help="the runner-up's LiRA exactly as released, bugs included (see README); with its four flags",
+    )
+    _option(
+        lira,
+        "--global_variance",
+        action="store_true",
+        help="one sigma per target model from all pooled shadow signals, not one per point",
+    )
+    _option(
+        lira,
+        "--online_attack",
+        action="store_true",
+        help="use IN shadows too: likelihood ratio of IN vs OUT Gaussians instead of the one-sided OUT test",
+    )
     _option(lira, "--logit_scaling", action="store_true", help="signal log(p/(1-p)) from the float32 probability p")
-    _option(lira, "--stable_logit_scaling", action="store_true",
-            help="signal log(p/(1-p)) computed stably from logits (wins over --logit_scaling)")
+    _option(
+        lira,
+        "--stable_logit_scaling",
+        action="store_true",
+        help="signal log(p/(1-p)) computed stably from logits (wins over --logit_scaling)",
+    )
     _option(lira, "--mu", choices=MU_CHOICES, help="per-point location of shadow signals")
-    _option(lira, "--offline-test", choices=OFFLINE_TESTS,
-            help="offline LiRA: the paper's one-sided Phi(z), or the LiRA reference code's two-sided -log N(s)")
-    _option(lira, "--min-shadows", type=int,
-            help="fewer IN/OUT shadows than this at a point: use the documented fallback")
+    _option(
+        lira,
+        "--offline-test",
+        choices=OFFLINE_TESTS,
+        help="offline LiRA: the paper's one-sided Phi(z), or the LiRA reference code's two-sided -log N(s)",
+    )
+    _option(
+        lira, "--min-shadows", type=int, help="fewer IN/OUT shadows than this at a point: use the documented fallback"
+    )
     rm = p.add_argument_group("RMIA")
-    _option(rm, "--rmia-a", type=rmia_a_value,
-            help="offline coefficient a in [0,1], or 'auto' (best leave-one-out AUC)")
+    _option(
+        rm, "--rmia-a", type=rmia_a_value, help="offline coefficient a in [0,1], or 'auto' (best leave-one-out AUC)"
+    )
     _option(rm, "--rmia-gamma", type=float, help="likelihood-ratio threshold gamma")
     _option(rm, "--rmia-population", type=int, help="population points z per target")
     cal = p.add_argument_group("calibrated")
     _option(cal, "--signal", choices=SIGNALS, help="signal to calibrate")
-    _option(cal, "--calibration", choices=CALIBRATIONS,
-            help="s - mu_in, s - (mu_in + mu_out)/2, or (s - mu_all)/sigma_all")
+    _option(
+        cal, "--calibration", choices=CALIBRATIONS, help="s - mu_in, s - (mu_in + mu_out)/2, or (s - mu_all)/sigma_all"
+    )
     return p
 
 
@@ -110,8 +140,11 @@ def cache_fields(args, options: AttackOptions) -> tuple:
     """Cache fields the attack reads; logits only where save_preds.py stored them for every model."""
     if not uses_logits(options):
         return fields_needed(options)
-    mds = [md for sc in layout.scenarios(args.data_dir, args.challenge, args.scenario)
-           for md in layout.models(args.data_dir, args.challenge, sc)]
+    mds = [
+        md
+        for sc in layout.scenarios(args.data_dir, args.challenge, args.scenario)
+        for md in layout.models(args.data_dir, args.challenge, sc)
+    ]
     return fields_needed(options, bool(mds) and all(cache.has_field(args.cache_dir, md, "logits") for md in mds))
 
 
@@ -120,8 +153,9 @@ def scenarios_data(args, fields, runner_up: bool = False):
     params = load_params(args.data_dir, args.challenge)
     n_points = len(load_dataset(params)) if params.n_points is None else params.n_points
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
-        data = load_scenario(args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields,
-                             runner_up=runner_up)
+        data = load_scenario(
+            args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields, runner_up=runner_up
+        )
         if data.n_shadows == 0:
             raise layout.LayoutError(f"{args.data_dir}/{args.challenge}/{scenario}/train: no shadow models")
         yield data
@@ -143,13 +177,23 @@ def compare(args, options: AttackOptions) -> str:
             scores[label][data.scenario] = evaluation.score_results(data, results)
             bar.update()
     bar.close()
-    base = ["python run_lira_mia.py", "--challenge", args.challenge, "--data-dir", args.data_dir,
-            "--cache-dir", args.cache_dir, "--report-dir", args.report_dir]
+    base = [
+        "python run_lira_mia.py",
+        "--challenge",
+        args.challenge,
+        "--data-dir",
+        args.data_dir,
+        "--cache-dir",
+        args.cache_dir,
+        "--report-dir",
+        args.report_dir,
+    ]
     if args.scenario:
         base += ["--scenario", args.scenario]
     commands = {label: " ".join(base + ["--evaluate"] + option_flags(row) + shared_flags) for label, row in COMPARE}
-    return report.write_compare_report(os.path.join(args.report_dir, args.challenge), scores, commands,
-                                       references=REFERENCES)
+    return report.write_compare_report(
+        os.path.join(args.report_dir, args.challenge), scores, commands, references=REFERENCES
+    )
 
 
 def main(argv=None) -> int:
@@ -164,8 +208,7 @@ def main(argv=None) -> int:
     scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     data_iter = scenarios_data(args, cache_fields(args, options), runner_up=options.as_submitted)
-    for data in tqdm(data_iter, desc=options.attack,
-                     unit="scenario", total=n_scenarios):
+    for data in tqdm(data_iter, desc=options.attack, unit="scenario", total=n_scenarios):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
         done.append((data.models, results))  # the signals themselves are not kept
         if args.evaluate:

@@ -5,6 +5,7 @@ large batches, on CUDA when present. Reruns skip models whose cache is current a
 points that new shadow models brought; an unreadable cache file, or one from another model.pt, is
 recomputed. Runs sharing a cache wait for each other model by model and never redo each other's work.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,8 +28,11 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default="cache", help="where the per-model signal files go")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=4096, help="points per forward pass")
-    p.add_argument("--save-logits", action="store_true",
-                   help="also store full logits (the classifier attack then uses the sorted softmax as features)")
+    p.add_argument(
+        "--save-logits",
+        action="store_true",
+        help="also store full logits (the classifier attack then uses the sorted softmax as features)",
+    )
     p.add_argument("--augment", action="store_true", help="cifar10: add query views (horizontal flip, shifts)")
     p.add_argument("--shifts", type=int, default=0, help="with --augment: pixel shifts up to k (reflect padding)")
     args = p.parse_args(argv)
@@ -69,11 +73,11 @@ def main(argv=None) -> int:
         done = collections.Counter()
         for md in tqdm(mds, desc=f"{scenario}: {len(union)} points x {len(views)} views", unit="model"):
             path = cache.cache_file(args.cache_dir, md)
-            done[cache.update(path, md.model_file, union, views, args.save_logits,
-                              functools.partial(outputs, md))] += 1
+            done[cache.update(path, md.model_file, union, views, args.save_logits, functools.partial(outputs, md))] += 1
         restamped = f", {done['restamped']} stamp(s) refreshed" if done["restamped"] else ""
-        print(f"{scenario}: {done['computed']} model(s) queried, {len(mds) - done['computed']} already "
-              f"cached{restamped}")
+        print(
+            f"{scenario}: {done['computed']} model(s) queried, {len(mds) - done['computed']} already cached{restamped}"
+        )
     return 0
 
 

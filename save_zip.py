@@ -3,6 +3,7 @@
 Writes predictions_<track>.zip with entries <track>/<scenario>/<phase>/model_<id>/prediction.csv
 as MICO's starting kit did; names every missing or invalid file and writes nothing if any is wrong.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,8 +27,11 @@ def main(argv=None) -> int:
     if problems:
         for line in problems:
             print(line, file=sys.stderr)
-        print(f"save_zip.py: {len(problems)} invalid or missing prediction file(s); run run_lira_mia.py "
-              f"--challenge {args.challenge} first. Nothing written.", file=sys.stderr)
+        print(
+            f"save_zip.py: {len(problems)} invalid or missing prediction file(s); run run_lira_mia.py "
+            f"--challenge {args.challenge} first. Nothing written.",
+            file=sys.stderr,
+        )
         return 1
     n = write_zip(args.data_dir, args.challenge, out)
     print(f"wrote {out} ({n} prediction files)")

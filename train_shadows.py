@@ -15,6 +15,7 @@ device's memory holds), a folder appears only once complete, a rerun trains only
 --shard i/n trains every n-th model from the i-th (SLURM: --shard
 $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), and concurrent runs on one scenario split the work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,26 @@ def parse_args(argv=None):
     p = cli.parser(__doc__, scenario=None)
     p.add_argument("--scenario", required=True, help="scenario whose recipe to use, e.g. purchase100_inf")
     p.add_argument("--n", type=int, required=True, help="number of extra shadow models")
-    p.add_argument("--design", choices=("mico", "balanced"), default="mico",
-                   help="MICO-random training sets (new train models) or a balanced design (shadow/)")
-    p.add_argument("--first-id", type=int, default=1000,
-                   help="--design mico: id of the first extra model (MICO's own ids are 0-199)")
+    p.add_argument(
+        "--design",
+        choices=("mico", "balanced"),
+        default="mico",
+        help="MICO-random training sets (new train models) or a balanced design (shadow/)",
+    )
+    p.add_argument(
+        "--first-id",
+        type=int,
+        default=1000,
+        help="--design mico: id of the first extra model (MICO's own ids are 0-199)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds and designs are drawn from (seed, scenario)")
     p.add_argument("--shard", type=parse_shard, default="0/1", help="i/n: train only models with index %% n == i")
-    p.add_argument("--parallel", type=int, default=None,
-                   help="models trained at once (default: as many as the device's free memory holds)")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="models trained at once (default: as many as the device's free memory holds)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
@@ -66,8 +79,9 @@ def parse_args(argv=None):
 def mico_jobs(args, params, n_points) -> list:
     suffix = ("inf", "hi", "lo").index(scenario_suffix(args.scenario))
     mds = [ModelDir(args.data_dir, args.challenge, args.scenario, "train", args.first_id + j) for j in range(args.n)]
-    return [seeded_job(md, params, n_points, model_seeds(args.seed, 100 + suffix, md.model_id), reveal=True)
-            for md in mds]
+    return [
+        seeded_job(md, params, n_points, model_seeds(args.seed, 100 + suffix, md.model_id), reveal=True) for md in mds
+    ]
 
 
 def main(argv=None) -> int:
@@ -76,20 +90,29 @@ def main(argv=None) -> int:
     dataset = load_dataset(params)
     if args.design == "balanced":
         jobs, design = designed_jobs(args.data_dir, args.challenge, args.scenario, params, dataset, args.n, args.seed)
-        print(f"{args.scenario}: balanced design of {args.n} shadows over {len(design.pool)} challenge points, "
-              f"each IN for {design.in_count} (f = {design.fraction:.3f}), {params.len_training} records each, "
-              f"in {args.data_dir}/{args.challenge}/{args.scenario}/{SHADOW_PHASE}/")
+        print(
+            f"{args.scenario}: balanced design of {args.n} shadows over {len(design.pool)} challenge points, "
+            f"each IN for {design.in_count} (f = {design.fraction:.3f}), {params.len_training} records each, "
+            f"in {args.data_dir}/{args.challenge}/{args.scenario}/{SHADOW_PHASE}/"
+        )
     else:
         jobs = mico_jobs(args, params, len(dataset))
     shard, n_shards = args.shard
     jobs = jobs[shard::n_shards]
     finished = sum(os.path.isdir(j.md.path) for j in jobs)
     print(f"{args.scenario}: {finished} of {len(jobs)} shadow model(s) of this shard already done")
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
-                 if v is not None}
-    done = train_with_progress(jobs, params, dataset, f"{args.scenario}: shadows", device=args.device,
-                               parallel=args.parallel,
-                               recipe=recipe_for(args.challenge, scenario_suffix(args.scenario), **overrides))
+    overrides = {
+        k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None
+    }
+    done = train_with_progress(
+        jobs,
+        params,
+        dataset,
+        f"{args.scenario}: shadows",
+        device=args.device,
+        parallel=args.parallel,
+        recipe=recipe_for(args.challenge, scenario_suffix(args.scenario), **overrides),
+    )
     print(f"{args.scenario}: {len(done)} shadow model(s) trained by this run")
     return 0
 

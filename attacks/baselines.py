@@ -33,6 +33,7 @@ the caller should pass every model of a scenario (all phases) in one call:
 then scores of different models stay comparable, as MICO's single global
 threshold requires.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,7 +43,6 @@ from .checks import check_array, check_exclude, check_index, check_membership
 from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap, point_moments
 
 CALIBRATION_MODES = ("in", "mid", "z")
-
 
 
 # --------------------------------------------------------------------------- #
@@ -112,8 +112,9 @@ def confidence_attack(target_conf) -> np.ndarray:
     return minmax(_view_mean(target_conf, "target_conf"))
 
 
-def entropy_attack(target_mentr, shadow_mentr=None, shadow_in=None, target_index=None,
-                   exclude=None, *, mode=None) -> np.ndarray:
+def entropy_attack(
+    target_mentr, shadow_mentr=None, shadow_in=None, target_index=None, exclude=None, *, mode=None
+) -> np.ndarray:
     """Modified-prediction-entropy attack (Song & Mittal 2021).
 
     target_mentr: (T, K, V) Mentr of each target on its challenge points
@@ -133,16 +134,20 @@ def entropy_attack(target_mentr, shadow_mentr=None, shadow_in=None, target_index
         return minmax(-_view_mean(target_mentr, "target_mentr"))
     if shadow_mentr is None or shadow_in is None or target_index is None:
         raise ValueError("calibrated entropy_attack needs shadow_mentr, shadow_in and target_index")
-    return calibrated(-np.asarray(target_mentr, dtype=np.float64),
-                      -np.asarray(shadow_mentr, dtype=np.float64),
-                      shadow_in, target_index, exclude, mode=mode)
+    return calibrated(
+        -np.asarray(target_mentr, dtype=np.float64),
+        -np.asarray(shadow_mentr, dtype=np.float64),
+        shadow_in,
+        target_index,
+        exclude,
+        mode=mode,
+    )
 
 
 # --------------------------------------------------------------------------- #
 # per-point calibrated attack
 # --------------------------------------------------------------------------- #
-def calibrated(target_signal, shadow_signal, shadow_in, target_index, exclude=None, *,
-               mode: str = "mid") -> np.ndarray:
+def calibrated(target_signal, shadow_signal, shadow_in, target_index, exclude=None, *, mode: str = "mid") -> np.ndarray:
     """Per-point difficulty calibration (Watson et al. 2022; MICO winners' form).
 
     Parameters

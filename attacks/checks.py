@@ -1,4 +1,5 @@
 """Input checks shared by the attacks: signal arrays, membership matrix, target indices, leave-one-out rows."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,9 @@ def check_array(a, name: str, ndim: int, *, floating: bool = False, unit_interva
     ``floating``), all finite, and within [0, 1] if ``unit_interval``. Raises ValueError naming ``name``."""
     a = np.asarray(a)
     if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D (models, points, views{', classes' if ndim == 4 else ''}), "
-                         f"got shape {a.shape}")
+        raise ValueError(
+            f"{name} must be {ndim}-D (models, points, views{', classes' if ndim == 4 else ''}), got shape {a.shape}"
+        )
     if a.size == 0:
         raise ValueError(f"{name} must be non-empty, got shape {a.shape}")
     kind = np.floating if floating else np.number
@@ -51,8 +53,10 @@ def pool_index(target_index, T: int, K: int, P: int) -> np.ndarray:
     in pool order (then K must equal P)."""
     if target_index is None:
         if K != P:
-            raise ValueError(f"without target_index the targets must cover the whole pool: "
-                             f"target_signal has {K} points, the pool has {P}")
+            raise ValueError(
+                f"without target_index the targets must cover the whole pool: "
+                f"target_signal has {K} points, the pool has {P}"
+            )
         return np.broadcast_to(np.arange(P), (T, P))
     return check_index(target_index, T, K, P)
 

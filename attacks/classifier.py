@@ -41,6 +41,7 @@ their scores slightly understate what all shadows give.
 
 Pure array maths plus scikit-learn: no I/O, no global state.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,8 +62,9 @@ def default_estimator(seed=0, n_jobs: int = 2) -> ExtraTreesClassifier:
     rows x 6 features, ~5 s for 16 features; ``classifier_attack``'s
     default of 50,000 rows halves that.
     """
-    return ExtraTreesClassifier(n_estimators=100, min_samples_leaf=50, max_features="sqrt",
-                                n_jobs=n_jobs, random_state=seed)
+    return ExtraTreesClassifier(
+        n_estimators=100, min_samples_leaf=50, max_features="sqrt", n_jobs=n_jobs, random_state=seed
+    )
 
 
 def _softmax_topk(logits, k: int) -> np.ndarray:
@@ -131,8 +133,20 @@ def _features(phi, mentr, logits, calib, top_k: int) -> np.ndarray:
     return np.concatenate([np.asarray(c, dtype=np.float64) for c in cols], axis=1).astype(np.float32)
 
 
-def _check_inputs(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow_in, target_index, exclude,
-                  target_logits, shadow_logits, n_folds, max_train, top_k):
+def _check_inputs(
+    target_phi,
+    target_mentr,
+    shadow_phi,
+    shadow_mentr,
+    shadow_in,
+    target_index,
+    exclude,
+    target_logits,
+    shadow_logits,
+    n_folds,
+    max_train,
+    top_k,
+):
     """Validated arrays: (tphi, tmen, sphi, smen, member, idx, excl, tlog, slog)."""
     tphi = check_array(target_phi, "target_phi", 3)
     tmen = check_array(target_mentr, "target_mentr", 3)
@@ -141,8 +155,10 @@ def _check_inputs(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow_in,
     T, K, V = tphi.shape
     S, P, Vs = sphi.shape
     if tmen.shape != tphi.shape or smen.shape != sphi.shape or Vs != V:
-        raise ValueError(f"shape mismatch: target_phi {tphi.shape}, target_mentr {tmen.shape}, "
-                         f"shadow_phi {sphi.shape}, shadow_mentr {smen.shape}")
+        raise ValueError(
+            f"shape mismatch: target_phi {tphi.shape}, target_mentr {tmen.shape}, "
+            f"shadow_phi {sphi.shape}, shadow_mentr {smen.shape}"
+        )
     member = check_membership(shadow_in, (S, P))
     idx = check_index(target_index, T, K, P)
     excl = check_exclude(exclude, T, S)
@@ -151,11 +167,17 @@ def _check_inputs(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow_in,
     tlog = slog = None
     if target_logits is not None:
         tlog = check_array(target_logits, "target_logits", 4)
-        slog = np.asarray(shadow_logits)       # may be a memmap: checked per gathered block
-        if slog.ndim != 4 or slog.shape[:3] != (S, P, V) or tlog.shape[:3] != (T, K, V) \
-                or tlog.shape[3] != slog.shape[3] or slog.shape[3] < 1:
-            raise ValueError(f"logits must be (T, K, V, C) and (S, P, V, C) matching the signals; got "
-                             f"{tlog.shape} and {slog.shape}")
+        slog = np.asarray(shadow_logits)  # may be a memmap: checked per gathered block
+        if (
+            slog.ndim != 4
+            or slog.shape[:3] != (S, P, V)
+            or tlog.shape[:3] != (T, K, V)
+            or tlog.shape[3] != slog.shape[3]
+            or slog.shape[3] < 1
+        ):
+            raise ValueError(
+                f"logits must be (T, K, V, C) and (S, P, V, C) matching the signals; got {tlog.shape} and {slog.shape}"
+            )
     if isinstance(n_folds, bool) or int(n_folds) != n_folds or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
     if isinstance(max_train, bool) or int(max_train) != max_train or max_train < 2:
@@ -182,25 +204,41 @@ def _build(phi, mentr, logits, pts, ex, cal, top_k: int, chunk_rows: int) -> np.
             arr, i0, i1 = logits
             lg = check_array(arr[i0[sl], i1[sl]], "logits", 3)
         if cal is not None:
-            cf = cal.features(pts[sl], ex[sl], phi[sl].mean(axis=1, dtype=np.float64),
-                              mentr[sl].mean(axis=1, dtype=np.float64))
+            cf = cal.features(
+                pts[sl], ex[sl], phi[sl].mean(axis=1, dtype=np.float64), mentr[sl].mean(axis=1, dtype=np.float64)
+            )
         out.append(_features(phi[sl], mentr[sl], lg, cf, top_k))
     return np.concatenate(out, axis=0)
 
 
 def _fit_predict(X, y, Xt, estimator, seed) -> np.ndarray:
     """P(IN) for the rows Xt from a classifier fitted on (X, y); a constant with one class only."""
-    if np.unique(y).size < 2:                     # one class only: no information
+    if np.unique(y).size < 2:  # one class only: no information
         return np.full(Xt.shape[0], float(y[0]))
     clf = clone(estimator) if estimator is not None else default_estimator(seed)
     clf.fit(X, y)
     return clf.predict_proba(Xt)[:, list(clf.classes_).index(True)]
 
 
-def classifier_attack(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow_in, target_index,
-                      exclude=None, *, target_logits=None, shadow_logits=None, n_folds: int = 4,
-                      max_train: int = 50_000, calibration: bool = True, top_k: int = 10,
-                      estimator=None, seed: int = 0, chunk_rows: int = 20_000) -> np.ndarray:
+def classifier_attack(
+    target_phi,
+    target_mentr,
+    shadow_phi,
+    shadow_mentr,
+    shadow_in,
+    target_index,
+    exclude=None,
+    *,
+    target_logits=None,
+    shadow_logits=None,
+    n_folds: int = 4,
+    max_train: int = 50_000,
+    calibration: bool = True,
+    top_k: int = 10,
+    estimator=None,
+    seed: int = 0,
+    chunk_rows: int = 20_000,
+) -> np.ndarray:
     """Attack-model membership scores in [0, 1] (higher = more likely a member).
 
     Parameters
@@ -245,8 +283,19 @@ def classifier_attack(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow
     leave-one-out target, one on all shadows if any target has exclude -1.
     """
     tphi, tmen, sphi, smen, member, idx, excl, tlog, slog = _check_inputs(
-        target_phi, target_mentr, shadow_phi, shadow_mentr, shadow_in, target_index, exclude,
-        target_logits, shadow_logits, n_folds, max_train, top_k)
+        target_phi,
+        target_mentr,
+        shadow_phi,
+        shadow_mentr,
+        shadow_in,
+        target_index,
+        exclude,
+        target_logits,
+        shadow_logits,
+        n_folds,
+        max_train,
+        top_k,
+    )
     T, K, V = tphi.shape
     S, P, _ = sphi.shape
     top_k, chunk_rows = int(top_k), max(int(chunk_rows), 1)
@@ -267,17 +316,33 @@ def classifier_attack(target_phi, target_mentr, shadow_phi, shadow_mentr, shadow
         a_rows = np.flatnonzero(avail)
         total = a_rows.size * P
         flat = np.arange(total) if total <= max_train else rng.choice(total, size=int(max_train), replace=False)
-        flat.sort()                                   # row-major reads of the shadow arrays
+        flat.sort()  # row-major reads of the shadow arrays
         s_idx, p_idx = a_rows[flat // P], flat % P
         cal = _Calibrator(phib, mentrb, member, avail) if calibration else None
-        X = _build(sphi[s_idx, p_idx], smen[s_idx, p_idx], None if slog is None else (slog, s_idx, p_idx),
-                   p_idx, s_idx, cal, top_k, chunk_rows)
+        X = _build(
+            sphi[s_idx, p_idx],
+            smen[s_idx, p_idx],
+            None if slog is None else (slog, s_idx, p_idx),
+            p_idx,
+            s_idx,
+            cal,
+            top_k,
+            chunk_rows,
+        )
 
         tt = np.flatnonzero(which)
         t_pts = idx[tt].ravel()
         t_logits = None if tlog is None else (tlog, np.repeat(tt, K), np.tile(np.arange(K), tt.size))
         # the targets of a fold are outside A, dev/final targets are not shadows: nothing to leave out
-        Xt = _build(tphi[tt].reshape(-1, V), tmen[tt].reshape(-1, V), t_logits, t_pts,
-                    np.full(t_pts.size, -1), cal, top_k, chunk_rows)
+        Xt = _build(
+            tphi[tt].reshape(-1, V),
+            tmen[tt].reshape(-1, V),
+            t_logits,
+            t_pts,
+            np.full(t_pts.size, -1),
+            cal,
+            top_k,
+            chunk_rows,
+        )
         scores[tt] = _fit_predict(X, member[s_idx, p_idx], Xt, estimator, seed).reshape(tt.size, K)
     return np.clip(scores, 0.0, 1.0)

@@ -49,6 +49,7 @@ Scores are only ever used through their ranking (MICO scores ROC curves), so
 every map to [0, 1] here is a fixed strictly monotone function; the scores are
 not calibrated probabilities.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -69,9 +70,8 @@ OFFLINE_MAPS = ("cdf", "squash")
 # otherwise 1 - eps rounds back to 1.0 and the logit is infinite again.  At the
 # low end float32 resolves p down to its smallest normal number, as the
 # runner-up's pipeline did, so only p == 0 (phi below about -87) is clipped.
-LOGIT_EPS = 2.0 ** -24
+LOGIT_EPS = 2.0**-24
 LOGIT_LOW = float(np.finfo(np.float32).tiny)
-
 
 
 # --------------------------------------------------------------------------- #
@@ -168,15 +168,15 @@ def _loo_medians(x, member, idx, excl, chunk):
     """
     T, K = idx.shape
     S = x.shape[0]
-    xt = np.ascontiguousarray(x.T)       # (P, S): sort along contiguous memory
+    xt = np.ascontiguousarray(x.T)  # (P, S): sort along contiguous memory
     mt = np.ascontiguousarray(member.T)
     sid = np.arange(S)
     res = {True: np.empty((T, K)), False: np.empty((T, K))}
     for t0 in range(0, T, chunk):
         sl = slice(t0, t0 + chunk)
-        vals = xt[idx[sl]]                                   # (c, K, S)
+        vals = xt[idx[sl]]  # (c, K, S)
         mem = mt[idx[sl]]
-        keep = (sid != excl[sl, None])[:, None, :]           # (c, 1, S)
+        keep = (sid != excl[sl, None])[:, None, :]  # (c, 1, S)
         for g, sel in ((True, mem & keep), (False, ~mem & keep)):
             v = np.where(sel, vals, np.inf)
             v.sort(axis=-1)
@@ -222,8 +222,10 @@ def _view_statistic(s, mom, med, *, online, global_variance, min_shadows, sigma_
     N_out, M_out, sd_pool_out = _pooled(n_out, mean_out, var_out)
     if np.any(N_out == 0):
         bad = np.flatnonzero(N_out == 0)
-        raise ValueError(f"target(s) {bad[:10].tolist()} have no OUT shadow signal on any of "
-                         "their challenge points (after leave-one-out): LiRA needs OUT shadows")
+        raise ValueError(
+            f"target(s) {bad[:10].tolist()} have no OUT shadow signal on any of "
+            "their challenge points (after leave-one-out): LiRA needs OUT shadows"
+        )
     mu_out_pt = mean_out if med is None else med[False]
     ok_out = n_out >= min_shadows
     mu_out = np.where(ok_out, mu_out_pt, M_out[:, None])
@@ -258,10 +260,21 @@ def _view_statistic(s, mom, med, *, online, global_variance, min_shadows, sigma_
 # --------------------------------------------------------------------------- #
 # the attack
 # --------------------------------------------------------------------------- #
-def lira(target_signal, shadow_signal, shadow_in, target_index=None, exclude=None, *,
-         online: bool = False, global_variance: bool = False, mu_estimator: str = "mean",
-         min_shadows: int = 2, sigma_floor: float = SIGMA_FLOOR, offline_map: str = "cdf",
-         chunk_targets: int = 16) -> np.ndarray:
+def lira(
+    target_signal,
+    shadow_signal,
+    shadow_in,
+    target_index=None,
+    exclude=None,
+    *,
+    online: bool = False,
+    global_variance: bool = False,
+    mu_estimator: str = "mean",
+    min_shadows: int = 2,
+    sigma_floor: float = SIGMA_FLOOR,
+    offline_map: str = "cdf",
+    chunk_targets: int = 16,
+) -> np.ndarray:
     """LiRA membership scores in [0, 1] (higher = more likely a member).
 
     Parameters
@@ -318,8 +331,7 @@ def lira(target_signal, shadow_signal, shadow_in, target_index=None, exclude=Non
     Cost: O(S*P*V) for the sums, O(T*K*V) for the downdates; the median adds
     a sort of T*K*S values per view.
     """
-    tgt, shd, member, idx, excl = _check_inputs(target_signal, shadow_signal, shadow_in,
-                                                target_index, exclude)
+    tgt, shd, member, idx, excl = _check_inputs(target_signal, shadow_signal, shadow_in, target_index, exclude)
     if mu_estimator not in MU_ESTIMATORS:
         raise ValueError(f"mu_estimator must be one of {MU_ESTIMATORS}, got {mu_estimator!r}")
     if offline_map not in OFFLINE_MAPS:
@@ -336,9 +348,15 @@ def lira(target_signal, shadow_signal, shadow_in, target_index=None, exclude=Non
         x = shd[:, :, v].astype(np.float64)
         mom = point_moments(x, member, idx, excl[:, None])
         med = _loo_medians(x, member, idx, excl, chunk_targets) if mu_estimator == "median" else None
-        total += _view_statistic(tgt[:, :, v].astype(np.float64), mom, med, online=online,
-                                 global_variance=global_variance, min_shadows=min_shadows,
-                                 sigma_floor=sigma_floor)
+        total += _view_statistic(
+            tgt[:, :, v].astype(np.float64),
+            mom,
+            med,
+            online=online,
+            global_variance=global_variance,
+            min_shadows=min_shadows,
+            sigma_floor=sigma_floor,
+        )
     if online:
         return squash(total / V)
     z = total / np.sqrt(V)  # Stouffer; V == 1 leaves z untouched

@@ -3,6 +3,7 @@
 The scripts build one :class:`AttackOptions` from their command line; the attacks never see an
 argparse namespace.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -24,6 +25,7 @@ class AttackOptions:
     ``rmia_a`` is a number in [0, 1] or ``'auto'`` (best leave-one-out AUC on the train phase).
     ``seed`` drives sampling in RMIA and the classifier.
     """
+
     attack: str = "lira"
     as_submitted: bool = False
     global_variance: bool = False
@@ -41,10 +43,13 @@ class AttackOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("attack", self.attack, ATTACKS), ("mu", self.mu, MU_CHOICES),
-                                     ("offline_test", self.offline_test, OFFLINE_TESTS),
-                                     ("signal", self.signal, SIGNALS),
-                                     ("calibration", self.calibration, CALIBRATIONS)):
+        for name, value, allowed in (
+            ("attack", self.attack, ATTACKS),
+            ("mu", self.mu, MU_CHOICES),
+            ("offline_test", self.offline_test, OFFLINE_TESTS),
+            ("signal", self.signal, SIGNALS),
+            ("calibration", self.calibration, CALIBRATIONS),
+        ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
         if self.rmia_a != "auto" and not (isinstance(self.rmia_a, (int, float)) and 0 <= self.rmia_a <= 1):
@@ -59,5 +64,6 @@ class AttackOptions:
     def changed(self) -> dict:
         """{field: value} of the options that differ from the defaults, in declaration order."""
         default = AttackOptions()
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) != getattr(default, f.name)}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)
+        }

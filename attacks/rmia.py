@@ -84,6 +84,7 @@ Fallbacks: a point with no OUT shadow (after leave-one-out) uses
 Pr = mean_IN p (offline, and online); online, a point with no IN shadow uses
 the offline formula (R4).  Pr is floored at PR_FLOOR so that LR stays finite.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -114,7 +115,7 @@ def population(target_index, n_pool: int, n_population: int, seed=0) -> np.ndarr
     rank = np.empty(n_pool, dtype=np.intp)
     rank[perm] = np.arange(n_pool)
     own = np.zeros((T, n_pool), dtype=bool)
-    own[np.arange(T)[:, None], rank[idx]] = True      # own points, in permuted order
+    own[np.arange(T)[:, None], rank[idx]] = True  # own points, in permuted order
     keep = ~own
     avail = keep.sum(axis=1)
     n = int(min(n_population, avail.min())) if T else 0
@@ -211,10 +212,23 @@ def _check_options(a, gamma, n_population, views, online_weighting) -> None:
         raise ValueError(f"online_weighting must be one of {ONLINE_WEIGHTINGS}, got {online_weighting!r}")
 
 
-def rmia(target_prob, shadow_prob, shadow_in, target_index, exclude=None, *, a: float = 0.3,
-         gamma: float = 1.0, n_population: int = 5000, online: bool = False,
-         online_weighting: str = "balanced", views: str = "vote", seed=0, chunk: int = 8,
-         from_phi: bool = False) -> np.ndarray:
+def rmia(
+    target_prob,
+    shadow_prob,
+    shadow_in,
+    target_index,
+    exclude=None,
+    *,
+    a: float = 0.3,
+    gamma: float = 1.0,
+    n_population: int = 5000,
+    online: bool = False,
+    online_weighting: str = "balanced",
+    views: str = "vote",
+    seed=0,
+    chunk: int = 8,
+    from_phi: bool = False,
+) -> np.ndarray:
     """RMIA membership scores in [0, 1] (higher = more likely a member).
 
     Parameters
@@ -267,13 +281,12 @@ def rmia(target_prob, shadow_prob, shadow_in, target_index, exclude=None, *, a: 
     'mean', O(T*K*n*V) comparisons for 'vote' with V > 1.
     """
     from_phi = bool(from_phi)
-    tgt, shd, member, idx, excl = _check_inputs(target_prob, shadow_prob, shadow_in, target_index, exclude,
-                                                from_phi)
+    tgt, shd, member, idx, excl = _check_inputs(target_prob, shadow_prob, shadow_in, target_index, exclude, from_phi)
     _check_options(a, gamma, n_population, views, online_weighting)
     if shd.shape[0] - (excl >= 0).any() < 1:
         raise ValueError("no shadow left after leave-one-out")
     T, P, V = tgt.shape
-    Z = population(idx, P, int(n_population), seed)          # (T, n)
+    Z = population(idx, P, int(n_population), seed)  # (T, n)
     rows = np.arange(T)[:, None]
 
     def prob(arr):

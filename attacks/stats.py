@@ -5,6 +5,7 @@ the OUT shadows' signals, where each query may leave one shadow out (the target 
 is a shadow) without another pass over the shadows; and the one fallback for a point with too few
 IN or OUT shadows (:func:`mean_gap`, :func:`fill_by_gap`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +35,7 @@ def group_sums(x, member, avail=None) -> dict:
     rows = np.flatnonzero(avail)
     xa = x[rows]
     ma = member[rows]
-    pos = np.full(S + 1, -1, dtype=np.intp)   # shadow index -> row in xa; pos[-1] = -1 for "none"
+    pos = np.full(S + 1, -1, dtype=np.intp)  # shadow index -> row in xa; pos[-1] = -1 for "none"
     pos[rows] = np.arange(rows.size)
     mf = ma.astype(np.float64)
     n_in = ma.sum(axis=0)
@@ -46,9 +47,13 @@ def group_sums(x, member, avail=None) -> dict:
     d = xa - np.where(ma, c_in, c_out)
     d_in = d * mf
     d_out = d - d_in
-    return {"pos": pos, "d": d, "member": ma,
-            True: (n_in, c_in, d_in.sum(axis=0), (d_in * d).sum(axis=0)),
-            False: (n_out, c_out, d_out.sum(axis=0), (d_out * d).sum(axis=0))}
+    return {
+        "pos": pos,
+        "d": d,
+        "member": ma,
+        True: (n_in, c_in, d_in.sum(axis=0), (d_in * d).sum(axis=0)),
+        False: (n_out, c_out, d_out.sum(axis=0), (d_out * d).sum(axis=0)),
+    }
 
 
 def query_moments(gs, idx, excl) -> dict:
@@ -65,7 +70,7 @@ def query_moments(gs, idx, excl) -> dict:
     """
     idx = np.asarray(idx)
     excl = np.broadcast_to(np.asarray(excl), idx.shape)
-    e = gs["pos"][excl]                        # -1: nothing to downdate
+    e = gs["pos"][excl]  # -1: nothing to downdate
     has = e >= 0
     er = np.where(has, e, 0)
     d, ma = gs["d"], gs["member"]

@@ -18,6 +18,7 @@ Pure array maths: no I/O, no global state.  Each departure from the released cod
 the docstring where it happens; they all concern inputs on which the original stopped with an
 error or wrote NaN.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -82,8 +83,9 @@ def _true_class(z: np.ndarray, phi: np.ndarray) -> np.ndarray:
     return np.argmin(np.abs(log_p - log_py[..., None]), axis=-1)
 
 
-def runner_up_signal(phi, logits=None, *, logit_scaling: bool = False,
-                     stable_logit_scaling: bool = False) -> np.ndarray:
+def runner_up_signal(
+    phi, logits=None, *, logit_scaling: bool = False, stable_logit_scaling: bool = False
+) -> np.ndarray:
     """The runner-up's per-point signal, from our cache, as its run_lira_mia.py computed it.
 
     Parameters
@@ -229,9 +231,18 @@ def _ratio_to_unit(r):
     return out
 
 
-def runner_up_lira(target_signal, shadow_signal, shadow_in, target_index, exclude=None, *,
-                   online_attack: bool = False, global_variance: bool = False,
-                   logit_scaling: bool = False, stable_logit_scaling: bool = False) -> np.ndarray:
+def runner_up_lira(
+    target_signal,
+    shadow_signal,
+    shadow_in,
+    target_index,
+    exclude=None,
+    *,
+    online_attack: bool = False,
+    global_variance: bool = False,
+    logit_scaling: bool = False,
+    stable_logit_scaling: bool = False,
+) -> np.ndarray:
     """The MICO runner-up's LiRA scores, as its run_lira_mia.py computed them, mapped into [0, 1].
 
     Parameters
@@ -280,11 +291,12 @@ def runner_up_lira(target_signal, shadow_signal, shadow_in, target_index, exclud
     Returns (T, K) float64 in [0, 1].
     """
     if online_attack and (logit_scaling or stable_logit_scaling):
-        raise ValueError("the runner-up's program has no online attack with logit scaling (it raised "
-                         "NotImplementedError): drop online_attack or the scaling flag")
+        raise ValueError(
+            "the runner-up's program has no online attack with logit scaling (it raised "
+            "NotImplementedError): drop online_attack or the scaling flag"
+        )
     dtype = np.float64 if (logit_scaling or stable_logit_scaling) else np.float32
-    tgt, shd, member, idx, excl = _inputs(target_signal, shadow_signal, shadow_in, target_index, exclude,
-                                          2, dtype)
+    tgt, shd, member, idx, excl = _inputs(target_signal, shadow_signal, shadow_in, target_index, exclude, 2, dtype)
     out_vals, n_out = _packed(shd, ~member, idx, excl)
     mu_out, sd_out = _moments(out_vals, n_out)
     if global_variance:
@@ -310,13 +322,14 @@ def runner_up_lira(target_signal, shadow_signal, shadow_in, target_index, exclud
 # winner
 # --------------------------------------------------------------------------- #
 WINNER_METRICS = ("loss", "confidence")  # the original's --metric_idx 0, 1
-WINNER_FORMULAS = ("mid", "in", "z")     # the original's --formula_idx 0, 1, 2
+WINNER_FORMULAS = ("mid", "in", "z")  # the original's --formula_idx 0, 1, 2
 
 
 @dataclass(frozen=True)
 class WinnerChoice:
     """One scenario's configuration in the winner's submission."""
-    metric: str   # 'loss' (minus the cross-entropy) or 'confidence' (softmax probability p_y)
+
+    metric: str  # 'loss' (minus the cross-entropy) or 'confidence' (softmax probability p_y)
     formula: str  # 'mid', 'in' or 'z', see mico_winner
 
 
@@ -348,8 +361,9 @@ def winner_signal(phi, metric: str) -> np.ndarray:
     raise ValueError(f"metric must be one of {WINNER_METRICS}, got {metric!r}")
 
 
-def mico_winner(target_signal, shadow_signal, shadow_in, target_index, exclude=None, *, formula: str,
-                phase=None) -> np.ndarray:
+def mico_winner(
+    target_signal, shadow_signal, shadow_in, target_index, exclude=None, *, formula: str, phase=None
+) -> np.ndarray:
     """The MICO winner's per-point calibrated scores (src2/main.py ``get_hardness_pred``).
 
     Parameters
@@ -393,8 +407,7 @@ def mico_winner(target_signal, shadow_signal, shadow_in, target_index, exclude=N
     """
     if formula not in WINNER_FORMULAS:
         raise ValueError(f"formula must be one of {WINNER_FORMULAS}, got {formula!r}")
-    s, x, member, idx, excl = _inputs(target_signal, shadow_signal, shadow_in, target_index, exclude,
-                                      2, np.float64)
+    s, x, member, idx, excl = _inputs(target_signal, shadow_signal, shadow_in, target_index, exclude, 2, np.float64)
     T = s.shape[0]
     if phase is not None:
         phase = np.asarray(phase)
@@ -430,9 +443,17 @@ def mico_winner(target_signal, shadow_signal, shadow_in, target_index, exclude=N
 # --------------------------------------------------------------------------- #
 # LiRA reference, offline
 # --------------------------------------------------------------------------- #
-def reference_offline(target_signal, shadow_signal, shadow_in, target_index=None, exclude=None, *,
-                      fix_variance: bool = False, equal_counts: bool = False,
-                      no_out: float | None = None) -> np.ndarray:
+def reference_offline(
+    target_signal,
+    shadow_signal,
+    shadow_in,
+    target_index=None,
+    exclude=None,
+    *,
+    fix_variance: bool = False,
+    equal_counts: bool = False,
+    no_out: float | None = None,
+) -> np.ndarray:
     """The offline test of the LiRA authors' code (``plot.py``, ``generate_ours_offline``), in [0, 1].
 
     (F1)  score = -mean_v log N(s_v; median(OUT_v), (std(OUT_v) + 1e-30)^2)
@@ -468,8 +489,7 @@ def reference_offline(target_signal, shadow_signal, shadow_in, target_index=None
     Cost: O(S * K * V) per target, plus O(S * P * V) per distinct ``exclude`` value when
     ``fix_variance`` or ``equal_counts`` needs the whole pool.
     """
-    tgt, shd, member, idx, excl = _inputs(target_signal, shadow_signal, shadow_in, target_index, exclude,
-                                          3, np.float64)
+    tgt, shd, member, idx, excl = _inputs(target_signal, shadow_signal, shadow_in, target_index, exclude, 3, np.float64)
     S = shd.shape[0]
     whole_pool = {}
 
@@ -492,8 +512,10 @@ def reference_offline(target_signal, shadow_signal, shadow_in, target_index=None
             keep, pooled = ~member[:, idx[t]] & (np.arange(S) != excl[t])[:, None], None
         missing[t] = ~keep.any(axis=0)
         if missing[t].any() and no_out is None:
-            raise ValueError(f"target {t} has a point with no OUT shadow (after leaving one out and "
-                             "equal_counts): the reference's OUT Gaussian is undefined there")
+            raise ValueError(
+                f"target {t} has a point with no OUT shadow (after leaving one out and "
+                "equal_counts): the reference's OUT Gaussian is undefined there"
+            )
         vals = np.where(keep[:, :, None], shd[:, idx[t]], np.nan)  # (S, K, V)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: the points without OUT

@@ -8,6 +8,7 @@ An attack here is ``run(data, rows, exclude, opts) -> scores``: ``data`` a
 confidence, calibrated, entropy) are scaled once over all rows of a call: one affine map, so every
 phase ranks exactly as if it had been scaled on its own.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,9 +56,16 @@ def _runner_up(data, rows, exclude, o):
     rank = {"dev": 0, "final": 1, "train": 2}
     order = np.lexsort((rows, [rank.get(data.models[r].phase, 3) for r in rows]))
     r = rows[order]
-    scores = runner_up_lira(np.take_along_axis(sig[r], data.challenge[r], axis=1), sig[train], data.runner_up_in,
-                            data.challenge[r], exclude[order], online_attack=o.online_attack,
-                            global_variance=o.global_variance, **flags)
+    scores = runner_up_lira(
+        np.take_along_axis(sig[r], data.challenge[r], axis=1),
+        sig[train],
+        data.runner_up_in,
+        data.challenge[r],
+        exclude[order],
+        online_attack=o.online_attack,
+        global_variance=o.global_variance,
+        **flags,
+    )
     out = np.empty_like(scores)
     out[order] = scores
     return out
@@ -71,8 +79,15 @@ def _winner(data, rows, exclude, o):
     train = data.phase_rows("train")
     sig = winner_signal(data.phi[:, :, 0], choice.metric)
     phase = np.array([data.models[r].phase for r in rows])
-    return mico_winner(np.take_along_axis(sig[rows], data.challenge[rows], axis=1), sig[train],
-                       data.shadow_in[train], data.challenge[rows], exclude, formula=choice.formula, phase=phase)
+    return mico_winner(
+        np.take_along_axis(sig[rows], data.challenge[rows], axis=1),
+        sig[train],
+        data.shadow_in[train],
+        data.challenge[rows],
+        exclude,
+        formula=choice.formula,
+        phase=phase,
+    )
 
 
 def _lira(data, rows, exclude, o):
@@ -80,17 +95,42 @@ def _lira(data, rows, exclude, o):
         return _runner_up(data, rows, exclude, o)
     sig = signal_from_phi(data.phi, signal_kind(o.logit_scaling, o.stable_logit_scaling))
     if o.offline_test == "reference" and not o.online_attack:
-        return reference_offline(_own(sig, data, rows), sig[:data.n_shadows], data.shadow_in, data.challenge[rows],
-                                 exclude, fix_variance=o.global_variance, no_out=0.5)
-    return lira(_own(sig, data, rows), sig[:data.n_shadows], data.shadow_in, data.challenge[rows], exclude,
-                online=o.online_attack, global_variance=o.global_variance, mu_estimator=o.mu,
-                min_shadows=o.min_shadows)
+        return reference_offline(
+            _own(sig, data, rows),
+            sig[: data.n_shadows],
+            data.shadow_in,
+            data.challenge[rows],
+            exclude,
+            fix_variance=o.global_variance,
+            no_out=0.5,
+        )
+    return lira(
+        _own(sig, data, rows),
+        sig[: data.n_shadows],
+        data.shadow_in,
+        data.challenge[rows],
+        exclude,
+        online=o.online_attack,
+        global_variance=o.global_variance,
+        mu_estimator=o.mu,
+        min_shadows=o.min_shadows,
+    )
 
 
 def _rmia_scores(data, rows, exclude, o, a):
-    return rmia(data.phi[rows], data.phi[:data.n_shadows], data.shadow_in, data.challenge[rows], exclude,
-                a=a, gamma=o.rmia_gamma, n_population=o.rmia_population, online=o.online_attack,
-                seed=o.seed, from_phi=True)
+    return rmia(
+        data.phi[rows],
+        data.phi[: data.n_shadows],
+        data.shadow_in,
+        data.challenge[rows],
+        exclude,
+        a=a,
+        gamma=o.rmia_gamma,
+        n_population=o.rmia_population,
+        online=o.online_attack,
+        seed=o.seed,
+        from_phi=True,
+    )
 
 
 def choose_rmia_a(data, o) -> float:
@@ -122,8 +162,14 @@ def _signal(phi, name):
 
 
 def _calibrated(data, rows, exclude, o):
-    return calibrated(_own(_signal(data.phi, o.signal), data, rows), _signal(data.phi[:data.n_shadows], o.signal),
-                      data.shadow_in, data.challenge[rows], exclude, mode=o.calibration)
+    return calibrated(
+        _own(_signal(data.phi, o.signal), data, rows),
+        _signal(data.phi[: data.n_shadows], o.signal),
+        data.shadow_in,
+        data.challenge[rows],
+        exclude,
+        mode=o.calibration,
+    )
 
 
 def _entropy(data, rows, exclude, o):
@@ -133,14 +179,31 @@ def _entropy(data, rows, exclude, o):
 
 def _classifier(data, rows, exclude, o):
     logits = data.fields.get("logits")
-    kw = {} if logits is None else dict(target_logits=_own(logits, data, rows), shadow_logits=logits[:data.n_shadows])
+    kw = {} if logits is None else dict(target_logits=_own(logits, data, rows), shadow_logits=logits[: data.n_shadows])
     mentr = data.fields["mentr"]
-    return classifier_attack(_own(data.phi, data, rows), _own(mentr, data, rows), data.phi[:data.n_shadows],
-                             mentr[:data.n_shadows], data.shadow_in, data.challenge[rows], exclude, seed=o.seed, **kw)
+    return classifier_attack(
+        _own(data.phi, data, rows),
+        _own(mentr, data, rows),
+        data.phi[: data.n_shadows],
+        mentr[: data.n_shadows],
+        data.shadow_in,
+        data.challenge[rows],
+        exclude,
+        seed=o.seed,
+        **kw,
+    )
 
 
-_RUN = {"lira": _lira, "rmia": _rmia, "loss": _loss, "confidence": _confidence, "calibrated": _calibrated,
-        "entropy": _entropy, "classifier": _classifier, "mico-winner": _winner}
+_RUN = {
+    "lira": _lira,
+    "rmia": _rmia,
+    "loss": _loss,
+    "confidence": _confidence,
+    "calibrated": _calibrated,
+    "entropy": _entropy,
+    "classifier": _classifier,
+    "mico-winner": _winner,
+}
 
 
 def make_attack(o: AttackOptions):
@@ -166,8 +229,10 @@ COMPARE = (
     ("LiRA online", AttackOptions(online_attack=True)),
     ("LiRA online, global variance", AttackOptions(online_attack=True, global_variance=True)),
     ("LiRA online, stable logit", AttackOptions(online_attack=True, stable_logit_scaling=True)),
-    ("LiRA online, stable logit, global variance",
-     AttackOptions(online_attack=True, stable_logit_scaling=True, global_variance=True)),
+    (
+        "LiRA online, stable logit, global variance",
+        AttackOptions(online_attack=True, stable_logit_scaling=True, global_variance=True),
+    ),
     ("RMIA offline (a auto)", AttackOptions(attack="rmia", rmia_a="auto")),
     ("RMIA online", AttackOptions(attack="rmia", online_attack=True)),
     ("Calibrated loss (mid)", AttackOptions(attack="calibrated", signal="loss", calibration="mid")),
@@ -178,5 +243,16 @@ COMPARE = (
     ("Confidence", AttackOptions(attack="confidence")),
 )
 # What the rows choose; the other options (min_shadows, rmia_gamma, ...) come from the command line.
-COMPARE_SETS = ("attack", "as_submitted", "global_variance", "online_attack", "logit_scaling", "stable_logit_scaling",
-                "mu", "offline_test", "rmia_a", "signal", "calibration")
+COMPARE_SETS = (
+    "attack",
+    "as_submitted",
+    "global_variance",
+    "online_attack",
+    "logit_scaling",
+    "stable_logit_scaling",
+    "mu",
+    "offline_test",
+    "rmia_a",
+    "signal",
+    "calibration",
+)

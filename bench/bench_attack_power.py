@@ -21,6 +21,7 @@ that with 128; --full uses MICO's sizes (N = 197,324, 100 + 100 challenge points
 
     python bench/bench_attack_power.py [--out report/attack_power] [--device auto] [--full]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,19 @@ def attacks_for(scenario: str) -> dict:
 def build(args, data_dir: str) -> None:
     """The challenge, then the extra shadows of both designs (each step resumes)."""
     n, m = args.n_points, args.len_challenge
-    build_synthetic(data_dir, TRACK, n_points=n, len_training=int(round(MICO_RATIO * n)), len_challenge=m,
-                    n_train=100, n_dev=25, n_final=25, seed=args.seed, device=args.device, epochs=args.epochs)
+    build_synthetic(
+        data_dir,
+        TRACK,
+        n_points=n,
+        len_training=int(round(MICO_RATIO * n)),
+        len_challenge=m,
+        n_train=100,
+        n_dev=25,
+        n_final=25,
+        seed=args.seed,
+        device=args.device,
+        epochs=args.epochs,
+    )
     params = load_params(data_dir, TRACK)
     dataset = load_dataset(params)
     k = max(args.shadows)
@@ -87,9 +99,16 @@ def build(args, data_dir: str) -> None:
         print(f"{scenario}: balanced design, {len(design.pool)} challenge points, f = {design.fraction:.3f}")
         train_with_progress(jobs, params, dataset, f"{scenario}: balanced", device=args.device, recipe=recipe)
         si = ("inf", "hi", "lo").index(scenario_suffix(scenario))
-        mico = [seeded_job(layout.ModelDir(data_dir, TRACK, scenario, "train", FIRST_MICO_ID + j), params,
-                           len(dataset), model_seeds(args.seed, 100 + si, FIRST_MICO_ID + j), reveal=True)
-                for j in range(k)]
+        mico = [
+            seeded_job(
+                layout.ModelDir(data_dir, TRACK, scenario, "train", FIRST_MICO_ID + j),
+                params,
+                len(dataset),
+                model_seeds(args.seed, 100 + si, FIRST_MICO_ID + j),
+                reveal=True,
+            )
+            for j in range(k)
+        ]
         train_with_progress(mico, params, dataset, f"{scenario}: MICO-random", device=args.device, recipe=recipe)
 
 
@@ -100,9 +119,14 @@ def subset(data: ScenarioData, extra: list[int]) -> ScenarioData:
     shadows = train + list(extra)
     rows = np.array(shadows + targets)
     return dataclasses.replace(
-        data, models=[data.models[i] for i in rows], fields={k: v[rows] for k, v in data.fields.items()},
-        challenge=data.challenge[rows], shadow_in=data.shadow_in[shadows], solutions=data.solutions[rows],
-        runner_up_in=None if data.runner_up_in is None else data.runner_up_in[:len(train)])
+        data,
+        models=[data.models[i] for i in rows],
+        fields={k: v[rows] for k, v in data.fields.items()},
+        challenge=data.challenge[rows],
+        shadow_in=data.shadow_in[shadows],
+        solutions=data.solutions[rows],
+        runner_up_in=None if data.runner_up_in is None else data.runner_up_in[: len(train)],
+    )
 
 
 def score_all(args, data_dir: str, cache_dir: str) -> dict:
@@ -110,11 +134,13 @@ def score_all(args, data_dir: str, cache_dir: str) -> dict:
     params = load_params(data_dir, TRACK)
     out = {}
     for scenario in scenario_names(TRACK):
-        data = load_scenario(data_dir, cache_dir, TRACK, scenario, params, params.n_points,
-                             ("phi", "mentr"), runner_up=True)
-        pools = {"balanced": [i for i, md in enumerate(data.models) if md.phase == "shadow"],
-                 "mico": [i for i, md in enumerate(data.models)
-                          if md.phase == "train" and md.model_id >= FIRST_MICO_ID]}
+        data = load_scenario(
+            data_dir, cache_dir, TRACK, scenario, params, params.n_points, ("phi", "mentr"), runner_up=True
+        )
+        pools = {
+            "balanced": [i for i, md in enumerate(data.models) if md.phase == "shadow"],
+            "mico": [i for i, md in enumerate(data.models) if md.phase == "train" and md.model_id >= FIRST_MICO_ID],
+        }
         out[scenario] = {}
         for design, pool in pools.items():
             out[scenario][design] = {}
@@ -130,16 +156,22 @@ def score_all(args, data_dir: str, cache_dir: str) -> dict:
                     m = scoring.score(truth, scores.ravel())
                     res[label] = {key: m[key] for key in ("TPR_FPR_10", "TPR_FPR_100", "TPR_FPR_1000", "AUC")}
                 out[scenario][design][k] = res
-                print(f"{scenario} {design:8s} k={k:3d}: " + ", ".join(
-                    f"{lb.split(' (')[0]} {v['TPR_FPR_1000']:.3f}" for lb, v in res.items()), flush=True)
+                print(
+                    f"{scenario} {design:8s} k={k:3d}: "
+                    + ", ".join(f"{lb.split(' (')[0]} {v['TPR_FPR_1000']:.3f}" for lb, v in res.items()),
+                    flush=True,
+                )
     return out
 
 
 def table(results: dict, shadows: list[int]) -> list[str]:
     """Markdown: one row per (attack, design, k); TPR@10%/1%/0.1%FPR and AUC per scenario, and the average."""
     scenarios = list(results)
-    head = ["attack", "extra shadows"] + [f"{sc} {lbl}" for sc in scenarios
-                                         for lbl in ("TPR@10%", "TPR@1%", "TPR@0.1%", "AUC")] + ["avg TPR@10%FPR"]
+    head = (
+        ["attack", "extra shadows"]
+        + [f"{sc} {lbl}" for sc in scenarios for lbl in ("TPR@10%", "TPR@1%", "TPR@0.1%", "AUC")]
+        + ["avg TPR@10%FPR"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     labels = list(results[scenarios[0]]["balanced"][shadows[0]])
     for label in labels:
@@ -150,11 +182,16 @@ def table(results: dict, shadows: list[int]) -> list[str]:
                 cells = []
                 for sc in scenarios:
                     m = results[sc][design][k][label]
-                    cells += [f"{m['TPR_FPR_1000']:.4f}", f"{m['TPR_FPR_100']:.4f}", f"{m['TPR_FPR_10']:.4f}",
-                              f"{m['AUC']:.4f}"]
+                    cells += [
+                        f"{m['TPR_FPR_1000']:.4f}",
+                        f"{m['TPR_FPR_100']:.4f}",
+                        f"{m['TPR_FPR_10']:.4f}",
+                        f"{m['AUC']:.4f}",
+                    ]
                 avg = np.mean([results[sc][design][k][label]["TPR_FPR_1000"] for sc in scenarios])
-                lines.append("| " + " | ".join([label, "0" if k == 0 else f"{k} {design}"] + cells + [f"{avg:.4f}"])
-                             + " |")
+                lines.append(
+                    "| " + " | ".join([label, "0" if k == 0 else f"{k} {design}"] + cells + [f"{avg:.4f}"]) + " |"
+                )
     return lines
 
 
@@ -164,14 +201,23 @@ def plot(results: dict, shadows: list[int], path: str) -> None:
     axes = fig.subplots(1, 2)
     scenarios = list(results)
     labels = [lb for lb in results[scenarios[0]]["balanced"][shadows[0]] if lb not in ALWAYS]
-    metric = [("TPR_FPR_1000", scenarios, "TPR@10%FPR, average over the scenarios (ranking metric)"),
-              ("TPR_FPR_100", [s for s in scenarios if s.endswith("_inf")], "TPR@1%FPR, purchase100_inf")]
+    metric = [
+        ("TPR_FPR_1000", scenarios, "TPR@10%FPR, average over the scenarios (ranking metric)"),
+        ("TPR_FPR_100", [s for s in scenarios if s.endswith("_inf")], "TPR@1%FPR, purchase100_inf"),
+    ]
     for ax, (key, scs, title) in zip(axes, metric):
         for i, label in enumerate(labels):
             for design, ls in (("balanced", "-"), ("mico", "--")):
                 y = [np.mean([results[sc][design if k else "balanced"][k][label][key] for sc in scs]) for k in shadows]
-                ax.plot(shadows, y, ls=ls, color=f"C{i}", marker="o", ms=3,
-                        label=f"{label}" if design == "balanced" else None)
+                ax.plot(
+                    shadows,
+                    y,
+                    ls=ls,
+                    color=f"C{i}",
+                    marker="o",
+                    ms=3,
+                    label=f"{label}" if design == "balanced" else None,
+                )
         for j, label in enumerate(ALWAYS):
             y0 = np.mean([results[sc]["balanced"][0][label][key] for sc in scs])
             ax.axhline(y0, color="k", ls=[":", "-."][j], lw=1, label=label)

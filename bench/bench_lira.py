@@ -18,6 +18,7 @@ model on this CPU for both tracks. The last line is
 
     python bench/bench_lira.py [--scenarios 3] [--loop-targets N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def build_cache(root: str, n_scenarios: int) -> tuple[str, str]:
     """A MICO-layout tree (seed files only) and a signal cache for it; phi is random with a
     membership shift so the attack has something to find."""
     data_dir, cache_dir = os.path.join(root, "data"), os.path.join(root, "cache")
-    save_params(data_dir, ChallengeParams("purchase100", N, LEN_TRAINING, M,
-                                          os.path.join(data_dir, "purchase100", "dataset_purchase")))
+    save_params(
+        data_dir,
+        ChallengeParams("purchase100", N, LEN_TRAINING, M, os.path.join(data_dir, "purchase100", "dataset_purchase")),
+    )
     rng = np.random.default_rng(0)
     difficulty = rng.normal(0, 2, N).astype(np.float32)
     for si, scenario in enumerate(scenario_names("purchase100")[:n_scenarios]):
@@ -78,8 +81,13 @@ def build_cache(root: str, n_scenarios: int) -> tuple[str, str]:
         for md, s in zip(mds, splits):
             member = np.isin(union, s.train_indices(), assume_unique=True)
             phi = difficulty[union] + 1.5 * member + rng.normal(0, 1, len(union)).astype(np.float32)
-            cache.write(cache.cache_file(cache_dir, md), union, ["orig"], stamp,
-                        {"phi": phi[:, None].astype(np.float32), "mentr": np.zeros((len(union), 1), np.float32)})
+            cache.write(
+                cache.cache_file(cache_dir, md),
+                union,
+                ["orig"],
+                stamp,
+                {"phi": phi[:, None].astype(np.float32), "mentr": np.zeros((len(union), 1), np.float32)},
+            )
             if md.phase == "train":
                 with open(os.path.join(md.path, "solution.csv"), "w") as f:
                     f.write(",".join(map(str, s.solutions())))
@@ -96,7 +104,7 @@ def loop_lira(sig, member, challenge, rows, n_train, online, global_variance):
         pts = challenge[row]
         stats = {False: ([], [], []), True: ([], [], [])}  # in? -> (means, stds, pooled)
         for p in pts:
-            for is_in in ((False, True) if online else (False,)):
+            for is_in in (False, True) if online else (False,):
                 vals = [sig[s, p, 0] for s in range(n_train) if s != excl and member[s, p] == is_in]
                 means, stds, pooled = stats[is_in]
                 means.append(np.mean(vals))
@@ -127,8 +135,12 @@ def time_forward(track: str, n: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scenarios", type=int, default=3, help="number of scenarios (MICO: 3)")
-    p.add_argument("--loop-targets", type=int, default=None,
-                   help="time the loop on this many targets per scenario and extrapolate (default: all)")
+    p.add_argument(
+        "--loop-targets",
+        type=int,
+        default=None,
+        help="time the loop on this many targets per scenario and extrapolate (default: all)",
+    )
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as root:
@@ -138,7 +150,7 @@ def main() -> None:
         params = ChallengeParams("purchase100", N, LEN_TRAINING, M, "")
         configs = [(online, gv) for online in (False, True) for gv in (False, True)]
         fast, slow = dict.fromkeys(configs, 0.0), dict.fromkeys(configs, 0.0)
-        for scenario in scenario_names("purchase100")[:args.scenarios]:
+        for scenario in scenario_names("purchase100")[: args.scenarios]:
             data = load_scenario(data_dir, cache_dir, "purchase100", scenario, params, N)
             sig = signal_from_phi(data.phi, "stable_logit")
             rows = np.arange(len(data.models))
@@ -148,8 +160,15 @@ def main() -> None:
             pick = np.linspace(0, len(rows) - 1, k).astype(int)
             for online, gv in configs:
                 t = time.perf_counter()
-                scores = lira(sig[rows[:, None], idx], sig[:data.n_train], data.shadow_in, idx, exclude,
-                              online=online, global_variance=gv)
+                scores = lira(
+                    sig[rows[:, None], idx],
+                    sig[: data.n_train],
+                    data.shadow_in,
+                    idx,
+                    exclude,
+                    online=online,
+                    global_variance=gv,
+                )
                 fast[online, gv] += time.perf_counter() - t
                 t = time.perf_counter()
                 ref = loop_lira(sig, data.shadow_in, data.challenge, rows[pick], data.n_train, online, gv)
@@ -157,20 +176,38 @@ def main() -> None:
                 np.testing.assert_allclose(scores[pick], ref, rtol=1e-6, atol=1e-9)
         for online, gv in configs:
             name = ("online" if online else "offline") + (" + global variance" if gv else "")
-            print(f"  LiRA {name:28s} vectorised {fast[online, gv]:7.3f} s   per-point loop "
-                  f"{slow[online, gv]:8.1f} s   {slow[online, gv] / fast[online, gv]:6.0f}x")
+            print(
+                f"  LiRA {name:28s} vectorised {fast[online, gv]:7.3f} s   per-point loop "
+                f"{slow[online, gv]:8.1f} s   {slow[online, gv] / fast[online, gv]:6.0f}x"
+            )
         fast, slow = sum(fast.values()), sum(slow.values())
         t = time.perf_counter()
-        run_lira_mia.main(["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-                           "--report-dir", os.path.join(root, "report"), "--global_variance", "--evaluate"])
+        run_lira_mia.main(
+            [
+                "--challenge",
+                "purchase100",
+                "--data-dir",
+                data_dir,
+                "--cache-dir",
+                cache_dir,
+                "--report-dir",
+                os.path.join(root, "report"),
+                "--global_variance",
+                "--evaluate",
+            ]
+        )
         whole = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"whole run_lira_mia.py --global_variance --evaluate (cache reading, splits, predictions, report): "
-          f"{whole:.1f} s; peak memory {peak:.0f} MiB")
+    print(
+        f"whole run_lira_mia.py --global_variance --evaluate (cache reading, splits, predictions, report): "
+        f"{whole:.1f} s; peak memory {peak:.0f} MiB"
+    )
     for track, n in (("purchase100", 40_000), ("cifar10", 2_000)):
         s = time_forward(track, n)
-        print(f"save_preds forward pass, {track}, CPU ({torch.get_num_threads()} threads): {s:.2f} s for {n} "
-              f"points -> {s * 40_000 / n:.1f} s per model on a 40,000-point union")
+        print(
+            f"save_preds forward pass, {track}, CPU ({torch.get_num_threads()} threads): {s:.2f} s for {n} "
+            f"points -> {s * 40_000 / n:.1f} s per model on a 40,000-point union"
+        )
     note = "" if args.loop_targets is None else f" (loop extrapolated from {args.loop_targets} targets/scenario)"
     print(json.dumps({"scoring_s": fast, "loop_s": slow}) + note)
     print(f"scoring {fast:.2f} s, per-point loop {slow:.1f} s, speedup {slow / fast:.0f}x")

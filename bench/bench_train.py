@@ -21,6 +21,7 @@ over many epochs can amplify it). The last lines are, per case,
     python bench/bench_train.py [--device cpu] [--epochs N] [--cases purchase100_inf ...]
     python bench/bench_train.py --device cuda --full
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,20 +95,31 @@ def run_case(case: str, args, dev: torch.device) -> tuple[float, float, int]:
         return (time.perf_counter() - start) / n, out
 
     t_seq = t_batched = float("inf")
-    for _ in range(args.repeats or (1 if args.full else 3)):  # alternate, keep the fastest: other work on the machine adds noise
-        t, seq = timed(lambda: [train_model(track, recipe, x[s], y[s], device=dev, seed=seed)
-                                for s, seed in zip(sets[:n_seq], seeds)], n_seq)
+    for _ in range(
+        args.repeats or (1 if args.full else 3)
+    ):  # alternate, keep the fastest: other work on the machine adds noise
+        t, seq = timed(
+            lambda: [
+                train_model(track, recipe, x[s], y[s], device=dev, seed=seed) for s, seed in zip(sets[:n_seq], seeds)
+            ],
+            n_seq,
+        )
         t_seq = min(t_seq, t)
-        t, res = timed(lambda: [r for _, r in train_many(track, recipe, x, y, sets, seeds, parallel=k,
-                                                         device=dev)], n_models)
+        t, res = timed(
+            lambda: [r for _, r in train_many(track, recipe, x, y, sets, seeds, parallel=k, device=dev)], n_models
+        )
         t_batched = min(t_batched, t)
 
-    diff = max((a - b).abs().max().item() for r, s in zip(res, seq)
-               for a, b in zip(r.model.parameters(), s.model.parameters()))
+    diff = max(
+        (a - b).abs().max().item() for r, s in zip(res, seq) for a, b in zip(r.model.parameters(), s.model.parameters())
+    )
     acc = np.mean([r.train_accuracy for r in res[:n_seq]]), np.mean([s.train_accuracy for s in seq])
-    print(f"  {case}: {n_models} models x {n_train} records, {recipe.epochs} epochs; largest parameter "
-          f"difference {diff:.2e} over {n_seq} models; train accuracy {acc[0]:.3f} batched, "
-          f"{acc[1]:.3f} sequential; load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"  {case}: {n_models} models x {n_train} records, {recipe.epochs} epochs; largest parameter "
+        f"difference {diff:.2e} over {n_seq} models; train accuracy {acc[0]:.3f} batched, "
+        f"{acc[1]:.3f} sequential; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     return t_seq, t_batched, k
 
 
@@ -118,10 +130,13 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run")
     p.add_argument("--epochs", type=int, default=None, help="override the epochs of every case")
     p.add_argument("--models", type=int, default=None, help="models per case (default by size)")
-    p.add_argument("--seq-models", type=int, default=None,
-                   help="models timed sequentially (default: 4; 2 with --full)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="time each trainer this often, keep the fastest (default: 3; 1 with --full)")
+    p.add_argument("--seq-models", type=int, default=None, help="models timed sequentially (default: 4; 2 with --full)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="time each trainer this often, keep the fastest (default: 3; 1 with --full)",
+    )
     p.add_argument("--parallel", type=int, default=None, help="models per group (default: auto_parallel)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
@@ -132,8 +147,10 @@ def main(argv=None) -> int:
     lines = []
     for case in args.cases:
         t_seq, t_batched, k = run_case(case, args, dev)
-        lines.append(f"{case}: sequential {t_seq:.3f} s/model, batched {t_batched:.3f} s/model, "
-                     f"speedup {t_seq / t_batched:.2f}x (K={k}, {dev.type})")
+        lines.append(
+            f"{case}: sequential {t_seq:.3f} s/model, batched {t_batched:.3f} s/model, "
+            f"speedup {t_seq / t_batched:.2f}x (K={k}, {dev.type})"
+        )
     print("\n".join(lines))
     return 0
 

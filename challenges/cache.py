@@ -21,6 +21,7 @@ the union) are computed and merged. Files are written under a unique temporary n
 renamed, while holding the advisory lock of their folder (``.lock``), so a killed run leaves
 either the old file or the new one and concurrent runs wait for each other model by model.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,12 @@ def model_key(path: str) -> dict:
         st = os.stat(path)
     except OSError as e:
         raise CacheError(f"{path}: cannot read ({e.strerror}); re-download the model folder") from None
-    return {"model_size": st.st_size, "model_mtime_ns": st.st_mtime_ns, "model_inode": st.st_ino,
-            "model_ctime_ns": st.st_ctime_ns}
+    return {
+        "model_size": st.st_size,
+        "model_mtime_ns": st.st_mtime_ns,
+        "model_inode": st.st_ino,
+        "model_ctime_ns": st.st_ctime_ns,
+    }
 
 
 def model_stamp(path: str, sha: str | None = None) -> dict:
@@ -94,8 +99,9 @@ def read(path: str) -> dict | None:
     p, v = len(entry["points"]), len(entry["views"])
     bad = [k for k in ("phi", "mentr", "logits") if k in entry and entry[k].shape[:2] != (p, v)]
     if bad:
-        raise CacheError(f"{path}: corrupt cache file ({bad[0]} shape {entry[bad[0]].shape}, "
-                         f"expected ({p}, {v}, ...)); {fix}")
+        raise CacheError(
+            f"{path}: corrupt cache file ({bad[0]} shape {entry[bad[0]].shape}, expected ({p}, {v}, ...)); {fix}"
+        )
     return entry
 
 
@@ -105,8 +111,13 @@ def write(path: str, points: np.ndarray, views: list[str], stamp: dict, arrays: 
     except OSError as e:
         raise write_error(path, e) from None
     with atomic_path(path) as tmp:
-        np.savez(tmp, points=np.asarray(points, dtype=np.int64), views=np.asarray(views),
-                 **{k: np.asarray(v) for k, v in stamp.items()}, **arrays)
+        np.savez(
+            tmp,
+            points=np.asarray(points, dtype=np.int64),
+            views=np.asarray(views),
+            **{k: np.asarray(v) for k, v in stamp.items()},
+            **arrays,
+        )
 
 
 def merge(entry: dict | None, points: np.ndarray, arrays: dict) -> tuple[np.ndarray, dict]:
@@ -119,8 +130,14 @@ def merge(entry: dict | None, points: np.ndarray, arrays: dict) -> tuple[np.ndar
     return allp[order], {k: np.concatenate([entry[k], v])[order] for k, v in arrays.items()}
 
 
-def update(path: str, model_file: str, union: np.ndarray, views: list[str], need_logits: bool,
-           compute: Callable[[np.ndarray, bool], dict]) -> str:
+def update(
+    path: str,
+    model_file: str,
+    union: np.ndarray,
+    views: list[str],
+    need_logits: bool,
+    compute: Callable[[np.ndarray, bool], dict],
+) -> str:
     """Bring one model's cache file up to date; returns 'current', 'restamped' or 'computed'.
 
     ``compute(points, keep_logits)`` returns {field: array [len(points), V(, C)]} for the points
@@ -176,8 +193,10 @@ def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",
             if field not in out:
                 out[field] = np.empty((len(mds),) + arr.shape, dtype=np.float32)
             elif arr.shape != out[field].shape[1:]:
-                raise CacheError(f"{path}: {field} shape {arr.shape} differs from the other models' "
-                                 f"{out[field].shape[1:]} (other query views?); rerun save_preds.py")
+                raise CacheError(
+                    f"{path}: {field} shape {arr.shape} differs from the other models' "
+                    f"{out[field].shape[1:]} (other query views?); rerun save_preds.py"
+                )
             out[field][k] = arr
     return out
 

@@ -7,6 +7,7 @@
 - ``--challenge`` / ``--data-dir`` / ``--scenario`` mean the same everywhere, and a scenario name is
   checked in one place (:func:`challenges.tracks.check_scenario`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,9 @@ class Parser(argparse.ArgumentParser):
         return ns, rest
 
 
-def parser(description: str, *, scenario: str | None = "one scenario only, e.g. cifar10_hi; all when omitted",
-           **kwargs) -> Parser:
+def parser(
+    description: str, *, scenario: str | None = "one scenario only, e.g. cifar10_hi; all when omitted", **kwargs
+) -> Parser:
     """A :class:`Parser` with the common ``--challenge`` and ``--data-dir`` (and ``--scenario``)."""
     note = "Long options take '_' or '-' alike (--global_variance = --global-variance)."
     kwargs["epilog"] = f"{kwargs['epilog']} {note}" if kwargs.get("epilog") else note

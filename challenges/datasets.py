@@ -10,6 +10,7 @@
 
 Raw arrays stay compact (uint8); :func:`to_tensor` makes model inputs for the rows needed.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,15 +41,18 @@ class BaseDataset:
 
 
 def _missing(path: str, track: str) -> DatasetError:
-    return DatasetError(f"{path}: base dataset not found; run download_files.py --challenge {track} "
-                        "(or --synthetic for an offline challenge), or copy it there")
+    return DatasetError(
+        f"{path}: base dataset not found; run download_files.py --challenge {track} "
+        "(or --synthetic for an offline challenge), or copy it there"
+    )
 
 
 def _latin1_bytes(text: str, encoding: str) -> bytes:
     """``_codecs.encode`` as Python 3 uses it to pickle bytes at protocol 2, and nothing else."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"it calls _codecs.encode with {encoding!r}, which no CIFAR-10 batch does; "
-                                     "not unpickled")
+        raise pickle.UnpicklingError(
+            f"it calls _codecs.encode with {encoding!r}, which no CIFAR-10 batch does; not unpickled"
+        )
     return text.encode("latin1")
 
 
@@ -72,8 +76,9 @@ class _BatchUnpickler(pickle.Unpickler):
         try:
             return _PICKLE_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"it references {module}.{name}, which no CIFAR-10 batch does; "
-                                         "not unpickled") from None
+            raise pickle.UnpicklingError(
+                f"it references {module}.{name}, which no CIFAR-10 batch does; not unpickled"
+            ) from None
 
 
 def read_cifar_batch(path: str) -> dict:
@@ -97,8 +102,9 @@ def load_cifar10(path: str) -> BaseDataset:
         except pickle.UnpicklingError as e:
             raise DatasetError(f"{f}: not a CIFAR-10 python batch ({e}); delete it and re-download") from None
         except Exception as e:  # noqa: BLE001 - any parse failure means the same to the user
-            raise DatasetError(f"{f}: not a CIFAR-10 python batch ({type(e).__name__}); "
-                               "delete it and re-download") from None
+            raise DatasetError(
+                f"{f}: not a CIFAR-10 python batch ({type(e).__name__}); delete it and re-download"
+            ) from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
             raise DatasetError(f"{f}: unexpected shape {data.shape}; delete it and re-download")
         xs.append(data.reshape(-1, 3, 32, 32))
@@ -110,14 +116,18 @@ def load_purchase100(path: str) -> BaseDataset:
     if not os.path.isfile(path):
         raise _missing(path, "purchase100")
     import pandas as pd
+
     try:
         table = pd.read_csv(path, header=None, dtype=np.int16).to_numpy()
     except Exception as e:  # noqa: BLE001
-        raise DatasetError(f"{path}: not a Purchase-100 CSV ({type(e).__name__}: {str(e)[:80]}); "
-                           "delete it and re-download") from None
+        raise DatasetError(
+            f"{path}: not a Purchase-100 CSV ({type(e).__name__}: {str(e)[:80]}); delete it and re-download"
+        ) from None
     if table.ndim != 2 or table.shape[1] != PURCHASE_FEATURES + 1:
-        raise DatasetError(f"{path}: expected {PURCHASE_FEATURES + 1} columns (label + features), "
-                           f"found {table.shape[1] if table.ndim == 2 else table.shape}")
+        raise DatasetError(
+            f"{path}: expected {PURCHASE_FEATURES + 1} columns (label + features), "
+            f"found {table.shape[1] if table.ndim == 2 else table.shape}"
+        )
     y = table[:, 0].astype(np.int64) - 1
     if y.min() < 0 or y.max() > 99:
         raise DatasetError(f"{path}: labels must lie in 1..100")
@@ -129,8 +139,7 @@ def load_dataset(params: ChallengeParams) -> BaseDataset:
     loader = {"cifar10": load_cifar10, "purchase100": load_purchase100}[params.track]
     ds = loader(params.dataset)
     if params.n_points is not None and len(ds) != params.n_points:
-        raise DatasetError(f"{params.dataset}: {len(ds)} points, expected {params.n_points}; "
-                           "delete it and re-download")
+        raise DatasetError(f"{params.dataset}: {len(ds)} points, expected {params.n_points}; delete it and re-download")
     return ds
 
 

@@ -20,6 +20,7 @@ Guarantees
 Every expected failure raises :class:`DownloadError` (or a subclass) with a one-line message
 that says what could not be fetched and how to proceed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,15 +63,15 @@ class DatasetSource:
 
 
 DATASET_SOURCES = {
-    "cifar10": DatasetSource("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                             KNOWN_MD5["cifar-10-python.tar.gz"]),
+    "cifar10": DatasetSource(
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", KNOWN_MD5["cifar-10-python.tar.gz"]
+    ),
     # No published checksum for this one; the loader validates its shape instead.
-    "purchase100": DatasetSource(
-        "https://github.com/privacytrustlab/datasets/raw/master/dataset_purchase.tgz", None),
+    "purchase100": DatasetSource("https://github.com/privacytrustlab/datasets/raw/master/dataset_purchase.tgz", None),
 }
 
-STAGING = ".staging"   # hub downloads (kept after a failure so that the hub can resume)
-EXTRACT = ".extract"   # archive extraction (always removed)
+STAGING = ".staging"  # hub downloads (kept after a failure so that the hub can resume)
+EXTRACT = ".extract"  # archive extraction (always removed)
 SYNTHETIC_HINT = "rerun with --synthetic for an offline synthetic challenge"
 CHUNK = 1 << 20
 
@@ -132,6 +133,7 @@ def _reason(exc: BaseException) -> str:
 # Resumable, checksummed download
 # ---------------------------------------------------------------------------------------------
 
+
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
     """(start, total) of a Content-Range header ('bytes 10-99/100' or 'bytes */100')."""
     m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
@@ -176,16 +178,26 @@ def _transfer(session: requests.Session, url: str, part: str, timeout, progress:
         length = r.headers.get("Content-Length")
         identity = r.headers.get("Content-Encoding", "identity").lower() in ("", "identity")
         total = offset + int(length) if length and length.isdigit() and identity else None
-        with open(part, "ab" if offset else "wb") as f, \
-                tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                     desc=os.path.basename(part[:-len(".part")]), disable=not progress,
-                     leave=False) as bar:
+        with (
+            open(part, "ab" if offset else "wb") as f,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=os.path.basename(part[: -len(".part")]),
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             for chunk in _body(r):
                 try:
                     f.write(chunk)
                 except OSError as e:  # a full disk: keep what was written, for a resume
-                    raise DownloadError(f"{part}: cannot write ({e.strerror or e}); free some space, then "
-                                        "rerun to resume") from None
+                    raise DownloadError(
+                        f"{part}: cannot write ({e.strerror or e}); free some space, then rerun to resume"
+                    ) from None
                 bar.update(len(chunk))
     size = os.path.getsize(part)
     if total is not None and size != total:
@@ -193,9 +205,15 @@ def _transfer(session: requests.Session, url: str, part: str, timeout, progress:
     return True
 
 
-def download_file(url: str, dest: str, md5: str | None = None, *,
-                  session: requests.Session | None = None, progress: bool = True,
-                  timeout=(15, 60)) -> str:
+def download_file(
+    url: str,
+    dest: str,
+    md5: str | None = None,
+    *,
+    session: requests.Session | None = None,
+    progress: bool = True,
+    timeout=(15, 60),
+) -> str:
     """Download ``url`` to ``dest`` through ``dest + '.part'``; returns ``dest``.
 
     An existing ``dest`` is kept (after an md5 check when ``md5`` is given). A ``.part`` left by an
@@ -205,8 +223,9 @@ def download_file(url: str, dest: str, md5: str | None = None, *,
     """
     md5 = md5.lower() if md5 else None
     if os.path.isfile(dest):
-        _check_md5(dest, md5, f"checksum mismatch for {dest} (from {url})", "the file was deleted, rerun to "
-                   "download it again")
+        _check_md5(
+            dest, md5, f"checksum mismatch for {dest} (from {url})", "the file was deleted, rerun to download it again"
+        )
         return dest
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
@@ -250,6 +269,7 @@ def _fetch_part(session, url: str, part: str, timeout, progress: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # Safe extraction
 # ---------------------------------------------------------------------------------------------
+
 
 def _member_path(archive: str, name: str) -> str | None:
     """The member's normalised relative path ('a/b'), None for the root itself; raises if unsafe."""
@@ -333,8 +353,10 @@ def safe_extract(archive: str, dest: str, select: Callable[[str], bool] | None =
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, UnicodeDecodeError) as e:
         raise DownloadError(f"{archive}: corrupt archive ({type(e).__name__}: {e})") from None
     except OSError as e:  # a full disk, permissions
-        raise DownloadError(f"{dest}: cannot extract {archive} there ({e.strerror or e}); free some space "
-                            "or fix the permissions, then rerun") from None
+        raise DownloadError(
+            f"{dest}: cannot extract {archive} there ({e.strerror or e}); free some space "
+            "or fix the permissions, then rerun"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -366,6 +388,7 @@ def _unpacking(archive: str, tdir: str, keep_archive: bool):
 # Challenge trees
 # ---------------------------------------------------------------------------------------------
 
+
 def track_dir(data_dir: str, track: str) -> str:
     get_track(track)
     return os.path.join(data_dir, track)
@@ -394,8 +417,10 @@ def check_not_synthetic(data_dir: str, track: str) -> None:
     except ValueError as e:  # a challenge.json we cannot read: the user has to look at it
         raise DownloadError(str(e)) from None
     if synthetic:
-        raise DownloadError(f"{track_dir(data_dir, track)} holds a synthetic challenge; use another --data-dir "
-                            "(or delete that folder) to download the real one")
+        raise DownloadError(
+            f"{track_dir(data_dir, track)} holds a synthetic challenge; use another --data-dir "
+            "(or delete that folder) to download the real one"
+        )
 
 
 def _copy_hint(what: str, where: str) -> str:
@@ -418,8 +443,10 @@ def _refuse_links(root: str) -> None:
         for name in dirs + files:
             p = os.path.join(folder, name)
             if os.path.islink(p):
-                raise DownloadError(f"{p}: a link (to {os.readlink(p)!r}) in the downloaded tree, which MICO's "
-                                    f"trees never hold; nothing was placed; delete {root} and rerun")
+                raise DownloadError(
+                    f"{p}: a link (to {os.readlink(p)!r}) in the downloaded tree, which MICO's "
+                    f"trees never hold; nothing was placed; delete {root} and rerun"
+                )
 
 
 @contextlib.contextmanager
@@ -442,6 +469,7 @@ def removing_if_empty(folder: str):
 
 def _hub_snapshot_download(**kwargs):
     from huggingface_hub import snapshot_download
+
     return snapshot_download(**kwargs)
 
 
@@ -453,8 +481,8 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [OSError, ValueError, requests.RequestException]
     try:
         from huggingface_hub import errors as hf_errors
-        errs += [getattr(hf_errors, n) for n in ("HfHubHTTPError", "XetDownloadError")
-                 if hasattr(hf_errors, n)]
+
+        errs += [getattr(hf_errors, n) for n in ("HfHubHTTPError", "XetDownloadError") if hasattr(hf_errors, n)]
     except ImportError:
         pass
     for mod in ("httpx2", "httpx"):  # huggingface_hub's HTTP client, depending on its version
@@ -470,9 +498,15 @@ def hub_url(repo_id: str) -> str:
     return f"{endpoint}/datasets/{repo_id}"
 
 
-def fetch_challenge_hub(data_dir: str, track: str, scenarios: Iterable[str] | None = None, *,
-                        repo_id: str | None = None, revision: str | None = None,
-                        snapshot_download: Callable[..., object] | None = None) -> list[str]:
+def fetch_challenge_hub(
+    data_dir: str,
+    track: str,
+    scenarios: Iterable[str] | None = None,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    snapshot_download: Callable[..., object] | None = None,
+) -> list[str]:
     """Fetch the missing scenario folders from the Hugging Face mirror; returns those placed.
 
     Files land in ``<data-dir>/<track>/.staging/`` (kept after a failure so that the hub resumes)
@@ -490,14 +524,20 @@ def fetch_challenge_hub(data_dir: str, track: str, scenarios: Iterable[str] | No
     hint = _copy_hint(f"the scenario folders ({', '.join(missing)})", tdir)
     info(f"fetching {', '.join(missing)} from {hub_url(repo_id)}")
     try:
-        fetch(repo_id=repo_id, repo_type="dataset", revision=revision,
-              allow_patterns=[f"{s}/*" for s in missing], local_dir=staging)
+        fetch(
+            repo_id=repo_id,
+            repo_type="dataset",
+            revision=revision,
+            allow_patterns=[f"{s}/*" for s in missing],
+            local_dir=staging,
+        )
     except _hub_errors() as e:
         with contextlib.suppress(OSError):
             os.rmdir(staging)  # only when empty: a partial snapshot stays for the hub to resume
         raise FetchError(hub_url(repo_id), _reason(e), hint) from None
-    absent = [s for s in missing if not os.path.isdir(os.path.join(staging, s))
-              or not os.listdir(os.path.join(staging, s))]
+    absent = [
+        s for s in missing if not os.path.isdir(os.path.join(staging, s)) or not os.listdir(os.path.join(staging, s))
+    ]
     if absent:
         raise DownloadError(f"{hub_url(repo_id)} has no folder {absent[0]}/; {hint}")
     for s in missing:
@@ -508,8 +548,16 @@ def fetch_challenge_hub(data_dir: str, track: str, scenarios: Iterable[str] | No
     return missing
 
 
-def _fetch_and_unpack(url: str, archive: str, md5: str | None, keep_archive: bool, hint: str,
-                      unpack: Callable[[str], None], session, progress: bool) -> None:
+def _fetch_and_unpack(
+    url: str,
+    archive: str,
+    md5: str | None,
+    keep_archive: bool,
+    hint: str,
+    unpack: Callable[[str], None],
+    session,
+    progress: bool,
+) -> None:
     """Download ``url`` to ``archive`` (resumable, md5-checked), then ``unpack(staging)``: extract
     into a staging folder beside it and move what it holds into place. The staging folder is always
     removed, the archive too unless kept."""
@@ -522,9 +570,17 @@ def _fetch_and_unpack(url: str, archive: str, md5: str | None, keep_archive: boo
         unpack(staging)
 
 
-def fetch_challenge_archive(data_dir: str, track: str, url: str, md5: str | None = None,
-                            scenarios: Iterable[str] | None = None, *, keep_archive: bool = False,
-                            session: requests.Session | None = None, progress: bool = True) -> list[str]:
+def fetch_challenge_archive(
+    data_dir: str,
+    track: str,
+    url: str,
+    md5: str | None = None,
+    scenarios: Iterable[str] | None = None,
+    *,
+    keep_archive: bool = False,
+    session: requests.Session | None = None,
+    progress: bool = True,
+) -> list[str]:
     """Fetch an original MICO archive and place its missing scenario folders; returns those placed.
 
     ``url`` may be ``"original"``: the competition's own URL (:data:`CHALLENGE_URLS`). The archive
@@ -554,12 +610,13 @@ def fetch_challenge_archive(data_dir: str, track: str, url: str, md5: str | None
                     sources[s] = src
                     break
             else:
-                raise DownloadError(f"{archive} holds no folder {track}/{s}/ or {s}/; "
-                                    "check the URL (or pass --scenario)")
+                raise DownloadError(
+                    f"{archive} holds no folder {track}/{s}/ or {s}/; check the URL (or pass --scenario)"
+                )
         for s in missing:
             _place(sources[s], os.path.join(tdir, s))
 
-    hint = (f"{SYNTHETIC_HINT}, or copy {name} to {archive} (or the scenario folders into {tdir})")
+    hint = f"{SYNTHETIC_HINT}, or copy {name} to {archive} (or the scenario folders into {tdir})"
     _fetch_and_unpack(url, archive, md5 or KNOWN_MD5.get(name), keep_archive, hint, unpack, session, progress)
     return missing
 
@@ -568,13 +625,21 @@ def fetch_challenge_archive(data_dir: str, track: str, url: str, md5: str | None
 # Base datasets
 # ---------------------------------------------------------------------------------------------
 
+
 def dataset_path(data_dir: str, track: str) -> str:
     return os.path.join(track_dir(data_dir, track), get_track(track).dataset)
 
 
-def fetch_dataset(data_dir: str, track: str, url: str | None = None, md5: str | None = None, *,
-                  keep_archive: bool = False, session: requests.Session | None = None,
-                  progress: bool = True) -> str | None:
+def fetch_dataset(
+    data_dir: str,
+    track: str,
+    url: str | None = None,
+    md5: str | None = None,
+    *,
+    keep_archive: bool = False,
+    session: requests.Session | None = None,
+    progress: bool = True,
+) -> str | None:
     """Fetch and extract the track's base dataset unless present; returns its path when placed.
 
     Without ``md5``, the known checksum is used for the default URL or a file name in
@@ -597,8 +662,10 @@ def fetch_dataset(data_dir: str, track: str, url: str | None = None, md5: str | 
         safe_extract(archive, staging)
         found = os.path.join(staging, want)
         if not os.path.exists(found):  # tolerate extra top folders
-            found = next((os.path.join(root, n) for root, dirs, files in os.walk(staging)
-                          for n in dirs + files if n == want), None)
+            found = next(
+                (os.path.join(root, n) for root, dirs, files in os.walk(staging) for n in dirs + files if n == want),
+                None,
+            )
         if found is None:
             raise DownloadError(f"{archive} holds no {want}; check --dataset-url, or copy {want} to {final}")
         _place(found, final)

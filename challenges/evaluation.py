@@ -7,6 +7,7 @@ of ``data`` to attack, ``exclude`` (T,) the shadow row each must leave out of it
 challenge order. Train models are attacked leave-one-out, so their scores estimate the score
 of a submission before it is made.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,7 @@ def attack_scenario(data: ScenarioData, attack, evaluate: bool) -> dict:
     for ph in phases:
         n = len(parts[ph])
         if n:
-            out[ph] = (parts[ph], scores[start:start + n])
+            out[ph] = (parts[ph], scores[start : start + n])
         start += n
     return out
 

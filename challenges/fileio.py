@@ -7,6 +7,7 @@ final name in one step. A run killed mid-write can leave such a hidden folder be
 mistaken for the real file, and :func:`remove_leftovers` deletes it where a lock excludes other
 writers.
 """
+
 from __future__ import annotations
 
 import errno
@@ -112,4 +113,4 @@ def file_digest(path: str, algorithm: str = "sha256") -> str:
 def one_line(text, limit: int | None = 200) -> str:
     """``text`` with its whitespace runs (newlines included) collapsed, cut to ``limit`` characters."""
     text = " ".join(str(text).split())
-    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

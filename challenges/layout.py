@@ -8,6 +8,7 @@ Ground truth for dev/final, when known (the synthetic challenge), lives in a sep
 ``<data-dir>/<track>/solutions/<scenario>/<phase>/model_<id>/solution.csv`` so that model folders
 never reveal it. Nothing else in the project lists directories.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def read_seed(path: str) -> int:
     try:
         return int(raw.decode("ascii").strip())
     except ValueError:  # UnicodeDecodeError included
-        raise LayoutError(f"{path}: malformed seed {raw[:40]!r} (expected one integer); "
-                          "re-download the model folder") from None
+        raise LayoutError(
+            f"{path}: malformed seed {raw[:40]!r} (expected one integer); re-download the model folder"
+        ) from None
 
 
 def read_row(path: str) -> np.ndarray:
@@ -91,11 +93,14 @@ class ModelDir:
             if os.path.exists(p):
                 out.append(read_seed(p))
             elif i == 0:
-                raise LayoutError(f"{p}: missing; every model folder needs seed_challenge "
-                                  "(re-download it with download_files.py)")
+                raise LayoutError(
+                    f"{p}: missing; every model folder needs seed_challenge (re-download it with download_files.py)"
+                )
             elif self.phase == "train":
-                raise LayoutError(f"{p}: missing; a train model needs seed_training and seed_membership "
-                                  "(re-download the model folder, or move it out of train/)")
+                raise LayoutError(
+                    f"{p}: missing; a train model needs seed_training and seed_membership "
+                    "(re-download the model folder, or move it out of train/)"
+                )
             else:
                 out.append(None)
         return tuple(out)
@@ -117,8 +122,10 @@ class ModelDir:
 
     def solution_file(self) -> str | None:
         """solution.csv in the model folder, else in the separate solutions tree, else None."""
-        for p in (os.path.join(self.path, "solution.csv"),
-                  os.path.join(self.data_dir, self.track, "solutions", self.key, "solution.csv")):
+        for p in (
+            os.path.join(self.path, "solution.csv"),
+            os.path.join(self.data_dir, self.track, "solutions", self.key, "solution.csv"),
+        ):
             if os.path.exists(p):
                 return p
         return None
@@ -139,8 +146,10 @@ def scenarios(data_dir: str, track: str, scenario: str | None = None) -> list[st
     found = [s for s in names if os.path.isdir(os.path.join(data_dir, track, s))]
     if not found:
         where = os.path.join(data_dir, track)
-        raise LayoutError(f"{where}: no scenario folder ({', '.join(names)}); run download_files.py "
-                          f"--challenge {track} (or --synthetic for an offline challenge)")
+        raise LayoutError(
+            f"{where}: no scenario folder ({', '.join(names)}); run download_files.py "
+            f"--challenge {track} (or --synthetic for an offline challenge)"
+        )
     return found
 
 
@@ -151,7 +160,10 @@ def models(data_dir: str, track: str, scenario: str, phases=MODEL_PHASES) -> lis
         d = os.path.join(data_dir, track, scenario, phase)
         if not os.path.isdir(d):
             continue
-        ids = sorted(int(m.group(1)) for m in map(_MODEL_RE.match, os.listdir(d))
-                     if m and os.path.isdir(os.path.join(d, m.group(0))))
+        ids = sorted(
+            int(m.group(1))
+            for m in map(_MODEL_RE.match, os.listdir(d))
+            if m and os.path.isdir(os.path.join(d, m.group(0)))
+        )
         out.extend(ModelDir(data_dir, track, scenario, phase, i) for i in ids)
     return out

@@ -9,6 +9,7 @@ A designed shadow model (``<scenario>/shadow/model_<id>/``) stores its membershi
 
 Every failure is a one-line :class:`MembershipError` naming the file and the fix.
 """
+
 from __future__ import annotations
 
 import io

@@ -3,6 +3,7 @@
 Tables name metrics as :data:`challenges.scoring.METRIC_LABELS` (``TPR@10%FPR``); the files meant
 for programs (``scores.json``, ``scores.csv``) keep MICO's keys (``TPR_FPR_1000``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -61,8 +62,9 @@ def plot_roc(curves: dict, path, title: str = "", highlight=()) -> None:
     for i, (label, (fpr, tpr)) in enumerate(curves.items()):
         fpr = np.asarray(fpr, dtype=np.float64)
         tpr = np.asarray(tpr, dtype=np.float64)
-        style = dict(color=f"C{i % 10}", ls=styles[i // 10 % 4], label=str(label),
-                     lw=2.4 if label in highlight else 1.1)
+        style = dict(
+            color=f"C{i % 10}", ls=styles[i // 10 % 4], label=str(label), lw=2.4 if label in highlight else 1.1
+        )
         ax_lin.plot(fpr, tpr, **style)
         ax_log.plot(fpr, tpr, **style)
         pos = fpr[fpr > 0]
@@ -98,8 +100,10 @@ def save_report(report_dir: str, scores: dict) -> list[str]:
     ``scores``: {scenario: {phase: metrics}}.
     """
     os.makedirs(report_dir, exist_ok=True)
-    table = {sc: {ph: {k: v for k, v in m.items() if k in METRIC_KEYS} for ph, m in phs.items()}
-             for sc, phs in scores.items()}
+    table = {
+        sc: {ph: {k: v for k, v in m.items() if k in METRIC_KEYS} for ph, m in phs.items()}
+        for sc, phs in scores.items()
+    }
     paths = [os.path.join(report_dir, "scores.json"), os.path.join(report_dir, "scores.csv")]
     write_text(paths[0], json.dumps(table, indent=2) + "\n")
     rows = io.StringIO()
@@ -153,22 +157,33 @@ def write_compare_report(report_dir: str, scores: dict, commands: dict, referenc
     os.makedirs(report_dir, exist_ok=True)
     labels = list(scores)
     scenarios = list(next(iter(scores.values())))
-    md = ["# Attack comparison", "",
-          "Every attack is run on each scenario's train models leave-one-out (each target is left out "
-          "of its own shadows) and scored with MICO's metric over all models of the scenario pooled; "
-          "dev and final are scored too where ground truth exists. Best value per column in bold.", ""]
+    md = [
+        "# Attack comparison",
+        "",
+        "Every attack is run on each scenario's train models leave-one-out (each target is left out "
+        "of its own shadows) and scored with MICO's metric over all models of the scenario pooled; "
+        "dev and final are scored too where ground truth exists. Best value per column in bold.",
+        "",
+    ]
     for phase in ("train", "dev", "final"):
         table = _compare_table(scores, phase, references)
         if table:
             md += [f"## {PHASE_LABELS[phase]}", ""] + table + [""]
     md += ["## ROC curves (train, leave-one-out)", ""]
     for sc in scenarios:
-        curves = {lb: (scores[lb][sc]["train"]["fpr"], scores[lb][sc]["train"]["tpr"])
-                  for lb in labels if "train" in scores[lb][sc]}
+        curves = {
+            lb: (scores[lb][sc]["train"]["fpr"], scores[lb][sc]["train"]["tpr"])
+            for lb in labels
+            if "train" in scores[lb][sc]
+        }
         if curves:
             name = f"compare_roc_{sc}.png"
-            plot_roc(curves, os.path.join(report_dir, name), title=f"{sc}: train, leave-one-out",
-                     highlight=tuple(references or ()))
+            plot_roc(
+                curves,
+                os.path.join(report_dir, name),
+                title=f"{sc}: train, leave-one-out",
+                highlight=tuple(references or ()),
+            )
             md += [f"![{sc}]({name})", ""]
     md += ["## Commands", "", "Each row, as a run that also writes the prediction.csv files:", ""]
     md += [f"- {lb}: `{commands[lb]}`" for lb in labels]

@@ -2,6 +2,7 @@
 
 Everything is indexed by ``points``: the sorted union of the scenario's challenge points.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,12 +18,12 @@ from .tracks import ChallengeParams
 @dataclass
 class ScenarioData:
     scenario: str
-    models: list              # ModelDir: train, designed shadows, dev, final (layout.MODEL_PHASES order)
-    points: np.ndarray        # int64 [P] dataset indices
-    fields: dict              # cache field -> float32 [n_models, P, V(, C)] ('phi', 'mentr', ...)
-    challenge: np.ndarray     # int64 [n_models, 2m]: positions in ``points``, challenge order; -1 for shadows
-    shadow_in: np.ndarray     # bool [n_shadows, P]: point in the shadow model's training set
-    solutions: np.ndarray     # int8 [n_models, 2m]: 0/1, -1 where unknown
+    models: list  # ModelDir: train, designed shadows, dev, final (layout.MODEL_PHASES order)
+    points: np.ndarray  # int64 [P] dataset indices
+    fields: dict  # cache field -> float32 [n_models, P, V(, C)] ('phi', 'mentr', ...)
+    challenge: np.ndarray  # int64 [n_models, 2m]: positions in ``points``, challenge order; -1 for shadows
+    shadow_in: np.ndarray  # bool [n_shadows, P]: point in the shadow model's training set
+    solutions: np.ndarray  # int8 [n_models, 2m]: 0/1, -1 where unknown
     # bool [n_train, P]: the membership the MICO runner-up's code *used* for the train models (its
     # index bug, challenges.splits.runner_up_train_positions); only when asked for
     runner_up_in: np.ndarray | None = None
@@ -44,8 +45,10 @@ def scenario_points(data_dir: str, track: str, scenario: str, params: ChallengeP
     """(model folders, their splits (None for designed shadows), sorted union of the challenge points)."""
     mds = layout.models(data_dir, track, scenario)
     if not any(not md.designed for md in mds):
-        raise layout.LayoutError(f"{os.path.join(data_dir, track, scenario)}: no model folders; "
-                                 "re-download the scenario or remove the empty folder")
+        raise layout.LayoutError(
+            f"{os.path.join(data_dir, track, scenario)}: no model folders; "
+            "re-download the scenario or remove the empty folder"
+        )
     splits = [None if md.designed else md.splits(params, n_points) for md in mds]
     return mds, splits, np.unique(np.concatenate([s.challenge for s in splits if s is not None]))
 
@@ -62,8 +65,10 @@ def _solutions(mds, splits, m2: int) -> np.ndarray:
             raise layout.LayoutError(f"{md.solution_file()}: {len(sol)} values, expected {m2}")
         solutions[i] = sol
         if s.member is not None and not np.array_equal(sol, s.solutions()):
-            raise layout.LayoutError(f"{md.solution_file()}: disagrees with the split rebuilt from "
-                                     "the seeds (wrong challenge parameters or base dataset?)")
+            raise layout.LayoutError(
+                f"{md.solution_file()}: disagrees with the split rebuilt from "
+                "the seeds (wrong challenge parameters or base dataset?)"
+            )
     return solutions
 
 
@@ -74,8 +79,16 @@ def runner_up_len_training(params: ChallengeParams) -> int:
     return params.len_training if params.synthetic else RUNNER_UP_LEN_TRAINING
 
 
-def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, params: ChallengeParams,
-                  n_points: int, fields=("phi",), runner_up: bool = False) -> ScenarioData:
+def load_scenario(
+    data_dir: str,
+    cache_dir: str,
+    track: str,
+    scenario: str,
+    params: ChallengeParams,
+    n_points: int,
+    fields=("phi",),
+    runner_up: bool = False,
+) -> ScenarioData:
     """The scenario's arrays; ``runner_up``: also the runner-up's (wrong) train-model membership."""
     mds, splits, points = scenario_points(data_dir, track, scenario, params, n_points)
     m2 = 2 * params.len_challenge
@@ -92,9 +105,13 @@ def load_scenario(data_dir: str, cache_dir: str, track: str, scenario: str, para
         member = np.concatenate([member, rows[:, points]])
     quirky = None
     if runner_up:
-        positions = [runner_up_train_positions(n_points, params.len_challenge, *md.seeds()[1:],
-                                               len_training=runner_up_len_training(params))
-                     for md in mds if md.phase == "train"]
+        positions = [
+            runner_up_train_positions(
+                n_points, params.len_challenge, *md.seeds()[1:], len_training=runner_up_len_training(params)
+            )
+            for md in mds
+            if md.phase == "train"
+        ]
         quirky = runner_up_membership(points, positions)
     solutions = _solutions(mds, splits, m2)  # checked before the (slower) cache is read
     arrays = cache.load(cache_dir, mds, points, fields)

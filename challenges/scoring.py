@@ -17,6 +17,7 @@ Note the consequence of the strict ``<``: roc_curve's first point is always
 predictions already contains non-members at FPR >= t gets TPR 0 at t, e.g.
 constant predictions give TPR 0 at every threshold.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,12 @@ TPR_KEYS = tuple(f"TPR_FPR_{int(1e4 * t)}" for t in FPR_THRESHOLDS)
 RANKING_KEY = "TPR_FPR_1000"
 METRIC_KEYS = TPR_KEYS + ("AUC", "MIA", "accuracy")
 # What a person reads (tables, reports); files (scores.json/csv) keep MICO's keys above.
-METRIC_LABELS = {**{k: f"TPR@{100 * t:g}%FPR" for k, t in zip(TPR_KEYS, FPR_THRESHOLDS)},
-                 "AUC": "AUC", "MIA": "MIA", "accuracy": "accuracy"}
+METRIC_LABELS = {
+    **{k: f"TPR@{100 * t:g}%FPR" for k, t in zip(TPR_KEYS, FPR_THRESHOLDS)},
+    "AUC": "AUC",
+    "MIA": "MIA",
+    "accuracy": "accuracy",
+}
 
 
 def _validate(solutions, predictions):

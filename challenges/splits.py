@@ -23,6 +23,7 @@ loop, so :func:`randperm` uses it after checking it against known outputs of ``s
 (:data:`_KNOWN`); if a future torch changes either, the slow pure-Python loop over numpy's
 legacy MT19937 stream (the same algorithm) takes over.
 """
+
 from __future__ import annotations
 
 import functools
@@ -71,6 +72,7 @@ def randperm(n: int, seed: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Splits:
     """Dataset indices (int64) of one model's splits; ``None`` where the seed is unknown."""
+
     challenge: np.ndarray
     rest: np.ndarray
     member: np.ndarray | None = None
@@ -91,19 +93,26 @@ class Splits:
         return np.concatenate([self.member, self.training])
 
 
-def reconstruct(n_points: int, len_training: int, len_challenge: int, seed_challenge: int,
-                seed_training: int | None = None, seed_membership: int | None = None) -> Splits:
+def reconstruct(
+    n_points: int,
+    len_training: int,
+    len_challenge: int,
+    seed_challenge: int,
+    seed_training: int | None = None,
+    seed_membership: int | None = None,
+) -> Splits:
     """Rebuild MICO's splits of a dataset of ``n_points`` from a model's seeds."""
     m = len_challenge
     if not 0 < 2 * m <= n_points or not m <= len_training <= n_points - m:
-        raise ValueError(f"inconsistent sizes: n_points={n_points}, len_training={len_training}, "
-                         f"len_challenge={len_challenge}")
+        raise ValueError(
+            f"inconsistent sizes: n_points={n_points}, len_training={len_training}, len_challenge={len_challenge}"
+        )
     perm = randperm(n_points, seed_challenge)
-    challenge, rest = perm[: 2 * m], perm[2 * m:]
+    challenge, rest = perm[: 2 * m], perm[2 * m :]
     training = evaluation = member = nonmember = None
     if seed_training is not None:
         p = randperm(n_points - 2 * m, seed_training)
-        training, evaluation = rest[p[: len_training - m]], rest[p[len_training - m:]]
+        training, evaluation = rest[p[: len_training - m]], rest[p[len_training - m :]]
     if seed_membership is not None:
         p = randperm(2 * m, seed_membership)
         nonmember, member = challenge[p[:m]], challenge[p[m:]]
@@ -123,8 +132,13 @@ def membership_matrix(n_points: int, splits: list[Splits]) -> np.ndarray:
 RUNNER_UP_LEN_TRAINING = 50_000
 
 
-def runner_up_train_positions(n_points: int, len_challenge: int, seed_training: int, seed_membership: int,
-                              len_training: int = RUNNER_UP_LEN_TRAINING) -> np.ndarray:
+def runner_up_train_positions(
+    n_points: int,
+    len_challenge: int,
+    seed_training: int,
+    seed_membership: int,
+    len_training: int = RUNNER_UP_LEN_TRAINING,
+) -> np.ndarray:
     """What the MICO runner-up took for a train model's training set, in its order (int64).
 
     Its run_lira_mia.py stores ``member.indices + training.indices`` of MICO's
@@ -146,8 +160,9 @@ def runner_up_train_positions(n_points: int, len_challenge: int, seed_training: 
     """
     m = len_challenge
     if not 0 < 2 * m <= n_points or len_training < m:
-        raise ValueError(f"inconsistent sizes: n_points={n_points}, len_training={len_training}, "
-                         f"len_challenge={len_challenge}")
+        raise ValueError(
+            f"inconsistent sizes: n_points={n_points}, len_training={len_training}, len_challenge={len_challenge}"
+        )
     member = randperm(2 * m, seed_membership)[m:]
     training = randperm(n_points - 2 * m, seed_training)[: len_training - m]
     return np.concatenate([member, training])

@@ -4,6 +4,7 @@
 every dev and final model: one row of ``2 * len_challenge`` comma-separated membership
 confidences in [0, 1], in challenge order.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,18 +54,22 @@ def check_prediction(path: str, n_expected: int) -> str | None:
 
 
 def target_models(data_dir: str, track: str) -> list[layout.ModelDir]:
-    return [md for s in layout.scenarios(data_dir, track)
-            for md in layout.models(data_dir, track, s, TARGET_PHASES)]
+    return [md for s in layout.scenarios(data_dir, track) for md in layout.models(data_dir, track, s, TARGET_PHASES)]
 
 
 def validate(data_dir: str, track: str, n_expected: int) -> list[str]:
     """One message per invalid or missing prediction file of the dev and final models."""
     mds = target_models(data_dir, track)
     if not mds:
-        raise layout.LayoutError(f"{os.path.join(data_dir, track)}: no dev or final model folders to submit; "
-                                 f"download them first (download_files.py --challenge {track})")
-    return [f"{md.prediction_file}: {why}" for md in mds
-            if (why := check_prediction(md.prediction_file, n_expected)) is not None]
+        raise layout.LayoutError(
+            f"{os.path.join(data_dir, track)}: no dev or final model folders to submit; "
+            f"download them first (download_files.py --challenge {track})"
+        )
+    return [
+        f"{md.prediction_file}: {why}"
+        for md in mds
+        if (why := check_prediction(md.prediction_file, n_expected)) is not None
+    ]
 
 
 def write_zip(data_dir: str, track: str, out_path: str) -> int:

@@ -4,6 +4,7 @@ A track fixes the base dataset, the model architecture and MICO's split sizes.
 A challenge tree may override the sizes in ``<data-dir>/<track>/challenge.json``
 (the synthetic challenge does); everything reads them through :func:`load_params`.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,12 @@ class Track:
 
 
 TRACKS = {
-    "cifar10": Track("cifar10", 60_000, 50_000, 10, (3, 32, 32), "cifar-10-batches-py",
-                     {"inf": None, "hi": 10.0, "lo": 4.0}),
-    "purchase100": Track("purchase100", None, 150_000, 100, (600,), "dataset_purchase",
-                         {"inf": None, "hi": 10.0, "lo": 4.0}),
+    "cifar10": Track(
+        "cifar10", 60_000, 50_000, 10, (3, 32, 32), "cifar-10-batches-py", {"inf": None, "hi": 10.0, "lo": 4.0}
+    ),
+    "purchase100": Track(
+        "purchase100", None, 150_000, 100, (600,), "dataset_purchase", {"inf": None, "hi": 10.0, "lo": 4.0}
+    ),
 }
 DP_DELTA = 1e-5
 
@@ -74,6 +77,7 @@ def scenario_suffix(scenario: str) -> str:
 @dataclass(frozen=True)
 class ChallengeParams:
     """Sizes needed to rebuild every model's splits, and where the base dataset lives."""
+
     track: str
     n_points: int | None
     len_training: int
@@ -98,8 +102,9 @@ def load_params(data_dir: str, track: str) -> ChallengeParams:
     track_dir = os.path.join(data_dir, track)
     path = challenge_json_path(data_dir, track)
     if not os.path.exists(path):
-        return ChallengeParams(track, spec.n_points, spec.len_training, LEN_CHALLENGE,
-                               os.path.join(track_dir, spec.dataset))
+        return ChallengeParams(
+            track, spec.n_points, spec.len_training, LEN_CHALLENGE, os.path.join(track_dir, spec.dataset)
+        )
     try:
         with open(path) as f:
             d = json.load(f)
@@ -113,8 +118,10 @@ def load_params(data_dir: str, track: str) -> ChallengeParams:
             seed=None if d.get("seed") is None else int(d["seed"]),
         )
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: malformed challenge parameters ({e}); delete it to use MICO's "
-                         "constants or regenerate it with download_files.py --synthetic") from None
+        raise ValueError(
+            f"{path}: malformed challenge parameters ({e}); delete it to use MICO's "
+            "constants or regenerate it with download_files.py --synthetic"
+        ) from None
 
 
 def save_params(data_dir: str, params: ChallengeParams) -> str:

@@ -3,6 +3,7 @@
 The training recipe and trainers live in :mod:`models.train` (and the privacy accounting in
 :mod:`models.privacy`); import them from there, so that ``import models`` does not pay for Opacus.
 """
+
 from models.cnn import CNN
 from models.loading import (
     ModelLoadError,
@@ -16,6 +17,13 @@ from models.loading import (
 from models.mlp import MLP
 
 __all__ = [
-    "CNN", "MLP", "ModelLoadError", "build_model", "load_model", "plain_state_dict",
-    "resolve_device", "strip_opacus_prefix", "unwrap_model",
+    "CNN",
+    "MLP",
+    "ModelLoadError",
+    "build_model",
+    "load_model",
+    "plain_state_dict",
+    "resolve_device",
+    "strip_opacus_prefix",
+    "unwrap_model",
 ]

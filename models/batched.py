@@ -44,6 +44,7 @@ model's step is mostly kernel-launch overhead (not measured here). Poisson sampl
 CPU on every device, as in train_model: about 0.7 ms per model and step for 150,000 records,
 which may then bound a GPU step when K is large.
 """
+
 from __future__ import annotations
 
 import functools
@@ -78,6 +79,7 @@ ProgressFn = Callable[[int, int, float, float], None]
 
 # ---------------------------------------------------------------- gradients
 
+
 def _clip_factor(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
     return (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
 
@@ -88,8 +90,9 @@ def _mean_weights(mask: torch.Tensor) -> torch.Tensor:
     return w / w.sum(1, keepdim=True).clamp(min=1)
 
 
-def mlp_grads(params: Params, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor,
-              max_grad_norm: float | None = None) -> tuple[Params, torch.Tensor, torch.Tensor]:
+def mlp_grads(
+    params: Params, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor, max_grad_norm: float | None = None
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """Gradients of K purchase100 MLPs on their batches, by hand with batched matmuls.
 
     params: ``MLP_KEYS -> [K, *shape]``; xb ``[K, B, 600]``; yb ``[K, B]``; mask ``[K, B]``
@@ -113,6 +116,7 @@ def mlp_grads(params: Params, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Te
     if max_grad_norm is None:
         weight = _mean_weights(mask)
     else:
+
         def sq(t):  # squared norms of the rows [K, B]; vector_norm needs no temporary
             return torch.linalg.vector_norm(t, dim=2).square()
 
@@ -120,8 +124,9 @@ def mlp_grads(params: Params, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Te
         weight = _clip_factor(norms, max_grad_norm) * mask
     d1.mul_(weight.unsqueeze(2))
     d2.mul_(weight.unsqueeze(2))
-    grads = dict(zip(MLP_KEYS, (torch.bmm(d1.transpose(1, 2), xb), d1.sum(1),
-                                torch.bmm(d2.transpose(1, 2), h), d2.sum(1))))
+    grads = dict(
+        zip(MLP_KEYS, (torch.bmm(d1.transpose(1, 2), xb), d1.sum(1), torch.bmm(d2.transpose(1, 2), h), d2.sum(1)))
+    )
     return grads, (nll * mask).sum(1), correct
 
 
@@ -139,8 +144,14 @@ def _losses(module: torch.nn.Module, params: Params, xb: torch.Tensor, yb: torch
     return F.cross_entropy(out, yb, reduction="none"), out.argmax(dim=1) == yb
 
 
-def func_grads(track: str, params: Params, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor,
-               max_grad_norm: float | None = None) -> tuple[Params, torch.Tensor, torch.Tensor]:
+def func_grads(
+    track: str,
+    params: Params,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    mask: torch.Tensor,
+    max_grad_norm: float | None = None,
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """:func:`mlp_grads`' contract for any track, by torch.func (xb ``[K, B, *input_shape]``).
 
     Non-private: ``vmap`` over models of ``grad`` of the weighted loss. DP: ``vmap`` over models
@@ -165,8 +176,8 @@ def func_grads(track: str, params: Params, xb: torch.Tensor, yb: torch.Tensor, m
     loss = torch.zeros(len(mask), device=mask.device)
     correct = torch.zeros(len(mask), dtype=torch.int64, device=mask.device)
     for lo in range(0, mask.shape[1], PSG_CHUNK):
-        m = mask[:, lo:lo + PSG_CHUNK]
-        g, (nll, ok) = per_sample(params, xb[:, lo:lo + PSG_CHUNK], yb[:, lo:lo + PSG_CHUNK])
+        m = mask[:, lo : lo + PSG_CHUNK]
+        g, (nll, ok) = per_sample(params, xb[:, lo : lo + PSG_CHUNK], yb[:, lo : lo + PSG_CHUNK])
         norms = torch.stack([v.flatten(2).norm(dim=2) for v in g.values()]).norm(dim=0)  # [K, c]
         factor = _clip_factor(norms, max_grad_norm) * m
         for n, v in g.items():
@@ -176,8 +187,7 @@ def func_grads(track: str, params: Params, xb: torch.Tensor, yb: torch.Tensor, m
     return summed, loss, correct
 
 
-GRADS: dict[str, GradFn] = {"purchase100": mlp_grads,
-                            "cifar10": functools.partial(func_grads, "cifar10")}
+GRADS: dict[str, GradFn] = {"purchase100": mlp_grads, "cifar10": functools.partial(func_grads, "cifar10")}
 
 
 def logits(track: str, params: Params, xb: torch.Tensor) -> torch.Tensor:
@@ -186,6 +196,7 @@ def logits(track: str, params: Params, xb: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- optimisers
+
 
 class StackedOptimizer:
     """torch.optim.SGD(lr, momentum) or torch.optim.Adam(lr) with their other defaults, for K
@@ -234,8 +245,8 @@ class StackedOptimizer:
         beta1, beta2 = ADAM_BETAS
         dev = next(iter(params.values())).device
         # torch computes these per step in Python floats; here one per model, rounded alike.
-        neg_step_size = torch.tensor(-(lr / (1 - beta1 ** steps)), dtype=torch.float32).to(dev)
-        bc2_sqrt = torch.tensor((1 - beta2 ** steps) ** 0.5, dtype=torch.float32).to(dev)
+        neg_step_size = torch.tensor(-(lr / (1 - beta1**steps)), dtype=torch.float32).to(dev)
+        bc2_sqrt = torch.tensor((1 - beta2**steps) ** 0.5, dtype=torch.float32).to(dev)
         for n, p in params.items():
             g, m, v = grads[n], state["exp_avg"][n], state["exp_avg_sq"][n]
             per_model = (-1,) + (1,) * (p.dim() - 1)
@@ -247,8 +258,8 @@ class StackedOptimizer:
 
 # ---------------------------------------------------------------- DP noise and batches
 
-def add_noise(grads: Params, generators: Sequence[torch.Generator], stds: np.ndarray,
-              active: np.ndarray) -> None:
+
+def add_noise(grads: Params, generators: Sequence[torch.Generator], stds: np.ndarray, active: np.ndarray) -> None:
     """Add N(0, std_k^2) to every coordinate of active model k's gradients, in place.
 
     Drawn like Opacus' ``DPOptimizer.add_noise``: one ``torch.normal`` per parameter in parameter
@@ -258,8 +269,9 @@ def add_noise(grads: Params, generators: Sequence[torch.Generator], stds: np.nda
         if stds[k] == 0:
             continue
         for g in grads.values():
-            g[k] += torch.normal(mean=0, std=float(stds[k]), size=g[k].shape, device=g.device,
-                                 generator=generators[k], dtype=g.dtype)
+            g[k] += torch.normal(
+                mean=0, std=float(stds[k]), size=g[k].shape, device=g.device, generator=generators[k], dtype=g.dtype
+            )
 
 
 class _Rows:
@@ -274,7 +286,7 @@ class _Rows:
         shape = (idx.numel(), *self.x.shape[1:])
         if self.buf.numel() < math.prod(shape):
             self.buf = torch.empty(math.prod(shape), dtype=self.x.dtype, device=self.x.device)
-        out = self.buf[:math.prod(shape)].view(shape)
+        out = self.buf[: math.prod(shape)].view(shape)
         torch.index_select(self.x, 0, idx.flatten(), out=out)
         return out.view(*idx.shape, *self.x.shape[1:])
 
@@ -284,7 +296,7 @@ def _padded(rows: list[torch.Tensor], dev: torch.device) -> tuple[torch.Tensor, 
     lengths = torch.tensor([len(r) for r in rows])
     idx = torch.zeros(len(rows), int(lengths.max()), dtype=torch.int64)
     for k, r in enumerate(rows):
-        idx[k, :len(r)] = r
+        idx[k, : len(r)] = r
     mask = torch.arange(idx.shape[1]) < lengths.unsqueeze(1)
     return idx.to(dev, non_blocking=True), mask.to(dev, non_blocking=True)
 
@@ -293,15 +305,19 @@ def _poisson_rows(group: _Group, active: np.ndarray) -> list[torch.Tensor]:
     """Each active model's Poisson batch (dataset indices), drawn as Opacus'
     UniformWithReplacementSampler draws it: ``rand(N_k) < q_k`` from the model's CPU generator."""
     empty = torch.zeros(0, dtype=torch.int64)
-    return [s[(torch.rand(len(s), generator=g) < q).nonzero().squeeze(1)] if a else empty
-            for s, g, q, a in zip(group.sets, group.cpu_gens, group.rates, active)]
+    return [
+        s[(torch.rand(len(s), generator=g) < q).nonzero().squeeze(1)] if a else empty
+        for s, g, q, a in zip(group.sets, group.cpu_gens, group.rates, active)
+    ]
 
 
 # ---------------------------------------------------------------- one group
 
+
 @dataclass
 class _Group:
     """K models' training sets, per-model DP constants and random generators."""
+
     sets: list[torch.Tensor]  # CPU int64 dataset indices, in MICO's order
     steps: np.ndarray  # [K] batches per epoch, ceil(N_k / B)
     cpu_gens: list[torch.Generator]  # Poisson sampling (and, on the CPU, everything random)
@@ -335,11 +351,16 @@ def _make_group(recipe: Recipe, sets: list[torch.Tensor], cpu_gens: list, dev_ge
         group.expected = np.array([int(n * q) for n, q in zip(sizes, group.rates)])
         bad = sizes[group.expected < 1]  # float rounding, e.g. N = 49, B = 1: 49 * (1/49) < 1
         if len(bad):
-            raise ValueError(f"a training set of {bad[0]} records with batch size {recipe.batch_size} "
-                             "gives Opacus an expected batch size of 0 (it would divide by zero)")
-        group.sigmas = np.array([find_noise_multiplier(float(recipe.epsilon), float(recipe.delta),
-                                                       float(q), int(s) * recipe.epochs)
-                                 for q, s in zip(group.rates, group.steps)])
+            raise ValueError(
+                f"a training set of {bad[0]} records with batch size {recipe.batch_size} "
+                "gives Opacus an expected batch size of 0 (it would divide by zero)"
+            )
+        group.sigmas = np.array(
+            [
+                find_noise_multiplier(float(recipe.epsilon), float(recipe.delta), float(q), int(s) * recipe.epochs)
+                for q, s in zip(group.rates, group.steps)
+            ]
+        )
     return group
 
 
@@ -349,8 +370,10 @@ def _epoch_rows(group: _Group, recipe: Recipe, dev: torch.device) -> Iterator[tu
     A model whose epoch has fewer steps is inactive (empty batch) for the remaining ones.
     """
     if not recipe.private:
-        orders = [torch.randperm(len(s), generator=g, device=dev).cpu() if recipe.shuffle else None
-                  for s, g in zip(group.sets, group.dev_gens)]
+        orders = [
+            torch.randperm(len(s), generator=g, device=dev).cpu() if recipe.shuffle else None
+            for s, g in zip(group.sets, group.dev_gens)
+        ]
     for step in range(int(group.steps.max())):
         active = group.steps > step
         if recipe.private:
@@ -360,8 +383,16 @@ def _epoch_rows(group: _Group, recipe: Recipe, dev: torch.device) -> Iterator[tu
         yield active, [s[lo:hi] if o is None else s[o[lo:hi]] for s, o in zip(group.sets, orders)]
 
 
-def _train_epoch(track: str, recipe: Recipe, group: _Group, params: Params, opt: StackedOptimizer,
-                 x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, ...]:
+def _train_epoch(
+    track: str,
+    recipe: Recipe,
+    group: _Group,
+    params: Params,
+    opt: StackedOptimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+) -> tuple[torch.Tensor, ...]:
     """One epoch for the group; returns per-model loss sum, correct count and samples seen [K]."""
     dev = x.device
     K = len(group.sets)
@@ -389,15 +420,16 @@ def _train_epoch(track: str, recipe: Recipe, group: _Group, params: Params, opt:
     return loss, correct, seen
 
 
-def _accuracies(track: str, params: Params, x: torch.Tensor, y: torch.Tensor,
-                sets: list[torch.Tensor]) -> list[float | None]:
+def _accuracies(
+    track: str, params: Params, x: torch.Tensor, y: torch.Tensor, sets: list[torch.Tensor]
+) -> list[float | None]:
     """Each model's top-1 accuracy on its own index set (dataset indices); None for an empty set."""
     idx, mask = _padded(sets, x.device)
     chunk = max(1, EVAL_SAMPLES[track] // len(sets))
     correct = torch.zeros(len(sets), dtype=torch.int64, device=x.device)
     with torch.no_grad():
         for lo in range(0, idx.shape[1], chunk):
-            i, m = idx[:, lo:lo + chunk], mask[:, lo:lo + chunk]
+            i, m = idx[:, lo : lo + chunk], mask[:, lo : lo + chunk]
             correct += ((logits(track, params, x[i]).argmax(dim=2) == y[i]) & m).sum(1)
     return [c / n if n else None for c, n in zip(correct.tolist(), mask.sum(1).tolist())]
 
@@ -412,9 +444,18 @@ def _as_index(s, n: int, what: str, allow_empty: bool = False) -> torch.Tensor:
     return torch.as_tensor(a.astype(np.int64))
 
 
-def train_batched(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
-                  train_sets: Sequence, seeds: Sequence[int], *, eval_sets: Sequence | None = None,
-                  device="auto", progress: ProgressFn | None = None) -> list[TrainResult]:
+def train_batched(
+    track: str,
+    recipe: Recipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_sets: Sequence,
+    seeds: Sequence[int],
+    *,
+    eval_sets: Sequence | None = None,
+    device="auto",
+    progress: ProgressFn | None = None,
+) -> list[TrainResult]:
     """Train one group of K = len(seeds) models at once; result k as train_model's (see module).
 
     x: float32 ``[N, *input_shape]`` (all records, preprocessed as for train_model), y: int64
@@ -434,16 +475,20 @@ def train_batched(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
     dev = resolve_device(device)
     x, y = x.to(dev, torch.float32), y.to(dev, torch.int64)
     sets = [_as_index(s, len(x), f"training set {k}") for k, s in enumerate(train_sets)]
-    evals = None if eval_sets is None else [_as_index(s, len(x), f"evaluation set {k}", allow_empty=True)
-                                            for k, s in enumerate(eval_sets)]
+    evals = (
+        None
+        if eval_sets is None
+        else [_as_index(s, len(x), f"evaluation set {k}", allow_empty=True) for k, s in enumerate(eval_sets)]
+    )
     params, cpu_gens, dev_gens = _init(track, seeds, dev)
     group = _make_group(recipe, sets, cpu_gens, dev_gens)
     opt = StackedOptimizer(recipe, params)
     histories: list[list] = [[] for _ in seeds]
     lr = float(recipe.lr)
     for epoch in range(1, recipe.epochs + 1):
-        loss, correct, seen = (t.cpu().double().numpy() for t in
-                               _train_epoch(track, recipe, group, params, opt, x, y, lr))
+        loss, correct, seen = (
+            t.cpu().double().numpy() for t in _train_epoch(track, recipe, group, params, opt, x, y, lr)
+        )
         seen = np.maximum(seen, 1)
         for h, lo, ac in zip(histories, loss / seen, correct / seen):
             h.append({"epoch": epoch, "loss": float(lo), "train_accuracy": float(ac)})
@@ -454,8 +499,16 @@ def train_batched(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
     return _results(track, recipe, group, params, x, y, evals, histories)
 
 
-def _results(track: str, recipe: Recipe, group: _Group, params: Params, x: torch.Tensor,
-             y: torch.Tensor, evals: list | None, histories: list[list]) -> list[TrainResult]:
+def _results(
+    track: str,
+    recipe: Recipe,
+    group: _Group,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    evals: list | None,
+    histories: list[list],
+) -> list[TrainResult]:
     """The K trained models as plain modules in eval mode, with accuracies and epsilons."""
     train_acc = _accuracies(track, params, x, y, group.sets)
     eval_acc = _accuracies(track, params, x, y, evals) if evals is not None else [None] * len(group.sets)
@@ -467,15 +520,22 @@ def _results(track: str, recipe: Recipe, group: _Group, params: Params, x: torch
         eps = sigma = None
         if recipe.private:
             sigma = float(group.sigmas[k])
-            eps = prv_epsilon(sigma, float(group.rates[k]), int(group.steps[k]) * recipe.epochs,
-                              float(recipe.delta))
-        out.append(TrainResult(model=model.eval(), train_accuracy=train_acc[k],
-                               eval_accuracy=eval_acc[k], epsilon=eps, history=histories[k],
-                               noise_multiplier=sigma))
+            eps = prv_epsilon(sigma, float(group.rates[k]), int(group.steps[k]) * recipe.epochs, float(recipe.delta))
+        out.append(
+            TrainResult(
+                model=model.eval(),
+                train_accuracy=train_acc[k],
+                eval_accuracy=eval_acc[k],
+                epsilon=eps,
+                history=histories[k],
+                noise_multiplier=sigma,
+            )
+        )
     return out
 
 
 # ---------------------------------------------------------------- many groups
+
 
 def free_memory(dev: torch.device) -> int:
     """Bytes free on ``dev``: CUDA's free memory, or the host's available memory for the CPU."""
@@ -508,16 +568,28 @@ def auto_parallel(track: str, recipe: Recipe, device="auto", n_train: int | None
     # func_grads' DP path holds PSG_CHUNK samples' activations and per-sample gradients at a time.
     per_sample_grads = recipe.private and GRADS[track] is not mlp_grads
     live = min(batch, PSG_CHUNK) if per_sample_grads else batch
-    floats = (8 * n_params  # parameters, gradients, optimiser state, noise, temporaries
-              + batch * math.prod(TRACKS[track].input_shape)  # the gathered batch
-              + live * (ACTIVATION_FLOATS[track] + 2 * n_params * per_sample_grads))
+    floats = (
+        8 * n_params  # parameters, gradients, optimiser state, noise, temporaries
+        + batch * math.prod(TRACKS[track].input_shape)  # the gathered batch
+        + live * (ACTIVATION_FLOATS[track] + 2 * n_params * per_sample_grads)
+    )
     k = int(MEMORY_SHARE * free_memory(dev) // (4 * floats))
     return max(1, min(k, MAX_PARALLEL.get(dev.type, 1)))
 
 
-def train_many(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor, train_sets: Sequence,
-               seeds: Sequence[int], *, eval_sets: Sequence | None = None, parallel: int | None = None,
-               device="auto", progress: ProgressFn | None = None) -> Iterator[tuple[int, TrainResult]]:
+def train_many(
+    track: str,
+    recipe: Recipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_sets: Sequence,
+    seeds: Sequence[int],
+    *,
+    eval_sets: Sequence | None = None,
+    parallel: int | None = None,
+    device="auto",
+    progress: ProgressFn | None = None,
+) -> Iterator[tuple[int, TrainResult]]:
     """Train len(seeds) models in groups of ``parallel`` (None: :func:`auto_parallel`), yielding
     ``(job index, TrainResult)`` as each group finishes, so the caller can save and resume.
     Arguments as :func:`train_batched`'s, one entry per job."""
@@ -532,6 +604,7 @@ def train_many(track: str, recipe: Recipe, x: torch.Tensor, y: torch.Tensor, tra
     for lo in range(0, len(seeds), parallel):
         hi = min(lo + parallel, len(seeds))
         group_eval = None if eval_sets is None else eval_sets[lo:hi]
-        results = train_batched(track, recipe, x, y, train_sets[lo:hi], seeds[lo:hi],
-                                eval_sets=group_eval, device=dev, progress=progress)
+        results = train_batched(
+            track, recipe, x, y, train_sets[lo:hi], seeds[lo:hi], eval_sets=group_eval, device=dev, progress=progress
+        )
         yield from zip(range(lo, hi), results)

@@ -5,6 +5,7 @@ possibly with Opacus' ``_module.`` key prefix) and files written by
 ``production.folders.save_state_dict``.
 Every failure is reported as a one-line :class:`ModelLoadError` naming the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,9 @@ def resolve_device(name: DeviceLike = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(dev)!r} requested but CUDA is not available: use 'auto' or 'cpu'")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(dev)!r} requested but only {torch.cuda.device_count()} "
-                             "CUDA device(s) are visible")
+            raise ValueError(
+                f"device {str(dev)!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
     return dev
 
 
@@ -69,7 +71,7 @@ def strip_opacus_prefix(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     for k, v in state_dict.items():
         while k.startswith(_OPACUS_PREFIX):
-            k = k[len(_OPACUS_PREFIX):]
+            k = k[len(_OPACUS_PREFIX) :]
         out[k] = v
     return out
 
@@ -99,8 +101,7 @@ def _describe_load_error(e: Exception) -> str:
     if isinstance(e, pickle.UnpicklingError):
         m = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+)", text)
         detail = f": {m.group(1)}" if m else ""
-        return ("not a plain tensor state dict, or corrupt (refused by the safe weights-only "
-                f"loader{detail})")
+        return f"not a plain tensor state dict, or corrupt (refused by the safe weights-only loader{detail})"
     if isinstance(e, EOFError) or "zip archive" in text or "PytorchStreamReader" in text:
         return "corrupt or truncated file"
     if isinstance(e, OSError):
@@ -113,8 +114,11 @@ def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor])
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
-              for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
     parts = []
     if missing:
         parts.append(f"missing keys {missing[:4]}{'...' if len(missing) > 4 else ''}")

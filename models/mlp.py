@@ -2,6 +2,7 @@
 
 Keys ``mlp.0.*`` and ``mlp.2.*`` match MICO's ``MLP`` so its ``model.pt`` files load unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ class MLP(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(600, 128),  # 0: [B,600] -> [B,128]
-            nn.Tanh(),            # 1
+            nn.Tanh(),  # 1
             nn.Linear(128, 100),  # 2: [B,128] -> [B,100]
         )
 

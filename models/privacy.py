@@ -4,6 +4,7 @@ multiplier that meets a target epsilon.
 MICO used Microsoft's ``prv_accountant`` (``find_noise_multiplier``, eps_error 0.1); we use
 Opacus' built-in PRV accountant (the same method) with an epsilon tolerance of 0.01.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,9 @@ def prv_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
 
 
 @functools.lru_cache(maxsize=64)
-def find_noise_multiplier(target_epsilon: float, target_delta: float, sample_rate: float,
-                          steps: int, tolerance: float = _PRV_EPS_TOLERANCE) -> float:
+def find_noise_multiplier(
+    target_epsilon: float, target_delta: float, sample_rate: float, steps: int, tolerance: float = _PRV_EPS_TOLERANCE
+) -> float:
     """Smallest-ish noise multiplier whose PRV epsilon (upper bound) is in [target - tol, target].
 
     Same criterion as Opacus' ``get_noise_multiplier(accountant="prv")``, but the search stays

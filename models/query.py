@@ -6,6 +6,7 @@ and ``log(p / (1 - p)) = phi``, so one float per (point, view) serves LiRA with 
 flags. The modified prediction entropy of Song & Mittal (2021, eq. 6) needs the whole softmax
 and is computed here too, so no attack has to rerun a model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,7 @@ def apply_view(x: torch.Tensor, name: str) -> torch.Tensor:
         if k:
             h, w = x.shape[2:]
             padded = F.pad(x, (k, k, k, k), mode="reflect")
-            x = padded[:, :, k + dy:k + dy + h, k + dx:k + dx + w]
+            x = padded[:, :, k + dy : k + dy + h, k + dx : k + dx + w]
     return x
 
 
@@ -54,14 +55,23 @@ def signals_from_logits(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
     log1mp = torch.log1p(-p.clamp(max=1 - 1e-16))
     py = p.gather(1, y[:, None]).squeeze(1)
     # Mentr(x, y) = -(1 - p_y) log p_y - sum_{j != y} p_j log(1 - p_j)
-    mentr = -(1 - py) * logp.gather(1, y[:, None]).squeeze(1) - (p * log1mp).sum(1) \
+    mentr = (
+        -(1 - py) * logp.gather(1, y[:, None]).squeeze(1)
+        - (p * log1mp).sum(1)
         + py * log1mp.gather(1, y[:, None]).squeeze(1)
+    )
     return phi.float(), mentr.float()
 
 
 @torch.inference_mode()
-def query(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, views: list[str],
-          batch_size: int = 4096, keep_logits: bool = False) -> dict:
+def query(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    views: list[str],
+    batch_size: int = 4096,
+    keep_logits: bool = False,
+) -> dict:
     """Run ``model`` over inputs ``x`` [P, ...] (already on the model's device) for each view.
 
     Returns float32 CPU tensors: ``phi`` and ``mentr`` [P, V], and ``logits`` [P, V, C] when
@@ -69,7 +79,7 @@ def query(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, views: list[
     """
     phis, mentrs, logits_out = [], [], []
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         ph, me, lg = [], [], []
         for name in views:
             logits = model(apply_view(xb, name) if name != "orig" else xb)

@@ -29,6 +29,7 @@ records one by one. ``_GRAD_SAMPLE_MODE`` picks Opacus' per-sample gradient mode
   pass, which measured ~20% slower per step than hooks here. Hooks materialise per-sample
   gradients (~2 GB for a Poisson batch of ~512), which is fine on a GPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,6 +61,7 @@ def _positive_int(v) -> bool:
 @dataclass
 class Recipe:
     """Every hyper-parameter of a MICO training run. ``epsilon=None`` means no DP."""
+
     epochs: int
     batch_size: int
     lr: float
@@ -75,7 +77,9 @@ class Recipe:
     def __post_init__(self) -> None:
         problems = [
             f"{name} must be a positive integer, got {getattr(self, name)!r}"
-            for name in ("epochs", "batch_size", "step_size") if not _positive_int(getattr(self, name))]
+            for name in ("epochs", "batch_size", "step_size")
+            if not _positive_int(getattr(self, name))
+        ]
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             problems.append(f"lr must be a positive number, got {self.lr!r}")
         if self.optimizer not in ("sgd", "adam"):
@@ -106,10 +110,8 @@ class Recipe:
 
 # MICO's recipes (training/train_<track>_<suffix>.sh); delta 1e-5 throughout.
 _BASE = {
-    "purchase100": dict(optimizer="adam", lr=1e-3, momentum=0.0, step_size=5, gamma=0.9,
-                        batch_size=512, epochs=30),
-    "cifar10": dict(optimizer="sgd", lr=0.005, momentum=0.0, step_size=1, gamma=0.96,
-                    batch_size=32, epochs=50),
+    "purchase100": dict(optimizer="adam", lr=1e-3, momentum=0.0, step_size=5, gamma=0.9, batch_size=512, epochs=30),
+    "cifar10": dict(optimizer="sgd", lr=0.005, momentum=0.0, step_size=1, gamma=0.96, batch_size=32, epochs=50),
 }
 _DP = {
     "purchase100": dict(batch_size=512, lr=1e-3, max_grad_norm=2.6),
@@ -150,8 +152,9 @@ class TrainResult:
     noise_multiplier: Optional[float] = None  # DP only
 
 
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      device: DeviceLike = "cpu", batch_size: int = 4096) -> float:
+def evaluate_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: DeviceLike = "cpu", batch_size: int = 4096
+) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``, computed in eval mode on ``device``.
 
     The model is moved to ``device`` (in place) and its train/eval mode is restored afterwards.
@@ -167,8 +170,8 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     try:
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
-                xb = x[i:i + batch_size].to(dev, torch.float32, non_blocking=True)
-                yb = y[i:i + batch_size].to(dev, torch.int64, non_blocking=True)
+                xb = x[i : i + batch_size].to(dev, torch.float32, non_blocking=True)
+                yb = y[i : i + batch_size].to(dev, torch.int64, non_blocking=True)
                 correct += (model(xb).argmax(dim=1) == yb).sum()
     finally:
         model.train(was_training)
@@ -180,8 +183,9 @@ def _check_data(track: str, x: torch.Tensor, y: torch.Tensor, what: str) -> None
         raise TypeError(f"{what}: x and y must be torch tensors")
     shape = TRACKS[track].input_shape
     if x.dim() != 1 + len(shape) or tuple(x.shape[1:]) != shape:
-        raise ValueError(f"{what}: x must have shape [N, {', '.join(map(str, shape))}] for {track}, "
-                         f"got {list(x.shape)}")
+        raise ValueError(
+            f"{what}: x must have shape [N, {', '.join(map(str, shape))}] for {track}, got {list(x.shape)}"
+        )
     if y.dim() != 1 or len(y) != len(x):
         raise ValueError(f"{what}: y must have shape [{len(x)}], got {list(y.shape)}")
     if len(x) == 0:
@@ -247,6 +251,7 @@ def _plain_batches(recipe: Recipe, n: int, dev: torch.device):
             return [slice(lo, hi) for lo, hi in bounds]
         order = torch.randperm(n, device=dev)
         return [order[lo:hi] for lo, hi in bounds]
+
     return batches
 
 
@@ -263,12 +268,19 @@ def _make_private(track: str, recipe: Recipe, model, optimizer, criterion, n: in
         # poisson_sampling=False: we sample the Poisson batches ourselves (see _dp_batches), because
         # Opacus' DPDataLoader runs int(1/(1/k)) steps per epoch, which is k - 1 for many k
         # (e.g. 93, 99, 105) and would then also account with sample rate 1/(k-1).
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n)),
-                                             batch_size=recipe.batch_size)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.arange(n)), batch_size=recipe.batch_size
+        )
         made = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
-            noise_multiplier=noise_multiplier, max_grad_norm=float(recipe.max_grad_norm),
-            poisson_sampling=False, grad_sample_mode=mode)
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            criterion=criterion,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=float(recipe.max_grad_norm),
+            poisson_sampling=False,
+            grad_sample_mode=mode,
+        )
     dp_model, dp_optimizer = made[0], made[1]
     dp_criterion = made[2] if "ghost" in mode else criterion
     if hasattr(dp_model, "forbid_grad_accumulation"):
@@ -295,9 +307,17 @@ def _train_private(track: str, recipe: Recipe, model, optimizer, criterion, x, y
         warnings.filterwarnings("ignore", message=".*non-full backward hook")
         warnings.filterwarnings("ignore", message=".*Full backward hook is firing")
         # An empty Poisson batch is still a DP step (noise only), so that accounting holds.
-        history = _epochs(recipe, dp_model, dp_optimizer, dp_criterion, x, y,
-                          _dp_batches(n, steps_per_epoch, x.device),
-                          lambda: _noise_only_step(dp_model, dp_optimizer), progress)
+        history = _epochs(
+            recipe,
+            dp_model,
+            dp_optimizer,
+            dp_criterion,
+            x,
+            y,
+            _dp_batches(n, steps_per_epoch, x.device),
+            lambda: _noise_only_step(dp_model, dp_optimizer),
+            progress,
+        )
     steps_done = sum(int(h[2]) for h in engine.accountant.history)
     if steps_done != num_steps:  # every Poisson batch, empty or not, must be accounted for
         raise RuntimeError(f"DP accounting mismatch: {steps_done} steps recorded, {num_steps} expected")
@@ -312,10 +332,17 @@ def _train_private(track: str, recipe: Recipe, model, optimizer, criterion, x, y
     return final.to(x.device), history, noise, epsilon
 
 
-def train_model(track: str, recipe: Recipe, x_train: torch.Tensor, y_train: torch.Tensor,
-                x_eval: Optional[torch.Tensor] = None, y_eval: Optional[torch.Tensor] = None,
-                device: DeviceLike = "cpu", seed: Optional[int] = None,
-                progress: Optional[ProgressFn] = None) -> TrainResult:
+def train_model(
+    track: str,
+    recipe: Recipe,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_eval: Optional[torch.Tensor] = None,
+    y_eval: Optional[torch.Tensor] = None,
+    device: DeviceLike = "cpu",
+    seed: Optional[int] = None,
+    progress: Optional[ProgressFn] = None,
+) -> TrainResult:
     """Train a fresh ``track`` model with ``recipe`` on preprocessed in-memory tensors.
 
     ``x_train``: float32 ``[N,3,32,32]`` (cifar10, normalised) or ``[N,600]`` (purchase100);
@@ -343,17 +370,25 @@ def train_model(track: str, recipe: Recipe, x_train: torch.Tensor, y_train: torc
     optimizer = _make_optimizer(recipe, model.parameters())
     epsilon = noise_multiplier = None
     if recipe.private:
-        final, history, noise_multiplier, epsilon = _train_private(track, recipe, model, optimizer, criterion,
-                                                                   x, y, progress)
+        final, history, noise_multiplier, epsilon = _train_private(
+            track, recipe, model, optimizer, criterion, x, y, progress
+        )
     else:
-        history = _epochs(recipe, model, optimizer, criterion, x, y, _plain_batches(recipe, len(x), dev),
-                          None, progress)
+        history = _epochs(
+            recipe, model, optimizer, criterion, x, y, _plain_batches(recipe, len(x), dev), None, progress
+        )
         final = model
     final.eval()
     train_acc = evaluate_accuracy(final, x, y, dev)
     eval_acc = evaluate_accuracy(final, x_eval, y_eval, dev) if x_eval is not None else None
-    return TrainResult(model=final, train_accuracy=train_acc, eval_accuracy=eval_acc,
-                       epsilon=epsilon, history=history, noise_multiplier=noise_multiplier)
+    return TrainResult(
+        model=final,
+        train_accuracy=train_acc,
+        eval_accuracy=eval_acc,
+        epsilon=epsilon,
+        history=history,
+        noise_multiplier=noise_multiplier,
+    )
 
 
 def _noise_only_step(dp_model: nn.Module, dp_optimizer) -> None:

@@ -14,6 +14,7 @@ point for exactly ``pkeep * num_experiments`` shadows):
   drawn without replacement from outside the pool, stratified by class so that the class counts of
   the whole set follow the dataset's class frequencies as far as the filler allows.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,11 +36,11 @@ EVAL_POINTS = 10_000  # held-out points per designed shadow for its accuracy fil
 
 @dataclass(frozen=True)
 class Design:
-    pool: np.ndarray       # int64 [P] sorted dataset indices of the challenge points
-    in_count: int          # m: shadows each pool point is IN for
-    n_shadows: int         # K
-    train_sets: list       # K sorted int64 arrays of exactly len_training dataset indices
-    group: int             # shadows per group: 2 (complementary pairs, f = 1/2, nested) or K
+    pool: np.ndarray  # int64 [P] sorted dataset indices of the challenge points
+    in_count: int  # m: shadows each pool point is IN for
+    n_shadows: int  # K
+    train_sets: list  # K sorted int64 arrays of exactly len_training dataset indices
+    group: int  # shadows per group: 2 (complementary pairs, f = 1/2, nested) or K
 
     @property
     def fraction(self) -> float:
@@ -63,8 +64,10 @@ def in_count(n_pool: int, n_outside: int, len_training: int, n_shadows: int, fra
     for m in sorted(range(1, K + 1), key=lambda m: (abs(m - want), -m)):
         if fits(m):
             return m
-    raise ValueError(f"no balanced design of {K} shadows fits: {n_pool} challenge points, {n_outside} other points, "
-                     f"training sets of {len_training}; use more shadows or --design mico")
+    raise ValueError(
+        f"no balanced design of {K} shadows fits: {n_pool} challenge points, {n_outside} other points, "
+        f"training sets of {len_training}; use more shadows or --design mico"
+    )
 
 
 def pool_membership(n_pool: int, n_shadows: int, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -79,7 +82,7 @@ def pool_membership(n_pool: int, n_shadows: int, m: int, rng: np.random.Generato
     member = rng.random((K, P)).argsort(axis=0).argsort(axis=0) < m
     counts = member.sum(axis=1)
     want = np.full(K, (P * m) // K)
-    want[np.argsort(-counts, kind="stable")[:(P * m) % K]] += 1  # the fullest keep the extra points
+    want[np.argsort(-counts, kind="stable")[: (P * m) % K]] += 1  # the fullest keep the extra points
     while True:
         gap = counts - want
         o, u = int(gap.argmax()), int(gap.argmin())
@@ -92,8 +95,15 @@ def pool_membership(n_pool: int, n_shadows: int, m: int, rng: np.random.Generato
         counts[u] += d
 
 
-def _filler(labels: np.ndarray, outside: np.ndarray, chosen_labels: np.ndarray, n_fill: int,
-            freq: np.ndarray, len_training: int, rng: np.random.Generator) -> np.ndarray:
+def _filler(
+    labels: np.ndarray,
+    outside: np.ndarray,
+    chosen_labels: np.ndarray,
+    n_fill: int,
+    freq: np.ndarray,
+    len_training: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """``n_fill`` indices from ``outside`` (no repeats), by class: each class gets what it lacks for
     ``len_training * freq`` given ``chosen_labels``, within what the class has outside the pool; the
     remainder, uniformly from the points not yet taken."""
@@ -114,8 +124,9 @@ def _filler(labels: np.ndarray, outside: np.ndarray, chosen_labels: np.ndarray, 
     return taken
 
 
-def balanced_design(labels: np.ndarray, pool: np.ndarray, len_training: int, n_shadows: int, *,
-                    fraction: float = 0.5, seed=0) -> Design:
+def balanced_design(
+    labels: np.ndarray, pool: np.ndarray, len_training: int, n_shadows: int, *, fraction: float = 0.5, seed=0
+) -> Design:
     """The training sets of ``n_shadows`` (even) designed shadows.
 
     labels: int [N] class of every dataset point; pool: dataset indices of the challenge points
@@ -133,24 +144,36 @@ def balanced_design(labels: np.ndarray, pool: np.ndarray, len_training: int, n_s
     outside = np.setdiff1d(np.arange(N, dtype=np.int64), pool, assume_unique=True)
     m = in_count(len(pool), len(outside), len_training, n_shadows, fraction)
     g, a = (2, 1) if 2 * m == n_shadows else (n_shadows, m)
-    member = np.concatenate([pool_membership(len(pool), g, a, np.random.default_rng(key + [g, i]))
-                             for i in range(n_shadows // g)])
+    member = np.concatenate(
+        [pool_membership(len(pool), g, a, np.random.default_rng(key + [g, i])) for i in range(n_shadows // g)]
+    )
     freq = np.bincount(labels, minlength=int(labels.max()) + 1) / N
     sets = []
     for k in range(n_shadows):
         chosen = pool[member[k]]
-        fill = _filler(labels, outside, labels[chosen], len_training - len(chosen), freq, len_training,
-                       np.random.default_rng(key + [0, k]))
+        fill = _filler(
+            labels,
+            outside,
+            labels[chosen],
+            len_training - len(chosen),
+            freq,
+            len_training,
+            np.random.default_rng(key + [0, k]),
+        )
         sets.append(np.sort(np.concatenate([chosen, fill])))
     return Design(pool, m, n_shadows, sets, g)
 
 
 def _identity(design: Design, seed: int) -> dict:
     """What makes two designed shadows parts of one design (written to each folder's design.json)."""
-    return {"design": "balanced", "seed": seed, "group": design.group,
-            "in_per_group": design.in_count * design.group // design.n_shadows,
-            "n_shadows": design.n_shadows if design.group == design.n_shadows else None,
-            "pool_sha256": hashlib.sha256(design.pool.tobytes()).hexdigest()}
+    return {
+        "design": "balanced",
+        "seed": seed,
+        "group": design.group,
+        "in_per_group": design.in_count * design.group // design.n_shadows,
+        "n_shadows": design.n_shadows if design.group == design.n_shadows else None,
+        "pool_sha256": hashlib.sha256(design.pool.tobytes()).hexdigest(),
+    }
 
 
 def _check_compatible(mds: list, want: dict) -> None:
@@ -164,12 +187,15 @@ def _check_compatible(mds: list, want: dict) -> None:
             raise layout.LayoutError(f"{path}: missing or unreadable; delete {md.path} and rerun") from None
         if have != want:
             diff = ", ".join(f"{k} {have.get(k)} (now {v})" for k, v in want.items() if have.get(k) != v)
-            raise layout.LayoutError(f"{md.path}: belongs to another design ({diff}); rerun with its --n/--seed, "
-                                     f"or delete {os.path.dirname(md.path)} to start a new design")
+            raise layout.LayoutError(
+                f"{md.path}: belongs to another design ({diff}); rerun with its --n/--seed, "
+                f"or delete {os.path.dirname(md.path)} to start a new design"
+            )
 
 
-def designed_jobs(data_dir: str, track: str, scenario: str, params: ChallengeParams, dataset: BaseDataset,
-                  n: int, seed: int) -> tuple[list[Job], Design]:
+def designed_jobs(
+    data_dir: str, track: str, scenario: str, params: ChallengeParams, dataset: BaseDataset, n: int, seed: int
+) -> tuple[list[Job], Design]:
     """The jobs of a balanced design of ``n`` shadows for ``scenario`` (``<scenario>/shadow/model_<k>``)."""
     _, _, pool = scenario_points(data_dir, track, scenario, params, len(dataset))
     si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
@@ -182,6 +208,7 @@ def designed_jobs(data_dir: str, track: str, scenario: str, params: ChallengePar
         md = layout.ModelDir(data_dir, track, scenario, SHADOW_PHASE, k)
         rest = np.setdiff1d(np.arange(len(dataset)), train, assume_unique=True)
         held_out = np.random.default_rng([seed, 300 + si, k]).choice(rest, min(EVAL_POINTS, len(rest)), replace=False)
-        jobs.append(Job(md, train, np.sort(held_out), model_seeds(seed, 200 + si, k)[0], {DESIGN_FILE: text},
-                        training_set=True))
+        jobs.append(
+            Job(md, train, np.sort(held_out), model_seeds(seed, 200 + si, k)[0], {DESIGN_FILE: text}, training_set=True)
+        )
     return jobs, design

@@ -12,6 +12,7 @@ and writes each folder as its group finishes:
   waits for those and trains any whose holder died. Different ``--shard`` s never touch the same
   model; identical concurrent runs split the work.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,17 +54,19 @@ def save_state_dict(model: torch.nn.Module, path: str) -> str:
 @dataclass(frozen=True)
 class Job:
     """One model folder to train."""
+
     md: ModelDir
-    train: np.ndarray          # dataset indices it trains on, in MICO's order
-    eval: np.ndarray           # held-out dataset indices for its accuracy file
-    seed: int                  # torch seed: initialisation, batch sampling, DP noise
-    files: dict = field(default_factory=dict)   # name -> text, written into the folder
+    train: np.ndarray  # dataset indices it trains on, in MICO's order
+    eval: np.ndarray  # held-out dataset indices for its accuracy file
+    seed: int  # torch seed: initialisation, batch sampling, DP noise
+    files: dict = field(default_factory=dict)  # name -> text, written into the folder
     training_set: bool = False  # write the explicit training-set file (designed shadows)
     solution: str | None = None  # dev/final ground truth, for the separate solutions/ tree
 
 
-def seeded_job(md: ModelDir, params: ChallengeParams, n_points: int, seeds: tuple[int, int, int], *,
-               reveal: bool) -> Job:
+def seeded_job(
+    md: ModelDir, params: ChallengeParams, n_points: int, seeds: tuple[int, int, int], *, reveal: bool
+) -> Job:
     """A MICO model defined by its three seeds. ``reveal``: seed_training, seed_membership and
     solution.csv go into the folder (MICO's train phase); otherwise the solution goes to the
     ``solutions/`` tree and the folder shows seed_challenge only, as MICO's dev/final models."""
@@ -124,9 +127,16 @@ def _claim(jobs: list[Job], k: int) -> tuple[list[Job], list]:
     return group, locks
 
 
-def train_jobs(jobs: list[Job], params: ChallengeParams, dataset: BaseDataset, *, device="auto",
-               parallel: int | None = None, recipe: Recipe | None = None,
-               progress: Callable[[list[Job], int, int], None] | None = None) -> Iterator[tuple[Job, dict]]:
+def train_jobs(
+    jobs: list[Job],
+    params: ChallengeParams,
+    dataset: BaseDataset,
+    *,
+    device="auto",
+    parallel: int | None = None,
+    recipe: Recipe | None = None,
+    progress: Callable[[list[Job], int, int], None] | None = None,
+) -> Iterator[tuple[Job, dict]]:
     """Train every unfinished job (all of one scenario: one recipe), ``parallel`` at a time (None:
     as many as the device's memory holds), writing each folder as its group finishes; yields
     ``(job, info)`` per model written by this run. ``progress(group, epoch, n_epochs)``."""
@@ -148,10 +158,17 @@ def train_jobs(jobs: list[Job], params: ChallengeParams, dataset: BaseDataset, *
             pending = waiting
             continue
         try:
-            results = train_batched(track, recipe, x, y, [j.train for j in group], [j.seed for j in group],
-                                    eval_sets=[j.eval for j in group], device=device,
-                                    progress=None if progress is None else
-                                    (lambda epoch, n, *_, g=group: progress(g, epoch, n)))
+            results = train_batched(
+                track,
+                recipe,
+                x,
+                y,
+                [j.train for j in group],
+                [j.seed for j in group],
+                eval_sets=[j.eval for j in group],
+                device=device,
+                progress=None if progress is None else (lambda epoch, n, *_, g=group: progress(g, epoch, n)),
+            )
             for job, result in zip(group, results):
                 yield job, write_folder(job, result)
         finally:
@@ -161,8 +178,9 @@ def train_jobs(jobs: list[Job], params: ChallengeParams, dataset: BaseDataset, *
         pending = [j for j in pending if id(j) not in trained]
 
 
-def train_with_progress(jobs: list[Job], params: ChallengeParams, dataset: BaseDataset, desc: str,
-                        **kwargs) -> list[tuple[Job, dict]]:
+def train_with_progress(
+    jobs: list[Job], params: ChallengeParams, dataset: BaseDataset, desc: str, **kwargs
+) -> list[tuple[Job, dict]]:
     """:func:`train_jobs` under one progress bar over the models (K in flight, epoch, ETA)."""
     todo = [j for j in jobs if not os.path.isdir(j.md.path)]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="model", dynamic_ncols=True)

@@ -11,6 +11,7 @@ Purchase-100-like data: class c has feature logits ``base_d + 0.6 * g_cd`` (``ba
 [-4, -1.5], ``g`` standard normal), so classes overlap and the MLP overfits as on the real data.
 CIFAR-10-like data: per-class smooth colour templates plus pixel noise, stored as uint8.
 """
+
 from __future__ import annotations
 
 import os
@@ -87,27 +88,38 @@ def write_cifar_batches(path: str, x: np.ndarray, y: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         os.makedirs(tmp)
         for name, idx in zip(CIFAR_FILES, np.array_split(np.arange(len(y)), len(CIFAR_FILES))):
-            batch = {b"batch_label": name.encode(), b"labels": y[idx].tolist(),
-                     b"data": x[idx].reshape(len(idx), -1), b"filenames": [b"synthetic.png"] * len(idx)}
+            batch = {
+                b"batch_label": name.encode(),
+                b"labels": y[idx].tolist(),
+                b"data": x[idx].reshape(len(idx), -1),
+                b"filenames": [b"synthetic.png"] * len(idx),
+            }
             with open(os.path.join(tmp, name), "wb") as f:
                 pickle.dump(batch, f)
         with open(os.path.join(tmp, "batches.meta"), "wb") as f:
             pickle.dump({b"label_names": [f"class_{i}".encode() for i in range(10)]}, f)
 
 
-def _resolve(track: str, n_points, len_training, n_train, n_dev, n_final, epochs,
-             len_challenge=None) -> SyntheticSize:
+def _resolve(track: str, n_points, len_training, n_train, n_dev, n_final, epochs, len_challenge=None) -> SyntheticSize:
     d = DEFAULTS[track]
     n = n_points or d.n_points
     lt = len_training or (d.len_training * n // d.n_points)
     m = len_challenge or LEN_CHALLENGE
     if not (m <= lt - 1 and lt + m < n):
-        raise ValueError(f"synthetic sizes: need {m} < len_training < n_points - {m} ({m} members and "
-                         f"{m} non-members per model, and some evaluation data), got n_points={n}, "
-                         f"len_training={lt}")
-    return SyntheticSize(n, lt, d.n_train if n_train is None else n_train,
-                         d.n_dev if n_dev is None else n_dev, d.n_final if n_final is None else n_final,
-                         epochs if epochs is not None else d.epochs, m)
+        raise ValueError(
+            f"synthetic sizes: need {m} < len_training < n_points - {m} ({m} members and "
+            f"{m} non-members per model, and some evaluation data), got n_points={n}, "
+            f"len_training={lt}"
+        )
+    return SyntheticSize(
+        n,
+        lt,
+        d.n_train if n_train is None else n_train,
+        d.n_dev if n_dev is None else n_dev,
+        d.n_final if n_final is None else n_final,
+        epochs if epochs is not None else d.epochs,
+        m,
+    )
 
 
 def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> ChallengeParams:
@@ -115,20 +127,27 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> Chall
     spec = get_track(track)
     track_dir = os.path.join(data_dir, track)
     dataset = os.path.normpath(os.path.join(track_dir, spec.dataset))
-    want = ChallengeParams(track, size.n_points, size.len_training, size.len_challenge, dataset, synthetic=True,
-                           seed=seed)
+    want = ChallengeParams(
+        track, size.n_points, size.len_training, size.len_challenge, dataset, synthetic=True, seed=seed
+    )
     if os.path.exists(challenge_json_path(data_dir, track)):
         have = load_params(data_dir, track)
         if have != want:
-            diff = ", ".join(f"{k} {getattr(have, k)} (asked: {getattr(want, k)})"
-                             for k in ("n_points", "len_training", "seed", "synthetic")
-                             if getattr(have, k) != getattr(want, k))
-            raise ValueError(f"{challenge_json_path(data_dir, track)}: a different challenge is already "
-                             f"there ({diff or 'other base dataset'}); rerun with its parameters, remove "
-                             "that folder, or pick another --data-dir")
+            diff = ", ".join(
+                f"{k} {getattr(have, k)} (asked: {getattr(want, k)})"
+                for k in ("n_points", "len_training", "seed", "synthetic")
+                if getattr(have, k) != getattr(want, k)
+            )
+            raise ValueError(
+                f"{challenge_json_path(data_dir, track)}: a different challenge is already "
+                f"there ({diff or 'other base dataset'}); rerun with its parameters, remove "
+                "that folder, or pick another --data-dir"
+            )
     elif any(os.path.isdir(os.path.join(track_dir, s)) for s in scenario_names(track)):
-        raise ValueError(f"{track_dir}: holds a challenge without challenge.json (the real MICO "
-                         "data?); pick another --data-dir for the synthetic one")
+        raise ValueError(
+            f"{track_dir}: holds a challenge without challenge.json (the real MICO "
+            "data?); pick another --data-dir for the synthetic one"
+        )
     os.makedirs(track_dir, exist_ok=True)
     with locked(os.path.join(track_dir, ".build.lock")):  # concurrent builds write the dataset once
         if not os.path.exists(dataset):
@@ -142,9 +161,22 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> Chall
     return want
 
 
-def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=None, n_train=None,
-                    n_dev=None, n_final=None, seed=None, device="auto", epochs=None,
-                    scenarios=None, parallel: int | None = None, len_challenge=None) -> ChallengeParams:
+def build_synthetic(
+    data_dir: str,
+    track: str,
+    *,
+    n_points=None,
+    len_training=None,
+    n_train=None,
+    n_dev=None,
+    n_final=None,
+    seed=None,
+    device="auto",
+    epochs=None,
+    scenarios=None,
+    parallel: int | None = None,
+    len_challenge=None,
+) -> ChallengeParams:
     """Build (or finish building) a synthetic challenge under ``<data_dir>/<track>/``.
 
     Models are trained ``parallel`` at a time by the batched trainer (None: as many as fit).
@@ -160,10 +192,21 @@ def build_synthetic(data_dir: str, track: str, *, n_points=None, len_training=No
         # Seeds are keyed by the scenario itself, not its place in the list, so building one
         # scenario at a time gives the same challenge as building all at once.
         si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
-        mds = [ModelDir(data_dir, track, scenario, phase, i)
-               for i, phase in enumerate(ph for ph in PHASES for _ in range(counts[ph]))]
-        jobs = [seeded_job(md, params, len(dataset), model_seeds(seed, 1 + si, md.model_id), reveal=md.phase == "train")
-                for md in mds]
-        train_with_progress(jobs, params, dataset, f"{scenario}: training", device=device, parallel=parallel,
-                            recipe=recipe_for(track, scenario_suffix(scenario), **overrides))
+        mds = [
+            ModelDir(data_dir, track, scenario, phase, i)
+            for i, phase in enumerate(ph for ph in PHASES for _ in range(counts[ph]))
+        ]
+        jobs = [
+            seeded_job(md, params, len(dataset), model_seeds(seed, 1 + si, md.model_id), reveal=md.phase == "train")
+            for md in mds
+        ]
+        train_with_progress(
+            jobs,
+            params,
+            dataset,
+            f"{scenario}: training",
+            device=device,
+            parallel=parallel,
+            recipe=recipe_for(track, scenario_suffix(scenario), **overrides),
+        )
     return params

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic challenges in MICO's exact layout (seconds to build)."""
+
 import os
 import shutil
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from challenges import cli
 from production.synthetic import build_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,8 +16,9 @@ sys.path.insert(0, ROOT)
 TINY = {
     "purchase100": dict(n_points=1200, len_training=700, n_train=6, n_dev=2, n_final=2, epochs=4, seed=1),
     # Only cifar10_inf (DP training of the CNN is the slow part); its tests need one scenario.
-    "cifar10": dict(n_points=260, len_training=140, n_train=2, n_dev=1, n_final=1, epochs=1, seed=2,
-                    scenarios=["cifar10_inf"]),
+    "cifar10": dict(
+        n_points=260, len_training=140, n_train=2, n_dev=1, n_final=1, epochs=1, seed=2, scenarios=["cifar10_inf"]
+    ),
 }
 
 
@@ -45,8 +48,16 @@ def single_thread():
     torch.set_num_threads(n)
 
 
-SMALL = {"n_points": 600, "len_training": 300, "n_train": 4, "n_dev": 1, "n_final": 1, "epochs": 1, "seed": 3,
-         "scenarios": ["purchase100_inf"]}
+SMALL = {
+    "n_points": 600,
+    "len_training": 300,
+    "n_train": 4,
+    "n_dev": 1,
+    "n_final": 1,
+    "epochs": 1,
+    "seed": 3,
+    "scenarios": ["purchase100_inf"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +74,17 @@ def small_copy(small_challenge, tmp_path):
     dst = str(tmp_path / "data")
     shutil.copytree(small_challenge, dst)
     return dst, str(tmp_path / "cache")
+
+
+def run_script(main, name, argv, capsys):
+    """A script run as ``python <name> ...`` would end, in-process (no cold start): its exit status
+    and its stderr lines, the message of ``sys.exit("...")`` included as the interpreter prints it."""
+    capsys.readouterr()
+    try:
+        cli.run(lambda: main(list(argv)), name)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    if isinstance(code, str):
+        err, code = f"{err}{code}\n", 1
+    return code or 0, err.strip().splitlines()

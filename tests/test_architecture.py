@@ -8,6 +8,7 @@
 - the scripts sit on top; no package imports a script;
 - no function-local imports of our own packages, anywhere.
 """
+
 import ast
 import os
 

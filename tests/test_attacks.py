@@ -3,6 +3,7 @@
 Constructed cases with a known right answer (perfect separation, no
 information), leave-one-out checks, and slow obvious references.
 """
+
 import numpy as np
 import pytest
 from scipy.special import expit
@@ -29,8 +30,7 @@ SMALL_TREES = ExtraTreesClassifier(n_estimators=20, min_samples_leaf=5, n_jobs=1
 # --------------------------------------------------------------------------- #
 # constructed problems
 # --------------------------------------------------------------------------- #
-def make_scenario(seed, *, S=24, T=6, K=30, E=40, V=1, C=0, gap=8.0, noise=0.1, informative=True,
-                  n_loo=3):
+def make_scenario(seed, *, S=24, T=6, K=30, E=40, V=1, C=0, gap=8.0, noise=0.1, informative=True, n_loo=3):
     """A MICO-like scenario with a known answer.
 
     Pool: T*K challenge points (target t owns block t) + E "easy" points no
@@ -57,14 +57,13 @@ def make_scenario(seed, *, S=24, T=6, K=30, E=40, V=1, C=0, gap=8.0, noise=0.1, 
     shadow_in = rng.random((S, P)) < 0.5
     target_in = np.zeros((T, P), dtype=bool)
     for t in range(T):  # half of the own points, chosen at random; all easy points
-        target_in[t, idx[t, rng.permutation(K)[:K // 2]]] = True
-    target_in[:, T * K:] = True
+        target_in[t, idx[t, rng.permutation(K)[: K // 2]]] = True
+    target_in[:, T * K :] = True
     shadow_in[:n_loo] = target_in[:n_loo]
 
     def signals(member, n):
         eff = gap * member if informative else 0.0
-        phi = base[None, :, None] + np.asarray(eff, dtype=float)[..., None] \
-            + noise * rng.normal(size=(n, P, V))
+        phi = base[None, :, None] + np.asarray(eff, dtype=float)[..., None] + noise * rng.normal(size=(n, P, V))
         return phi.astype(np.float32)
 
     shadow_phi = signals(shadow_in, S)
@@ -75,14 +74,23 @@ def make_scenario(seed, *, S=24, T=6, K=30, E=40, V=1, C=0, gap=8.0, noise=0.1, 
     # Mentr is decreasing in the true-class margin; a smooth stand-in
     shadow_mentr = np.log1p(np.exp(-shadow_phi)).astype(np.float32)
     target_mentr = np.log1p(np.exp(-target_phi)).astype(np.float32)
-    out = dict(shadow_phi=shadow_phi, target_phi=target_phi, shadow_in=shadow_in, idx=idx,
-               exclude=exclude, truth=target_in[np.arange(T)[:, None], idx],
-               shadow_mentr=shadow_mentr, target_mentr=target_mentr)
+    out = dict(
+        shadow_phi=shadow_phi,
+        target_phi=target_phi,
+        shadow_in=shadow_in,
+        idx=idx,
+        exclude=exclude,
+        truth=target_in[np.arange(T)[:, None], idx],
+        shadow_mentr=shadow_mentr,
+        target_mentr=target_mentr,
+    )
     if C:
+
         def logits(phi):
             z = rng.normal(size=phi.shape + (C,)).astype(np.float32)
             z[..., 0] = phi + np.log(C - 1)  # class 0 is the true class; phi ~ margin
             return z
+
         out["shadow_logits"] = logits(shadow_phi)
         out["target_logits"] = logits(target_phi)
     return out
@@ -120,24 +128,40 @@ ATTACKS = {
     "rmia_offline": lambda d: run_rmia(d),
     "rmia_online": lambda d: run_rmia(d, online=True),
     "rmia_online_all": lambda d: run_rmia(d, online=True, online_weighting="all"),
-    "rmia_phi_mean": lambda d: rmia(d["target_phi"], d["shadow_phi"], d["shadow_in"], d["idx"],
-                                    d["exclude"], from_phi=True, views="mean"),
+    "rmia_phi_mean": lambda d: rmia(
+        d["target_phi"], d["shadow_phi"], d["shadow_in"], d["idx"], d["exclude"], from_phi=True, views="mean"
+    ),
     "loss": lambda d: loss_attack(loss_from_phi(on_challenge(d, "target_phi"))),
     "confidence": lambda d: confidence_attack(prob_from_phi(on_challenge(d, "target_phi"))),
     "entropy": lambda d: entropy_attack(on_challenge(d, "target_mentr")),
-    "entropy_cal": lambda d: entropy_attack(on_challenge(d, "target_mentr"), d["shadow_mentr"],
-                                            d["shadow_in"], d["idx"], d["exclude"], mode="mid"),
-    "cal_in": lambda d: calibrated(on_challenge(d, "target_phi"), d["shadow_phi"], d["shadow_in"],
-                                   d["idx"], d["exclude"], mode="in"),
-    "cal_mid": lambda d: calibrated(-loss_from_phi(on_challenge(d, "target_phi")),
-                                    -loss_from_phi(d["shadow_phi"]), d["shadow_in"], d["idx"],
-                                    d["exclude"], mode="mid"),
-    "cal_z": lambda d: calibrated(on_challenge(d, "target_phi"), d["shadow_phi"], d["shadow_in"],
-                                  d["idx"], d["exclude"], mode="z"),
+    "entropy_cal": lambda d: entropy_attack(
+        on_challenge(d, "target_mentr"), d["shadow_mentr"], d["shadow_in"], d["idx"], d["exclude"], mode="mid"
+    ),
+    "cal_in": lambda d: calibrated(
+        on_challenge(d, "target_phi"), d["shadow_phi"], d["shadow_in"], d["idx"], d["exclude"], mode="in"
+    ),
+    "cal_mid": lambda d: calibrated(
+        -loss_from_phi(on_challenge(d, "target_phi")),
+        -loss_from_phi(d["shadow_phi"]),
+        d["shadow_in"],
+        d["idx"],
+        d["exclude"],
+        mode="mid",
+    ),
+    "cal_z": lambda d: calibrated(
+        on_challenge(d, "target_phi"), d["shadow_phi"], d["shadow_in"], d["idx"], d["exclude"], mode="z"
+    ),
     "classifier": lambda d: classifier_attack(
-        on_challenge(d, "target_phi"), on_challenge(d, "target_mentr"), d["shadow_phi"],
-        d["shadow_mentr"], d["shadow_in"], d["idx"], d["exclude"], estimator=SMALL_TREES,
-        max_train=8000),
+        on_challenge(d, "target_phi"),
+        on_challenge(d, "target_mentr"),
+        d["shadow_phi"],
+        d["shadow_mentr"],
+        d["shadow_in"],
+        d["idx"],
+        d["exclude"],
+        estimator=SMALL_TREES,
+        max_train=8000,
+    ),
 }
 
 
@@ -158,15 +182,33 @@ def test_perfect_separation_rmia_views_and_classifier_logits():
         sc = run_rmia(d, views=views)
         check_scores(sc, d["idx"].shape)
         assert_perfect(d["truth"], sc)
-    sc = classifier_attack(on_challenge(d, "target_phi"), on_challenge(d, "target_mentr"),
-                           d["shadow_phi"], d["shadow_mentr"], d["shadow_in"], d["idx"], d["exclude"],
-                           target_logits=on_challenge(d, "target_logits"),
-                           shadow_logits=d["shadow_logits"], estimator=SMALL_TREES, max_train=8000)
+    sc = classifier_attack(
+        on_challenge(d, "target_phi"),
+        on_challenge(d, "target_mentr"),
+        d["shadow_phi"],
+        d["shadow_mentr"],
+        d["shadow_in"],
+        d["idx"],
+        d["exclude"],
+        target_logits=on_challenge(d, "target_logits"),
+        shadow_logits=d["shadow_logits"],
+        estimator=SMALL_TREES,
+        max_train=8000,
+    )
     check_scores(sc, d["idx"].shape)
     assert_perfect(d["truth"], sc)
-    sc = classifier_attack(on_challenge(d, "target_phi"), on_challenge(d, "target_mentr"),
-                           d["shadow_phi"], d["shadow_mentr"], d["shadow_in"], d["idx"], d["exclude"],
-                           calibration=False, estimator=SMALL_TREES, max_train=8000)
+    sc = classifier_attack(
+        on_challenge(d, "target_phi"),
+        on_challenge(d, "target_mentr"),
+        d["shadow_phi"],
+        d["shadow_mentr"],
+        d["shadow_in"],
+        d["idx"],
+        d["exclude"],
+        calibration=False,
+        estimator=SMALL_TREES,
+        max_train=8000,
+    )
     assert_perfect(d["truth"], sc)
 
 
@@ -184,8 +226,13 @@ def test_no_information_gives_chance(name):
 def _drop_shadow(d, e):
     """The same scenario with shadow e removed and no leave-one-out for the targets."""
     keep = np.arange(d["shadow_phi"].shape[0]) != e
-    return dict(d, shadow_phi=d["shadow_phi"][keep], shadow_mentr=d["shadow_mentr"][keep],
-                shadow_in=d["shadow_in"][keep], exclude=np.full(len(d["exclude"]), -1))
+    return dict(
+        d,
+        shadow_phi=d["shadow_phi"][keep],
+        shadow_mentr=d["shadow_mentr"][keep],
+        shadow_in=d["shadow_in"][keep],
+        exclude=np.full(len(d["exclude"]), -1),
+    )
 
 
 LOO_ATTACKS = dict(ATTACKS)
@@ -195,8 +242,10 @@ LOO_ATTACKS = dict(ATTACKS)
 LOO_ATTACKS["rmia_online_all"] = lambda d: run_rmia(d, online=True, online_weighting="all", gamma=1.5)
 
 
-@pytest.mark.parametrize("name", ["rmia_offline", "rmia_online", "rmia_online_all", "rmia_phi_mean",
-                                  "cal_in", "cal_mid", "cal_z", "entropy_cal"])
+@pytest.mark.parametrize(
+    "name",
+    ["rmia_offline", "rmia_online", "rmia_online_all", "rmia_phi_mean", "cal_in", "cal_mid", "cal_z", "entropy_cal"],
+)
 def test_leave_one_out_equals_dropping_the_shadow(name):
     d = make_scenario(4, S=8, V=2, gap=1.5, noise=0.7)
     attack = LOO_ATTACKS[name]
@@ -206,8 +255,7 @@ def test_leave_one_out_equals_dropping_the_shadow(name):
         if name.startswith("rmia"):  # per-target scores: compare directly
             np.testing.assert_allclose(with_loo[t], without[t], rtol=0, atol=1e-12)
         else:  # one min-max over the call: compare the ranking within the target
-            np.testing.assert_array_equal(np.argsort(with_loo[t], kind="stable"),
-                                          np.argsort(without[t], kind="stable"))
+            np.testing.assert_array_equal(np.argsort(with_loo[t], kind="stable"), np.argsort(without[t], kind="stable"))
     # and it matters: without leave-one-out the target's own signal is in its statistics
     no_loo = attack(dict(d, exclude=np.full(len(d["exclude"]), -1)))
     assert not np.allclose(no_loo[:3], with_loo[:3])
@@ -218,8 +266,9 @@ def test_calibrated_leave_one_out_raw_statistic():
     d = make_scenario(5, gap=1.0, noise=0.7)
     tgt = on_challenge(d, "target_phi")
     a = calibrated(tgt[:1], d["shadow_phi"], d["shadow_in"], d["idx"][:1], d["exclude"][:1], mode="mid")
-    b = calibrated(tgt[:1], np.delete(d["shadow_phi"], 0, 0), np.delete(d["shadow_in"], 0, 0),
-                   d["idx"][:1], None, mode="mid")
+    b = calibrated(
+        tgt[:1], np.delete(d["shadow_phi"], 0, 0), np.delete(d["shadow_in"], 0, 0), d["idx"][:1], None, mode="mid"
+    )
     np.testing.assert_allclose(a, b, atol=1e-12)
 
 
@@ -227,8 +276,7 @@ def test_classifier_leave_one_out_ignores_the_target_shadow():
     d = make_scenario(6, S=12, gap=1.0, noise=0.7)
     kw = dict(estimator=SMALL_TREES, max_train=1500, seed=3)
     args = (on_challenge(d, "target_phi"), on_challenge(d, "target_mentr"))
-    base = classifier_attack(*args, d["shadow_phi"], d["shadow_mentr"], d["shadow_in"], d["idx"],
-                             d["exclude"], **kw)
+    base = classifier_attack(*args, d["shadow_phi"], d["shadow_mentr"], d["shadow_in"], d["idx"], d["exclude"], **kw)
     # scramble everything the shadows know about shadow 0 (= target 0)
     rng = np.random.default_rng(0)
     phi, men, mem = d["shadow_phi"].copy(), d["shadow_mentr"].copy(), d["shadow_in"].copy()
@@ -278,37 +326,66 @@ def rmia_reference(tp, sp, member, idx, excl, Z, *, a, gamma, online, weighting,
     return out
 
 
-@pytest.mark.parametrize("online,weighting,views,V,gamma,a", [
-    (False, "balanced", "vote", 1, 1.0, 0.3),
-    (False, "balanced", "vote", 3, 1.5, 0.0),
-    (False, "balanced", "vote", 2, 1.0, 1.0),   # even V: ties lose
-    (True, "balanced", "vote", 3, 0.7, 0.3),
-    (True, "all", "mean", 3, 1.0, 0.3),
-    (False, "balanced", "mean", 2, 2.0, 0.5),
-])
+@pytest.mark.parametrize(
+    "online,weighting,views,V,gamma,a",
+    [
+        (False, "balanced", "vote", 1, 1.0, 0.3),
+        (False, "balanced", "vote", 3, 1.5, 0.0),
+        (False, "balanced", "vote", 2, 1.0, 1.0),  # even V: ties lose
+        (True, "balanced", "vote", 3, 0.7, 0.3),
+        (True, "all", "mean", 3, 1.0, 0.3),
+        (False, "balanced", "mean", 2, 2.0, 0.5),
+    ],
+)
 def test_rmia_matches_slow_reference(online, weighting, views, V, gamma, a):
     rng = np.random.default_rng(7)
     S, P, T, K = 6, 30, 4, 5
     member = rng.random((S, P)) < 0.5
-    member[:, 0] = True          # point 0: no OUT shadow (fallback)
-    member[:, 1] = False         # point 1: no IN shadow (online fallback)
-    member[1:, 2] = False        # point 2: one IN shadow, the excluded one for target 0
+    member[:, 0] = True  # point 0: no OUT shadow (fallback)
+    member[:, 1] = False  # point 1: no IN shadow (online fallback)
+    member[1:, 2] = False  # point 2: one IN shadow, the excluded one for target 0
     sp = rng.random((S, P, V))
-    sp[:, 3] = 0.5               # identical shadow values: ties in LR
+    sp[:, 3] = 0.5  # identical shadow values: ties in LR
     tp = rng.random((T, P, V))
     tp[:, 3] = 0.5
     idx = np.stack([rng.choice(P, K, replace=False) for _ in range(T)])
     idx[0, :4] = [0, 1, 2, 3]
     excl = np.array([0, 3, -1, 5])
     kw = dict(a=a, gamma=gamma, online=online, weighting=weighting, views=views)
-    got = rmia(tp, sp, member, idx, excl, a=a, gamma=gamma, online=online, online_weighting=weighting,
-               views=views, n_population=12, seed=11, chunk=3)
+    got = rmia(
+        tp,
+        sp,
+        member,
+        idx,
+        excl,
+        a=a,
+        gamma=gamma,
+        online=online,
+        online_weighting=weighting,
+        views=views,
+        n_population=12,
+        seed=11,
+        chunk=3,
+    )
     Z = population(idx, P, 12, 11)
     np.testing.assert_allclose(got, rmia_reference(tp, sp, member, idx, excl, Z, **kw), rtol=0, atol=1e-12)
     # all the non-own pool points, chunk larger than T
-    got = rmia(tp, sp, member, idx, excl, a=a, gamma=gamma, online=online, online_weighting=weighting,
-               views=views, n_population=10 ** 6, seed=1, chunk=100)
-    Z = population(idx, P, 10 ** 6, 1)
+    got = rmia(
+        tp,
+        sp,
+        member,
+        idx,
+        excl,
+        a=a,
+        gamma=gamma,
+        online=online,
+        online_weighting=weighting,
+        views=views,
+        n_population=10**6,
+        seed=1,
+        chunk=100,
+    )
+    Z = population(idx, P, 10**6, 1)
     assert Z.shape == (T, P - K)
     np.testing.assert_allclose(got, rmia_reference(tp, sp, member, idx, excl, Z, **kw), rtol=0, atol=1e-12)
 
@@ -327,7 +404,7 @@ def test_population_sampling():
     assert len(common) > 50
     np.testing.assert_array_equal(Z, population(idx, P, 100, seed=5))
     assert not np.array_equal(Z, population(idx, P, 100, seed=6))
-    assert population(idx, P, 10 ** 9, seed=0).shape == (T, P - K)
+    assert population(idx, P, 10**9, seed=0).shape == (T, P - K)
 
 
 def calibrated_reference(tgt, shd, member, idx, excl, mode):
@@ -370,14 +447,13 @@ def test_calibrated_matches_slow_reference(mode):
     idx[1, :2] = [0, 1]
     excl = np.array([0, -1, 6, 2])
     got = calibrated(tgt, shd, member, idx, excl, mode=mode)
-    np.testing.assert_allclose(got, calibrated_reference(tgt, shd, member, idx, excl, mode),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got, calibrated_reference(tgt, shd, member, idx, excl, mode), rtol=0, atol=1e-12)
 
 
 def test_point_moments_matches_numpy():
     rng = np.random.default_rng(9)
     S, P = 9, 14
-    x = rng.normal(size=(S, P)) * 1e3 + 1e6   # large offset: the centred sums keep precision
+    x = rng.normal(size=(S, P)) * 1e3 + 1e6  # large offset: the centred sums keep precision
     member = rng.random((S, P)) < 0.4
     avail = rng.random(S) < 0.8
     avail[[0, 1]] = True
@@ -429,7 +505,7 @@ def test_signal_helpers():
     loss = loss_from_phi(phi)
     assert np.isfinite(loss).all() and loss.dtype == np.float64
     np.testing.assert_allclose(loss[1:4], np.log1p(np.exp(-phi[1:4].astype(np.float64))), rtol=1e-12)
-    assert loss[0] == 800.0 and loss[-1] == 0.0   # no overflow / log(0)
+    assert loss[0] == 800.0 and loss[-1] == 0.0  # no overflow / log(0)
     assert loss[-2] > 0 and loss[-2] == pytest.approx(np.exp(-30.0), rel=1e-12)
     np.testing.assert_allclose(prob_from_phi(phi), expit(phi.astype(np.float64)))
 
@@ -441,8 +517,13 @@ def test_bad_inputs_raise():
     d = make_scenario(10, S=6, T=3, K=8, E=5, n_loo=1)
     tp, sp, mem, idx, ex = expit(d["target_phi"]), expit(d["shadow_phi"]), d["shadow_in"], d["idx"], d["exclude"]
     bad_rmia = [
-        dict(a=1.5), dict(a=-0.1), dict(gamma=0.0), dict(n_population=0), dict(n_population=2.5),
-        dict(views="max"), dict(online=True, online_weighting="x"),
+        dict(a=1.5),
+        dict(a=-0.1),
+        dict(gamma=0.0),
+        dict(n_population=0),
+        dict(n_population=2.5),
+        dict(views="max"),
+        dict(online=True, online_weighting="x"),
     ]
     for kw in bad_rmia:
         with pytest.raises(ValueError):
@@ -451,10 +532,18 @@ def test_bad_inputs_raise():
         rmia(tp * 2, sp, mem, idx, ex)
     nan = tp.copy()
     nan[0, 0, 0] = np.nan
-    for args in [(nan, sp, mem, idx, ex), (tp[:, :, :0], sp, mem, idx, ex), (tp, sp[:, :-1], mem, idx, ex),
-                 (tp, sp, mem[:, :-1], idx, ex), (tp, sp, mem, idx + 1000, ex), (tp, sp, mem, idx, ex[:-1]),
-                 (tp, sp, mem, idx, np.array([9, -1, -1])), (tp, sp, mem.astype(float) * 2, idx, ex),
-                 (tp, sp, mem, idx.astype(float), ex), (tp[0], sp, mem, idx, ex)]:
+    for args in [
+        (nan, sp, mem, idx, ex),
+        (tp[:, :, :0], sp, mem, idx, ex),
+        (tp, sp[:, :-1], mem, idx, ex),
+        (tp, sp, mem[:, :-1], idx, ex),
+        (tp, sp, mem, idx + 1000, ex),
+        (tp, sp, mem, idx, ex[:-1]),
+        (tp, sp, mem, idx, np.array([9, -1, -1])),
+        (tp, sp, mem.astype(float) * 2, idx, ex),
+        (tp, sp, mem, idx.astype(float), ex),
+        (tp[0], sp, mem, idx, ex),
+    ]:
         with pytest.raises(ValueError):
             rmia(*args)
     # every pool point is someone's own challenge point: no population
@@ -464,9 +553,13 @@ def test_bad_inputs_raise():
     tgt = on_challenge(d, "target_phi")
     with pytest.raises(ValueError, match="mode"):
         calibrated(tgt, d["shadow_phi"], mem, idx, ex, mode="out")
-    for args in [(tgt[..., :0], d["shadow_phi"], mem, idx, ex), (tgt, d["shadow_phi"][..., [0, 0]], mem, idx, ex),
-                 (tgt, d["shadow_phi"], mem, idx[:, :-1], ex), (tgt * np.inf, d["shadow_phi"], mem, idx, ex),
-                 (tgt, d["shadow_phi"][:1], mem[:1], idx, np.array([0, -1, -1]))]:
+    for args in [
+        (tgt[..., :0], d["shadow_phi"], mem, idx, ex),
+        (tgt, d["shadow_phi"][..., [0, 0]], mem, idx, ex),
+        (tgt, d["shadow_phi"], mem, idx[:, :-1], ex),
+        (tgt * np.inf, d["shadow_phi"], mem, idx, ex),
+        (tgt, d["shadow_phi"][:1], mem[:1], idx, np.array([0, -1, -1])),
+    ]:
         with pytest.raises(ValueError):
             calibrated(*args)
     with pytest.raises(ValueError):
@@ -474,16 +567,16 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError):
         confidence_attack(np.full((1, 2, 1), np.nan))
     with pytest.raises(ValueError):
-        entropy_attack(tgt, mode="mid")   # calibrated without shadows
+        entropy_attack(tgt, mode="mid")  # calibrated without shadows
 
     tm = on_challenge(d, "target_mentr")
     args = (tgt, tm, d["shadow_phi"], d["shadow_mentr"], mem, idx, ex)
-    for kw in [dict(n_folds=1), dict(max_train=1), dict(top_k=0),
-               dict(target_logits=np.zeros(tgt.shape + (3,)))]:
+    for kw in [dict(n_folds=1), dict(max_train=1), dict(top_k=0), dict(target_logits=np.zeros(tgt.shape + (3,)))]:
         with pytest.raises(ValueError):
             classifier_attack(*args, **kw)
     with pytest.raises(ValueError):
         classifier_attack(tgt, tm[:, :-1], *args[2:])
     with pytest.raises(ValueError):
-        classifier_attack(*args, target_logits=np.zeros(tgt.shape + (3,)),
-                          shadow_logits=np.zeros(d["shadow_phi"].shape + (4,)))
+        classifier_attack(
+            *args, target_logits=np.zeros(tgt.shape + (3,)), shadow_logits=np.zeros(d["shadow_phi"].shape + (4,))
+        )

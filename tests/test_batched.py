@@ -1,4 +1,5 @@
 """Batched training (models/batched.py) against the one-model trainer, Opacus and torch.optim."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ def _data(track: str, n: int, seed: int = 0, n_classes: int = 4):
     if track == "purchase100":
         x = (torch.rand(n, 600, generator=g) < 0.05).float()
         for c in range(n_classes):
-            x[y == c, c * 20:(c + 1) * 20] = 1.0
+            x[y == c, c * 20 : (c + 1) * 20] = 1.0
     else:
         x = 0.5 * torch.randn(n, 3, 32, 32, generator=g) + (y.float() - n_classes / 2).view(-1, 1, 1, 1) / 2
     return x, y
@@ -56,14 +57,25 @@ def _assert_same_models(got, ref, atol):
 # models do not fit perfectly: Adam on vanishing gradients, or SGD at MICO's DP rate 0.5 on these
 # tiny sets, would amplify float rounding into visible differences.
 CASES = {
-    "purchase100": {"n": 120, "sizes": (96, 96, 70), "seeds": (3, 4, 5), "dp_lr": 1e-3,
-                    "overrides": {"epochs": 3, "batch_size": 16}},
-    "cifar10": {"n": 32, "sizes": (24, 12), "seeds": (6, 7), "dp_lr": 0.02,
-                "overrides": {"epochs": 2, "batch_size": 8}},
+    "purchase100": {
+        "n": 120,
+        "sizes": (96, 96, 70),
+        "seeds": (3, 4, 5),
+        "dp_lr": 1e-3,
+        "overrides": {"epochs": 3, "batch_size": 16},
+    },
+    "cifar10": {
+        "n": 32,
+        "sizes": (24, 12),
+        "seeds": (6, 7),
+        "dp_lr": 0.02,
+        "overrides": {"epochs": 2, "batch_size": 8},
+    },
 }
 
 
 # ---------------------------------------------------------------- equal to train_model
+
 
 @pytest.mark.parametrize("track", sorted(CASES))
 def test_nonprivate_equals_sequential(track):
@@ -90,8 +102,11 @@ def test_shuffled_equals_sequential():
     x, y = _data("purchase100", 64)
     sets = _sets(64, (64, 50))
     recipe = recipe_for("purchase100", "inf", epochs=2, batch_size=16, shuffle=True)
-    _assert_same_models(train_batched("purchase100", recipe, x, y, sets, (1, 2)),
-                        _sequential("purchase100", recipe, x, y, sets, (1, 2)), atol=1e-5)
+    _assert_same_models(
+        train_batched("purchase100", recipe, x, y, sets, (1, 2)),
+        _sequential("purchase100", recipe, x, y, sets, (1, 2)),
+        atol=1e-5,
+    )
 
 
 @pytest.fixture
@@ -156,8 +171,9 @@ def test_noise_std_per_model(monkeypatch):
         init = build_model("purchase100").state_dict()
         delta = torch.cat([(res.model.state_dict()[n] - init[n]).flatten() for n in init])
         steps = -(-len(s) // recipe.batch_size)
-        expected_std = ((steps * recipe.epochs) ** 0.5 * res.noise_multiplier * recipe.max_grad_norm
-                        / int(len(s) * (1.0 / steps)))
+        expected_std = (
+            (steps * recipe.epochs) ** 0.5 * res.noise_multiplier * recipe.max_grad_norm / int(len(s) * (1.0 / steps))
+        )
         assert delta.std().item() == pytest.approx(expected_std, rel=0.02)
         assert abs(delta.mean().item()) < 5 * expected_std / len(delta) ** 0.5
         deltas.append(delta)
@@ -184,12 +200,12 @@ def test_saved_model_loads_and_scores_like_sequential(tmp_path):
 
 # ---------------------------------------------------------------- fast paths against slow ones
 
+
 @pytest.mark.parametrize("max_grad_norm", [None, 0.3])
 def test_mlp_grads_match_torch_func(max_grad_norm):
     # Padding, a model with an empty batch, and norms on both sides of the clipping threshold.
     g = torch.Generator().manual_seed(0)
-    params = {n: 0.3 * torch.randn(3, *p.shape, generator=g)
-              for n, p in build_model("purchase100").named_parameters()}
+    params = {n: 0.3 * torch.randn(3, *p.shape, generator=g) for n, p in build_model("purchase100").named_parameters()}
     xb = (torch.rand(3, 9, 600, generator=g) < 0.1).float()
     yb = torch.randint(0, 100, (3, 9), generator=g)
     mask = torch.arange(9) < torch.tensor([[9], [4], [0]])
@@ -230,18 +246,19 @@ def test_stacked_optimizer_matches_torch(optimizer, momentum):
 
 # ---------------------------------------------------------------- groups, memory, errors
 
+
 def test_train_many_groups_like_one_batch():
     c = CASES["purchase100"]
     x, y = _data("purchase100", c["n"])
     sets = _sets(c["n"], (96, 70, 96))
     recipe = recipe_for("purchase100", "lo", **c["overrides"])
     calls = []
-    many = list(train_many("purchase100", recipe, x, y, sets, (1, 2, 3), parallel=2,
-                           progress=lambda *a: calls.append(a)))
+    many = list(
+        train_many("purchase100", recipe, x, y, sets, (1, 2, 3), parallel=2, progress=lambda *a: calls.append(a))
+    )
     assert [i for i, _ in many] == [0, 1, 2]
     assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)] * 2  # two groups, three epochs each
-    _assert_same_models([r for _, r in many], train_batched("purchase100", recipe, x, y, sets, (1, 2, 3)),
-                        atol=1e-6)
+    _assert_same_models([r for _, r in many], train_batched("purchase100", recipe, x, y, sets, (1, 2, 3)), atol=1e-6)
 
 
 def test_auto_parallel(monkeypatch):
@@ -276,8 +293,13 @@ def test_inputs():
     with pytest.raises(TypeError):
         train_batched("purchase100", {"epochs": 1}, x, y, [np.arange(5)], [1])
     with pytest.raises(ValueError, match="expected batch size of 0"):
-        train_batched("purchase100", recipe_for("purchase100", "lo", batch_size=1), *_data("purchase100", 49),
-                      [np.arange(49)], [1])
+        train_batched(
+            "purchase100",
+            recipe_for("purchase100", "lo", batch_size=1),
+            *_data("purchase100", 49),
+            [np.arange(49)],
+            [1],
+        )
     with pytest.raises(ValueError, match="parallel"):
         next(train_many("purchase100", recipe, x, y, [np.arange(5)], [1], parallel=0))
 
@@ -291,7 +313,6 @@ def test_cuda_equals_sequential_cuda(suffix):
     sets = _sets(96, (96, 80))
     recipe = recipe_for("purchase100", suffix, epochs=2, batch_size=16, lr=0.01)
     got = train_batched("purchase100", recipe, x, y, sets, (1, 2), device="cuda")
-    ref = [train_model("purchase100", recipe, x[s], y[s], device="cuda", seed=seed)
-           for s, seed in zip(sets, (1, 2))]
+    ref = [train_model("purchase100", recipe, x[s], y[s], device="cuda", seed=seed) for s, seed in zip(sets, (1, 2))]
     assert all(next(r.model.parameters()).is_cuda for r in got)
     _assert_same_models(got, ref, atol=1e-5)

@@ -1,7 +1,10 @@
 """The signal cache: checked against its model.pt on every read, corrupt files, unique temporary
 names and the per-folder lock."""
+
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +23,25 @@ TRACK, SCENARIO = "purchase100", "purchase100_inf"
 
 
 def _save_preds(data_dir, cache_dir, *extra):
-    return save_preds.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir,
-                            "--device", "cpu", *extra])
+    return save_preds.main(
+        ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", "cpu", *extra]
+    )
 
 
 def _lira(data_dir, cache_dir, report_dir):
-    return run_lira_mia.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir,
-                              "--report-dir", str(report_dir), "--evaluate"])
+    return run_lira_mia.main(
+        [
+            "--challenge",
+            TRACK,
+            "--data-dir",
+            data_dir,
+            "--cache-dir",
+            cache_dir,
+            "--report-dir",
+            str(report_dir),
+            "--evaluate",
+        ]
+    )
 
 
 def _models(data_dir):
@@ -52,6 +67,7 @@ def cached_small(small_copy):
 # ---------------------------------------------------------------------------------------------
 # 1. A stale cache is never used
 # ---------------------------------------------------------------------------------------------
+
 
 def test_stale_cache_is_refused_by_run_lira_mia(cached_small, tmp_path):
     data_dir, cache_dir = cached_small
@@ -111,15 +127,16 @@ def test_copied_tree_and_old_entries_are_reverified(cached_small, tmp_path, caps
 # 2. Corrupt cache files
 # ---------------------------------------------------------------------------------------------
 
+
 def _truncate(path):
     data = Path(path).read_bytes()
-    Path(path).write_bytes(data[:len(data) // 2])  # the local zip header survives, the index does not
+    Path(path).write_bytes(data[: len(data) // 2])  # the local zip header survives, the index does not
 
 
 def _garble(path):
     data = bytearray(Path(path).read_bytes())
     mid = len(data) // 2
-    data[mid:mid + 64] = bytes(64)  # index intact, a member's bytes (and its CRC) wrong
+    data[mid : mid + 64] = bytes(64)  # index intact, a member's bytes (and its CRC) wrong
     Path(path).write_bytes(bytes(data))
 
 
@@ -145,6 +162,7 @@ def test_corrupt_cache_file(cached_small, tmp_path, damage, capsys):
 # ---------------------------------------------------------------------------------------------
 # 3. Unique temporary names, a lock, and runs asking for more (logits)
 # ---------------------------------------------------------------------------------------------
+
 
 def test_atomic_path_names_are_unique_and_cleaned(tmp_path):
     path = tmp_path / "f.npz"
@@ -172,8 +190,11 @@ def test_update_under_lock_rereads_and_satisfies_logits(cached_small):
     def compute(todo, keep_logits):
         calls.append((len(todo), keep_logits))
         n = len(todo)
-        return {"phi": np.zeros((n, 1), np.float32), "mentr": np.zeros((n, 1), np.float32),
-                "logits": np.zeros((n, 1, 100), np.float32)}
+        return {
+            "phi": np.zeros((n, 1), np.float32),
+            "mentr": np.zeros((n, 1), np.float32),
+            "logits": np.zeros((n, 1, 100), np.float32),
+        }
 
     union = entry["points"]
     assert cache.update(path, md.model_file, union, ["orig"], False, compute) == "current" and calls == []
@@ -184,12 +205,11 @@ def test_update_under_lock_rereads_and_satisfies_logits(cached_small):
 
 
 def test_lock_excludes_other_processes(tmp_path):
-    import subprocess
-    import sys
-
     lock = str(tmp_path / ".lock")
-    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
-             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)")
+    probe = (
+        "import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+        "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)"
+    )
     with locked(lock):
         assert subprocess.run([sys.executable, "-c", probe, lock], check=False).returncode == 3
     assert subprocess.run([sys.executable, "-c", probe, lock], check=False).returncode == 0

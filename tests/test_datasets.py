@@ -1,4 +1,5 @@
 """CIFAR-10 batches are unpickled without running code: only what the real files hold loads."""
+
 import os
 import pickle
 import struct
@@ -19,18 +20,42 @@ def _py2_array(a: np.ndarray) -> bytes:
     """A uint8 array as numpy 1.x under Python 2 pickled it (protocol 2): _reconstruct, then BUILD
     with (version, shape, dtype, fortran, raw bytes); the dtype itself from numpy.dtype('u1', 0, 1)."""
     shape = b"(" + b"".join(b"J" + struct.pack("<i", d) for d in a.shape) + b"t"
-    dtype = (b"cnumpy\ndtype\n" + _py2_str(b"u1") + b"K\x00K\x01\x87R(K\x03" + _py2_str(b"|")
-             + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
-    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + _py2_str(b"b") + b"\x87R("
-            + b"K\x01" + shape + dtype + b"\x89" + _py2_str(a.tobytes()) + b"tb")
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + _py2_str(b"u1")
+        + b"K\x00K\x01\x87R(K\x03"
+        + _py2_str(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    )
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + _py2_str(b"b")
+        + b"\x87R("
+        + b"K\x01"
+        + shape
+        + dtype
+        + b"\x89"
+        + _py2_str(a.tobytes())
+        + b"tb"
+    )
 
 
 def py2_batch(data: np.ndarray, labels: list[int], name: bytes) -> bytes:
     """A CIFAR-10 batch laid out as the real cifar-10-batches-py files are (cPickle, protocol 2)."""
     labels_op = b"](" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
     names = b"](" + b"".join(_py2_str(b"img_%d.png" % i) for i in range(len(labels))) + b"e"
-    return (b"\x80\x02}(" + _py2_str(b"batch_label") + _py2_str(name) + _py2_str(b"labels") + labels_op
-            + _py2_str(b"data") + _py2_array(data) + _py2_str(b"filenames") + names + b"u.")
+    return (
+        b"\x80\x02}("
+        + _py2_str(b"batch_label")
+        + _py2_str(name)
+        + _py2_str(b"labels")
+        + labels_op
+        + _py2_str(b"data")
+        + _py2_array(data)
+        + _py2_str(b"filenames")
+        + names
+        + b"u."
+    )
 
 
 def _write_dir(root, make):
@@ -90,6 +115,7 @@ class _Eval:
 class _Codec:
     def __reduce__(self):
         import _codecs
+
         return _codecs.encode, (b"x" * 10, "zlib")
 
 
@@ -97,8 +123,12 @@ class _Codec:
 @pytest.mark.parametrize("protocol", [2, 4])
 def test_crafted_batch_is_refused_and_not_run(tmp_path, payload, protocol):
     marker = tmp_path / "pwned"
-    evil = {"system": _Payload(marker), "eval": _Eval(), "codec": _Codec(),
-            "in_array": np.array([_Payload(marker)], dtype=object)}[payload]
+    evil = {
+        "system": _Payload(marker),
+        "eval": _Eval(),
+        "codec": _Codec(),
+        "in_array": np.array([_Payload(marker)], dtype=object),
+    }[payload]
     root = _write_dir(tmp_path / "c", lambda i: pickle.dumps({b"data": evil, b"labels": [0]}, protocol=protocol))
     with pytest.raises(DatasetError) as ei:
         load_cifar10(root)

@@ -1,4 +1,5 @@
 """Designed (balanced) shadow training sets and their explicit membership files."""
+
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ from production.design import balanced_design, in_count, pool_membership
 @pytest.mark.parametrize("K,m", [(2, 1), (4, 2), (16, 8), (16, 11), (6, 5)])
 def test_pool_membership_exact_counts(K, m):
     member = pool_membership(997, K, m, np.random.default_rng(K * m))
-    assert (member.sum(axis=0) == m).all()                       # every point IN for exactly m shadows
+    assert (member.sum(axis=0) == m).all()  # every point IN for exactly m shadows
     rows = member.sum(axis=1)
     assert rows.max() - rows.min() <= 1 and rows.sum() == 997 * m  # every shadow as many pool points
 
@@ -23,8 +24,10 @@ def test_pool_membership_is_random():
     assert 0.35 < overlap < 0.65
 
 
-@pytest.mark.parametrize("N,LT,n_pool,K,f_min", [(1200, 700, 975, 4, 0.5), (10_000, 5_000, 3_800, 16, 0.5),
-                                                 (60_000, 50_000, 29_200, 16, 0.66)])
+@pytest.mark.parametrize(
+    "N,LT,n_pool,K,f_min",
+    [(1200, 700, 975, 4, 0.5), (10_000, 5_000, 3_800, 16, 0.5), (60_000, 50_000, 29_200, 16, 0.66)],
+)
 def test_balanced_design(N, LT, n_pool, K, f_min):
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 10, N)

@@ -1,4 +1,5 @@
 """download_files.py / challenges.download against a local HTTP server (127.0.0.1 only)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +22,7 @@ import requests
 
 import download_files
 from challenges import download
+from tests.conftest import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = ["cifar10_inf", "cifar10_hi", "cifar10_lo"]
@@ -29,6 +31,7 @@ SCENARIOS = ["cifar10_inf", "cifar10_hi", "cifar10_lo"]
 # ---------------------------------------------------------------------------------------------
 # Local HTTP server with Range support, a one-shot connection cut and a switch to ignore Range
 # ---------------------------------------------------------------------------------------------
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -79,8 +82,7 @@ class Server:
         self.httpd.daemon_threads = True
         self.httpd.files, self.httpd.seen = {}, []
         self.httpd.cut_after, self.httpd.ignore_range = None, False
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def add(self, path: str, body: bytes) -> str:
@@ -115,6 +117,7 @@ def closed_port_url():
 # ---------------------------------------------------------------------------------------------
 # Fake archives
 # ---------------------------------------------------------------------------------------------
+
 
 def fake_tree(scenarios=SCENARIOS, model_bytes=4096) -> dict[str, bytes]:
     """A tiny MICO tree: relative path -> content."""
@@ -195,6 +198,7 @@ def error_line(err: str) -> str:
 # Archive path (--url)
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("prefix", ["cifar10/", ""])
 def test_archive_download_extract_and_dataset(server, tmp_path, capsys, prefix):
     files = fake_tree()
@@ -202,19 +206,40 @@ def test_archive_download_extract_and_dataset(server, tmp_path, capsys, prefix):
     url = server.add("/mico/challenge.zip", archive)
     cifar = fake_cifar()
     durl = server.add("/kriz/fake-cifar.tar.gz", cifar)
-    rc, out, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url,
-                            "--md5", md5(archive), "--dataset-url", durl, "--dataset-md5", md5(cifar)], capsys)
+    rc, out, err = run_cli(
+        [
+            "--challenge",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path),
+            "--url",
+            url,
+            "--md5",
+            md5(archive),
+            "--dataset-url",
+            durl,
+            "--dataset-md5",
+            md5(cifar),
+        ],
+        capsys,
+    )
     assert rc == 0, err
     tdir = tmp_path / "cifar10"
-    assert tree_of(str(tdir)) == {**files, **{f"cifar-10-batches-py/{n}": n.encode() * 10 for n in
-                                             [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]}}
+    assert tree_of(str(tdir)) == {
+        **files,
+        **{
+            f"cifar-10-batches-py/{n}": n.encode() * 10
+            for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+        },
+    }
     # archives deleted, no staging or part files left
     assert sorted(os.listdir(tdir)) == sorted(SCENARIOS + ["cifar-10-batches-py"])
 
     # rerun: nothing fetched, quickly
     server.seen.clear()
-    rc, out, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url,
-                            "--dataset-url", durl], capsys)
+    rc, out, err = run_cli(
+        ["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--dataset-url", durl], capsys
+    )
     assert rc == 0 and server.seen == []
     assert "nothing to fetch" in out
 
@@ -222,16 +247,28 @@ def test_archive_download_extract_and_dataset(server, tmp_path, capsys, prefix):
 def test_keep_archives_and_scenario_subset(server, tmp_path, capsys):
     archive = make_zip(fake_tree(), "cifar10/")
     url = server.add("/challenge.zip", archive)
-    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url,
-                          "--scenario", "cifar10_lo", "--no-dataset", "--keep-archives"], capsys)
+    rc, _, err = run_cli(
+        [
+            "--challenge",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path),
+            "--url",
+            url,
+            "--scenario",
+            "cifar10_lo",
+            "--no-dataset",
+            "--keep-archives",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     tdir = tmp_path / "cifar10"
     assert placed(str(tdir)) == ["cifar10_lo"]
     assert (tdir / "challenge.zip").read_bytes() == archive
     # the kept archive is reused: no request for the other scenarios
     server.seen.clear()
-    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"],
-                         capsys)
+    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"], capsys)
     assert rc == 0, err
     assert server.seen == [] and placed(str(tdir)) == sorted(SCENARIOS)
 
@@ -254,8 +291,7 @@ def test_resume_after_cut(server, tmp_path, capsys):
     archive = make_zip(files, "cifar10/")
     url = server.add("/mico/challenge.zip", archive)
     server.httpd.cut_after = 50000
-    argv = ["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--md5", md5(archive),
-            "--no-dataset"]
+    argv = ["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--md5", md5(archive), "--no-dataset"]
     rc, _, err = run_cli(argv, capsys)
     assert rc == 1
     line = error_line(err)
@@ -303,8 +339,7 @@ def test_bad_checksum_with_known_md5(server, tmp_path, capsys):
     # the file name cifar10.zip brings the known md5 of the real archive, which the fake fails
     archive = make_zip(fake_tree(), "cifar10/")
     url = server.add("/mico/cifar10.zip", archive)
-    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"],
-                         capsys)
+    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"], capsys)
     assert rc == 1
     line = error_line(err)
     assert url in line and download.KNOWN_MD5["cifar10.zip"] in line and md5(archive) in line
@@ -322,8 +357,9 @@ def test_bad_checksum_explicit(server, tmp_path):
 def test_http_error(server, tmp_path, capsys):
     url = server.add("/exists.zip", b"")  # register the server; ask for another path
     missing = url.replace("exists", "missing")
-    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", missing,
-                          "--no-dataset"], capsys)
+    rc, _, err = run_cli(
+        ["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", missing, "--no-dataset"], capsys
+    )
     assert rc == 1
     line = error_line(err)
     assert missing in line and "404" in line and "--synthetic" in line
@@ -333,13 +369,13 @@ def test_http_error(server, tmp_path, capsys):
 # Unsafe archives
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bad", ["../evil", "/abs", "cifar10/cifar10_inf/../../../evil", "C:/evil"])
 def test_zip_traversal_rejected(server, tmp_path, capsys, bad):
     data_dir = tmp_path / "data"
     archive = make_zip(fake_tree(), "cifar10/", extra=[(bad, b"pwned")])
     url = server.add("/x.zip", archive)
-    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(data_dir), "--url", url, "--no-dataset"],
-                         capsys)
+    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(data_dir), "--url", url, "--no-dataset"], capsys)
     assert rc == 1
     line = error_line(err)
     assert repr(bad) in line and "x.zip" in line
@@ -364,11 +400,14 @@ def _tar_link(name, target, kind):
     return ti
 
 
-@pytest.mark.parametrize("name,target,kind", [
-    ("d/link", "../../outside", tarfile.SYMTYPE),
-    ("d/link", "/etc/passwd", tarfile.SYMTYPE),
-    ("hard", "../outside", tarfile.LNKTYPE),
-])
+@pytest.mark.parametrize(
+    "name,target,kind",
+    [
+        ("d/link", "../../outside", tarfile.SYMTYPE),
+        ("d/link", "/etc/passwd", tarfile.SYMTYPE),
+        ("hard", "../outside", tarfile.LNKTYPE),
+    ],
+)
 def test_tar_link_outside_rejected(tmp_path, name, target, kind):
     path = tmp_path / "a.tar.gz"
     path.write_bytes(make_tar({"d/file": b"1"}, extra=[_tar_link(name, target, kind)]))
@@ -381,8 +420,9 @@ def test_tar_link_outside_rejected(tmp_path, name, target, kind):
 def test_tar_link_inside_rejected(tmp_path, kind):
     # MICO's archives hold no links: even one that resolves inside is refused, before anything is written
     path = tmp_path / "a.tar.gz"
-    path.write_bytes(make_tar({"d/file": b"1"}, extra=[_tar_link("d/link", "file" if kind == tarfile.SYMTYPE
-                                                                  else "d/file", kind)]))
+    path.write_bytes(
+        make_tar({"d/file": b"1"}, extra=[_tar_link("d/link", "file" if kind == tarfile.SYMTYPE else "d/file", kind)])
+    )
     with pytest.raises(download.UnsafeArchiveError, match="'d/link' is a link"):
         download.safe_extract(str(path), str(tmp_path / "out"))
     assert not (tmp_path / "out" / "d").exists()
@@ -403,8 +443,7 @@ def test_zip_symlink_outside_rejected(server, tmp_path, capsys):
     archive = make_zip(fake_tree(), "cifar10/", extra=[(zi, b"../../../outside")])
     url = server.add("/x.zip", archive)
     data_dir = tmp_path / "data"
-    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(data_dir), "--url", url, "--no-dataset"],
-                         capsys)
+    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(data_dir), "--url", url, "--no-dataset"], capsys)
     assert rc == 1
     assert "'cifar10/cifar10_inf/link'" in error_line(err)
     assert not (data_dir / "cifar10").exists()
@@ -412,8 +451,7 @@ def test_zip_symlink_outside_rejected(server, tmp_path, capsys):
 
 def test_archive_without_scenarios(server, tmp_path, capsys):
     url = server.add("/other.zip", make_zip({"readme.txt": b"hi"}))
-    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"],
-                         capsys)
+    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"], capsys)
     assert rc == 1 and "cifar10_inf" in error_line(err)
     assert not (tmp_path / "cifar10").exists()
 
@@ -422,13 +460,12 @@ def test_archive_without_scenarios(server, tmp_path, capsys):
 # Offline
 # ---------------------------------------------------------------------------------------------
 
-def test_offline_cli_one_line(tmp_path, closed_port_url):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "download_files.py"), "--challenge", "cifar10",
-                        "--data-dir", str(tmp_path), "--url", closed_port_url, "--no-dataset"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
+
+def test_offline_cli_one_line(tmp_path, closed_port_url, capsys):
+    argv = ["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", closed_port_url, "--no-dataset"]
+    code, lines = run_script(download_files.main, "download_files.py", argv, capsys)
+    assert code != 0
+    assert len(lines) == 1, lines
     assert closed_port_url in lines[0] and "--synthetic" in lines[0]
     assert str(tmp_path / "cifar10" / "cifar10.zip") in lines[0]  # where to copy it
     assert placed(str(tmp_path / "cifar10")) == []
@@ -437,12 +474,26 @@ def test_offline_cli_one_line(tmp_path, closed_port_url):
 def test_offline_real_hub_client(tmp_path, closed_port_url):
     """The real huggingface_hub call, pointed at a closed local port: its errors become one line."""
     endpoint = closed_port_url.split("/mico/")[0]
-    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"),
-           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_HUB_OFFLINE", None)
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "download_files.py"), "--challenge", "cifar10",
-                        "--data-dir", str(tmp_path / "data"), "--scenario", "cifar10_lo", "--no-dataset"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "download_files.py"),
+            "--challenge",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--scenario",
+            "cifar10_lo",
+            "--no-dataset",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -460,8 +511,13 @@ def test_url_original_keyword(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "download_file", fake_download)
     with pytest.raises(download.FetchError, match="--synthetic"):
         download.fetch_challenge_archive(str(tmp_path), "purchase100", "original")
-    assert seen == [(download.CHALLENGE_URLS["purchase100"], str(tmp_path / "purchase100" / "purchase100.zip"),
-                     "67eba1f88d112932fe722fef85fb95fd")]
+    assert seen == [
+        (
+            download.CHALLENGE_URLS["purchase100"],
+            str(tmp_path / "purchase100" / "purchase100.zip"),
+            "67eba1f88d112932fe722fef85fb95fd",
+        )
+    ]
 
 
 def test_offline_dataset(tmp_path, capsys, closed_port_url):
@@ -479,6 +535,7 @@ def test_offline_dataset(tmp_path, capsys, closed_port_url):
 # Hugging Face path (stand-in for snapshot_download)
 # ---------------------------------------------------------------------------------------------
 
+
 class FakeHub:
     def __init__(self, files=None, fail_after=None, exc=None):
         self.files = files if files is not None else fake_tree()
@@ -486,8 +543,15 @@ class FakeHub:
         self.calls = []
 
     def __call__(self, *, repo_id, repo_type, allow_patterns, local_dir, revision=None):
-        self.calls.append(dict(repo_id=repo_id, repo_type=repo_type, allow_patterns=list(allow_patterns),
-                               local_dir=local_dir, revision=revision))
+        self.calls.append(
+            dict(
+                repo_id=repo_id,
+                repo_type=repo_type,
+                allow_patterns=list(allow_patterns),
+                local_dir=local_dir,
+                revision=revision,
+            )
+        )
         prefixes = [p[:-1] for p in allow_patterns]
         assert all(p.endswith("*") for p in allow_patterns)
         written = 0
@@ -509,11 +573,19 @@ def test_hub_scenario_then_rest(tmp_path, capsys, monkeypatch):
     hub = FakeHub()
     monkeypatch.setattr(download, "HUB_DOWNLOAD", hub)
     tdir = tmp_path / "cifar10"
-    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--scenario", "cifar10_hi",
-                          "--no-dataset"], capsys)
+    rc, _, err = run_cli(
+        ["--challenge", "cifar10", "--data-dir", str(tmp_path), "--scenario", "cifar10_hi", "--no-dataset"], capsys
+    )
     assert rc == 0, err
-    assert hub.calls == [dict(repo_id="szanella/MICO-CIFAR10", repo_type="dataset",
-                              allow_patterns=["cifar10_hi/*"], local_dir=str(tdir / ".staging"), revision=None)]
+    assert hub.calls == [
+        dict(
+            repo_id="szanella/MICO-CIFAR10",
+            repo_type="dataset",
+            allow_patterns=["cifar10_hi/*"],
+            local_dir=str(tdir / ".staging"),
+            revision=None,
+        )
+    ]
     assert sorted(os.listdir(tdir)) == ["cifar10_hi"]
     assert tree_of(str(tdir)) == {k: v for k, v in fake_tree().items() if k.startswith("cifar10_hi/")}
     assert (tdir / "cifar10_hi/train/model_0/solution.csv").exists()
@@ -530,19 +602,21 @@ def test_hub_scenario_then_rest(tmp_path, capsys, monkeypatch):
 
 def test_hub_purchase_repo(tmp_path, monkeypatch):
     hub = FakeHub(files=fake_tree(["purchase100_inf"]))
-    placed_now = download.fetch_challenge_hub(str(tmp_path), "purchase100", ["purchase100_inf"],
-                                              snapshot_download=hub)
+    placed_now = download.fetch_challenge_hub(str(tmp_path), "purchase100", ["purchase100_inf"], snapshot_download=hub)
     assert placed_now == ["purchase100_inf"] and hub.calls[0]["repo_id"] == "szanella/MICO-purchase100"
     assert (tmp_path / "purchase100/purchase100_inf/train/model_0/model.pt").exists()
 
 
-@pytest.mark.parametrize("exc", [OSError("disk went away"), requests.ConnectionError("[Errno 111] Connection refused"),
-                                 "hf_offline"])
+@pytest.mark.parametrize(
+    "exc", [OSError("disk went away"), requests.ConnectionError("[Errno 111] Connection refused"), "hf_offline"]
+)
 def test_hub_failure_leaves_nothing_in_place(tmp_path, capsys, monkeypatch, exc):
     if exc == "hf_offline":
         from huggingface_hub.errors import LocalEntryNotFoundError
-        exc = LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub\n"
-                                      "and we cannot find them in the local cache.")
+
+        exc = LocalEntryNotFoundError(
+            "An error happened while trying to locate the files on the Hub\nand we cannot find them in the local cache."
+        )
     hub = FakeHub(fail_after=7, exc=exc)
     monkeypatch.setattr(download, "HUB_DOWNLOAD", hub)
     rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--no-dataset"], capsys)
@@ -571,7 +645,8 @@ def test_synthetic_tree_is_not_mixed(tmp_path, capsys, monkeypatch):
     (tmp_path / "cifar10").mkdir()
     (tmp_path / "cifar10" / "challenge.json").write_text(
         '{"track": "cifar10", "n_points": 400, "len_training": 250, "len_challenge": 100, '
-        '"dataset": "cifar-10-batches-py", "synthetic": true, "seed": 0}')
+        '"dataset": "cifar-10-batches-py", "synthetic": true, "seed": 0}'
+    )
     monkeypatch.setattr(download, "HUB_DOWNLOAD", FakeHub())
     rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--no-dataset"], capsys)
     assert rc == 1 and "synthetic" in error_line(err)
@@ -581,23 +656,47 @@ def test_synthetic_tree_is_not_mixed(tmp_path, capsys, monkeypatch):
 # CLI
 # ---------------------------------------------------------------------------------------------
 
-def test_help():
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "download_files.py"), "--help"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert r.returncode == 0, r.stderr
-    for flag in ["--challenge", "--data-dir", "--scenario", "--url", "--md5", "--hub-repo", "--revision",
-                 "--no-dataset", "--dataset-url", "--dataset-md5", "--keep-archives", "--synthetic",
-                 "--n-points", "--n-train", "--n-dev", "--n-final", "--seed", "--device", "--epochs"]:
-        assert flag in r.stdout
+
+def test_help(capsys):
+    """In-process (the cold start of a script is covered by tests/test_pipeline.py::test_cold_start_help)."""
+    with pytest.raises(SystemExit) as e:
+        download_files.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in [
+        "--challenge",
+        "--data-dir",
+        "--scenario",
+        "--url",
+        "--md5",
+        "--hub-repo",
+        "--revision",
+        "--no-dataset",
+        "--dataset-url",
+        "--dataset-md5",
+        "--keep-archives",
+        "--synthetic",
+        "--n-points",
+        "--n-train",
+        "--n-dev",
+        "--n-final",
+        "--seed",
+        "--device",
+        "--epochs",
+    ]:
+        assert flag in out
     for action in download_files.build_parser()._actions:
         assert action.help and "\n" not in action.help
 
 
-@pytest.mark.parametrize("argv", [
-    ["--challenge", "cifar10", "--scenario", "purchase100_hi"],
-    ["--challenge", "cifar10", "--md5", "abc"],
-    ["--challenge", "cifar10", "--n-train", "3"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--challenge", "cifar10", "--scenario", "purchase100_hi"],
+        ["--challenge", "cifar10", "--md5", "abc"],
+        ["--challenge", "cifar10", "--n-train", "3"],
+    ],
+)
 def test_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as ei:
         download_files.main(argv)
@@ -613,8 +712,9 @@ def _zip_link(name):
 def test_zip_link_chain_escape_rejected(tmp_path):
     # each link is lexically inside, but x -> y/.. with y -> . resolves to the parent of the root
     path = tmp_path / "a.zip"
-    path.write_bytes(make_zip({}, extra=[(_zip_link("y"), b"."), (_zip_link("x"), b"y/.."),
-                                         ("x/stage/evil", b"pwned")]))
+    path.write_bytes(
+        make_zip({}, extra=[(_zip_link("y"), b"."), (_zip_link("x"), b"y/.."), ("x/stage/evil", b"pwned")])
+    )
     dest = tmp_path / "stage"
     with pytest.raises(download.UnsafeArchiveError, match="'y' is a link"):
         download.safe_extract(str(path), str(dest))
@@ -633,6 +733,7 @@ def test_tar_link_chain_escape_rejected(tmp_path):
 # Nothing left behind, no links placed, a full disk named
 # ---------------------------------------------------------------------------------------------
 
+
 def test_offline_run_leaves_no_empty_folders(tmp_path, capsys, closed_port_url):
     data_dir = tmp_path / "new" / "data"
     rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(data_dir), "--url", closed_port_url], capsys)
@@ -642,8 +743,9 @@ def test_offline_run_leaves_no_empty_folders(tmp_path, capsys, closed_port_url):
 
 def test_offline_run_keeps_folders_it_did_not_create(tmp_path, capsys, closed_port_url):
     (tmp_path / "cifar10").mkdir()
-    rc, _, _ = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", closed_port_url,
-                        "--no-dataset"], capsys)
+    rc, _, _ = run_cli(
+        ["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", closed_port_url, "--no-dataset"], capsys
+    )
     assert rc == 1 and os.listdir(tmp_path / "cifar10") == []
 
 
@@ -680,15 +782,15 @@ def _full_disk_open(real_open):
         def __exit__(self, *exc):
             self.f.close()
 
-    return lambda path, mode="r", *a, **k: Full(real_open(path, mode, *a, **k)) if "w" in mode or "a" in mode \
-        else real_open(path, mode, *a, **k)
+    return lambda path, mode="r", *a, **k: (
+        Full(real_open(path, mode, *a, **k)) if "w" in mode or "a" in mode else real_open(path, mode, *a, **k)
+    )
 
 
 def test_disk_full_while_downloading_names_the_file(server, tmp_path, capsys, monkeypatch):
     url = server.add("/x.zip", make_zip(fake_tree()))
     monkeypatch.setattr(download, "open", _full_disk_open(open), raising=False)
-    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"],
-                         capsys)
+    rc, _, err = run_cli(["--challenge", "cifar10", "--data-dir", str(tmp_path), "--url", url, "--no-dataset"], capsys)
     assert rc == 1
     line = error_line(err)
     assert str(tmp_path / "cifar10" / "x.zip.part") in line and "No space left on device" in line

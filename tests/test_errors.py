@@ -1,7 +1,6 @@
 """Every expected failure is one line that names its file or folder and a fix."""
+
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import run_lira_mia
 import save_preds
 from challenges import cache, fileio, layout, submission
-from tests.conftest import ROOT
+from tests.conftest import run_script
 
 TRACK, SCENARIO = "purchase100", "purchase100_inf"
 ENOSPC = OSError(28, "No space left on device")
@@ -27,16 +26,15 @@ def _save_preds(data_dir, cache_dir):
     return save_preds.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", "cpu"])
 
 
-def test_non_utf8_seed_names_the_file(small_copy):
+def test_non_utf8_seed_names_the_file(small_copy, capsys):
     data_dir, cache_dir = small_copy
     md = layout.models(data_dir, TRACK, SCENARIO)[1]
     seed = os.path.join(md.path, "seed_challenge")
     Path(seed).write_bytes(b"\xff\xfe1\x002\x00")
-    r = subprocess.run([sys.executable, "save_preds.py", "--challenge", TRACK, "--data-dir", data_dir,
-                        "--cache-dir", cache_dir, "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
-                       check=False)
-    assert r.returncode != 0
-    _one_line(r.stderr.strip().splitlines()[-1], "save_preds.py: ", seed, "re-download")
+    argv = ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", "cpu"]
+    code, lines = run_script(save_preds.main, "save_preds.py", argv, capsys)
+    assert code != 0
+    _one_line(lines[-1], "save_preds.py: ", seed, "re-download")
 
 
 @pytest.mark.parametrize("missing", ["seed_training", "seed_membership"])
@@ -45,9 +43,12 @@ def test_train_model_without_its_seeds_names_the_file(small_copy, missing, tmp_p
     assert _save_preds(data_dir, cache_dir) == 0
     md = layout.models(data_dir, TRACK, SCENARIO, ["train"])[0]
     os.remove(os.path.join(md.path, missing))
-    for run in (lambda: _save_preds(data_dir, cache_dir),
-                lambda: run_lira_mia.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir,
-                                           "--report-dir", str(tmp_path)])):
+    for run in (
+        lambda: _save_preds(data_dir, cache_dir),
+        lambda: run_lira_mia.main(
+            ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--report-dir", str(tmp_path)]
+        ),
+    ):
         with pytest.raises(layout.LayoutError) as ei:
             run()
         _one_line(str(ei.value), os.path.join(md.path, missing), "train model", "re-download")
@@ -56,6 +57,7 @@ def test_train_model_without_its_seeds_names_the_file(small_copy, missing, tmp_p
 # ---------------------------------------------------------------------------------------------
 # A full disk, as a write raising ENOSPC
 # ---------------------------------------------------------------------------------------------
+
 
 def test_disk_full_writing_the_cache(small_copy, monkeypatch):
     data_dir, cache_dir = small_copy
@@ -123,6 +125,7 @@ def test_missing_model_file_is_named(small_copy, tmp_path):
     md = layout.models(data_dir, TRACK, SCENARIO)[3]
     os.remove(md.model_file)
     with pytest.raises(cache.CacheError) as ei:
-        run_lira_mia.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir,
-                           "--report-dir", str(tmp_path)])
+        run_lira_mia.main(
+            ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--report-dir", str(tmp_path)]
+        )
     _one_line(str(ei.value), md.model_file, "re-download")

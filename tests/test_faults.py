@@ -6,6 +6,7 @@ Cache files are compared array by array: a .npz records its members' write time,
 never give identical bytes, while every array (the model stamp included: the same model files)
 must be equal.
 """
+
 import glob
 import os
 import re
@@ -42,8 +43,13 @@ def _args(data_dir, cache_dir, *extra):
 
 
 def _start(pause, data_dir, cache_dir, *extra):
-    return subprocess.Popen([sys.executable, "-c", SLOW_SAVE_PREDS, str(pause), *_args(data_dir, cache_dir, *extra)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAVE_PREDS, str(pause), *_args(data_dir, cache_dir, *extra)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _files(data_dir, cache_dir):
@@ -52,9 +58,12 @@ def _files(data_dir, cache_dir):
 
 def _leftovers(cache_dir):
     """Anything in the cache folders but finished cache files and the lock: temporary files."""
-    return [p for p in glob.glob(os.path.join(cache_dir, TRACK, SCENARIO, "*", "*"))
-            + glob.glob(os.path.join(cache_dir, TRACK, SCENARIO, "*", ".*"))
-            if not re.fullmatch(r"model_\d+\.npz|\.lock", os.path.basename(p))]
+    return [
+        p
+        for p in glob.glob(os.path.join(cache_dir, TRACK, SCENARIO, "*", "*"))
+        + glob.glob(os.path.join(cache_dir, TRACK, SCENARIO, "*", ".*"))
+        if not re.fullmatch(r"model_\d+\.npz|\.lock", os.path.basename(p))
+    ]
 
 
 def _wait_for(cond, proc, what, timeout=60.0):
@@ -105,6 +114,7 @@ def test_killed_mid_write_then_rerun(small_challenge, reference, tmp_path):
     _assert_same_arrays(data_dir, cache_dir, reference)
 
 
+@pytest.mark.slow
 def test_concurrent_runs_cooperate(small_challenge, reference, tmp_path):
     """Two runs on one cache, one asking for logits: both succeed and every file has logits."""
     data_dir, cache_dir = small_challenge, str(tmp_path / "cache")
@@ -122,8 +132,11 @@ def test_concurrent_runs_cooperate(small_challenge, reference, tmp_path):
 
 def _mount_tmpfs(path: str, size: str) -> bool:
     os.makedirs(path)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True,
-                       check=False) if shutil.which("mount") else None
+    r = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True, check=False)
+        if shutil.which("mount")
+        else None
+    )
     return r is not None and r.returncode == 0
 
 
@@ -133,8 +146,14 @@ def test_disk_full(small_challenge, reference, tmp_path):
     if not _mount_tmpfs(cache_dir, f"{3 * one // 1024}k"):  # logits make files larger: a few fit
         pytest.skip("cannot mount a small tmpfs here (needs root and mount permission)")
     try:
-        r = subprocess.run([sys.executable, "save_preds.py", *_args(data_dir, cache_dir, "--save-logits")],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        r = subprocess.run(
+            [sys.executable, "save_preds.py", *_args(data_dir, cache_dir, "--save-logits")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert r.returncode != 0
         line = r.stderr.strip().splitlines()[-1]
         assert line.startswith("save_preds.py: ") and "No space left on device" in line and "Traceback" not in r.stderr

@@ -1,4 +1,5 @@
 """Tests for attacks/lira.py: hand-computed cases and a slow, obvious reference."""
+
 import itertools
 import math
 
@@ -13,9 +14,20 @@ from attacks.lira import LOGIT_EPS, LOGIT_LOW, SIGMA_FLOOR, lira, signal_from_ph
 # --------------------------------------------------------------------------- #
 # reference: one point at a time, straight from the documented definitions
 # --------------------------------------------------------------------------- #
-def lira_reference(target_signal, shadow_signal, shadow_in, target_index, exclude, *,
-                   online, global_variance, mu_estimator="mean", min_shadows=2,
-                   sigma_floor=SIGMA_FLOOR, offline_map="cdf"):
+def lira_reference(
+    target_signal,
+    shadow_signal,
+    shadow_in,
+    target_index,
+    exclude,
+    *,
+    online,
+    global_variance,
+    mu_estimator="mean",
+    min_shadows=2,
+    sigma_floor=SIGMA_FLOOR,
+    offline_map="cdf",
+):
     T, K, V = target_signal.shape
     S = shadow_signal.shape[0]
     loc = np.mean if mu_estimator == "mean" else np.median
@@ -228,9 +240,12 @@ def test_matches_reference(gv, online, logit, stable, loo, V):
         np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-9)
         if not online:
             kw["offline_map"] = "squash"
-            np.testing.assert_allclose(lira(tgt, shd, mem, idx, excl, chunk_targets=2, **kw),
-                                       lira_reference(tgt, shd, mem, idx, excl, **kw),
-                                       rtol=0, atol=1e-9)
+            np.testing.assert_allclose(
+                lira(tgt, shd, mem, idx, excl, chunk_targets=2, **kw),
+                lira_reference(tgt, shd, mem, idx, excl, **kw),
+                rtol=0,
+                atol=1e-9,
+            )
 
 
 @pytest.mark.parametrize("min_shadows", [1, 3])
@@ -238,9 +253,9 @@ def test_min_shadows_matches_reference(min_shadows):
     tgt, shd, mem, idx, excl = make_problem(7, V=2, loo=True)
     for online, gv in itertools.product([False, True], repeat=2):
         kw = dict(online=online, global_variance=gv, min_shadows=min_shadows)
-        np.testing.assert_allclose(lira(tgt, shd, mem, idx, excl, **kw),
-                                   lira_reference(tgt, shd, mem, idx, excl, **kw),
-                                   rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            lira(tgt, shd, mem, idx, excl, **kw), lira_reference(tgt, shd, mem, idx, excl, **kw), rtol=0, atol=1e-9
+        )
 
 
 @pytest.mark.parametrize("online", [False, True])
@@ -253,8 +268,8 @@ def test_leave_one_out_equals_deleting_the_shadow(online, mu_estimator):
         fast = lira(tgt, shd, mem, idx, excl, **kw)
         for t, e in enumerate(excl):
             keep = np.arange(9) != e
-            alone = lira(tgt[t:t + 1], shd[keep], mem[keep], idx[t:t + 1], **kw)
-            np.testing.assert_allclose(fast[t:t + 1], alone, rtol=0, atol=1e-12)
+            alone = lira(tgt[t : t + 1], shd[keep], mem[keep], idx[t : t + 1], **kw)
+            np.testing.assert_allclose(fast[t : t + 1], alone, rtol=0, atol=1e-12)
 
 
 def test_pool_index_equals_explicit_gather():
@@ -262,7 +277,7 @@ def test_pool_index_equals_explicit_gather():
     for online in (False, True):
         pooled = lira(tgt, shd, mem, idx, online=online)
         for t in range(tgt.shape[0]):
-            alone = lira(tgt[t:t + 1], shd[:, idx[t]], mem[:, idx[t]], online=online)
+            alone = lira(tgt[t : t + 1], shd[:, idx[t]], mem[:, idx[t]], online=online)
             np.testing.assert_allclose(pooled[t], alone[0], rtol=0, atol=1e-12)
 
 
@@ -277,8 +292,9 @@ def test_fallbacks_are_finite():
     for online, gv, mu in itertools.product([False, True], [False, True], ["mean", "median"]):
         sc = lira(tgt, shd, mem, online=online, global_variance=gv, mu_estimator=mu)
         assert np.isfinite(sc).all() and sc.min() >= 0 and sc.max() <= 1
-        ref = lira_reference(tgt, shd, mem, np.tile(np.arange(3), (2, 1)), [-1, -1],
-                             online=online, global_variance=gv, mu_estimator=mu)
+        ref = lira_reference(
+            tgt, shd, mem, np.tile(np.arange(3), (2, 1)), [-1, -1], online=online, global_variance=gv, mu_estimator=mu
+        )
         np.testing.assert_allclose(sc, ref, rtol=0, atol=1e-9)
     # no IN shadow anywhere: online has no evidence -> 0.5 everywhere
     sc = lira(tgt, shd, np.zeros_like(mem), online=True)
@@ -302,25 +318,31 @@ def test_online_top_scores_do_not_tie():
     assert np.all(np.diff(sc) > 0)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(target_signal=np.zeros((2, 3))),
-    dict(shadow_signal=np.zeros((4, 5, 2))),
-    dict(shadow_in=np.zeros((4, 6), bool)),
-    dict(shadow_in=np.full((4, 5), 0.5)),
-    dict(target_index=np.array([[0, 1, 9], [0, 1, 2]])),
-    dict(target_index=np.zeros((2, 3), float)),
-    dict(exclude=np.array([0, 4])),
-    dict(exclude=np.array([0])),
-    dict(target_signal=np.full((2, 3, 1), np.nan)),
-    dict(mu_estimator="mode"),
-    dict(min_shadows=0),
-    dict(sigma_floor=0.0),
-    dict(offline_map="sf"),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(target_signal=np.zeros((2, 3))),
+        dict(shadow_signal=np.zeros((4, 5, 2))),
+        dict(shadow_in=np.zeros((4, 6), bool)),
+        dict(shadow_in=np.full((4, 5), 0.5)),
+        dict(target_index=np.array([[0, 1, 9], [0, 1, 2]])),
+        dict(target_index=np.zeros((2, 3), float)),
+        dict(exclude=np.array([0, 4])),
+        dict(exclude=np.array([0])),
+        dict(target_signal=np.full((2, 3, 1), np.nan)),
+        dict(mu_estimator="mode"),
+        dict(min_shadows=0),
+        dict(sigma_floor=0.0),
+        dict(offline_map="sf"),
+    ],
+)
 def test_bad_inputs_raise(bad):
-    kw = dict(target_signal=np.zeros((2, 3, 1)), shadow_signal=np.arange(20.0).reshape(4, 5, 1),
-              shadow_in=np.arange(20).reshape(4, 5) % 2 == 0,
-              target_index=np.array([[0, 1, 2], [2, 3, 4]]))
+    kw = dict(
+        target_signal=np.zeros((2, 3, 1)),
+        shadow_signal=np.arange(20.0).reshape(4, 5, 1),
+        shadow_in=np.arange(20).reshape(4, 5) % 2 == 0,
+        target_index=np.array([[0, 1, 2], [2, 3, 4]]),
+    )
     kw.update(bad)
     with pytest.raises(ValueError):
         lira(**kw)

@@ -1,4 +1,5 @@
 """Architectures (MICO-compatible state dicts) and model loading/saving."""
+
 from __future__ import annotations
 
 import os
@@ -16,19 +17,30 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # MICO's state dict layout: name -> shape.
-CNN_KEYS = OrderedDict([
-    ("cnn.0.weight", (128, 3, 8, 8)), ("cnn.0.bias", (128,)),
-    ("cnn.3.weight", (256, 128, 3, 3)), ("cnn.3.bias", (256,)),
-    ("cnn.5.weight", (256, 256, 3, 3)), ("cnn.5.bias", (256,)),
-    ("cnn.9.weight", (10, 6400)), ("cnn.9.bias", (10,)),
-])
-MLP_KEYS = OrderedDict([
-    ("mlp.0.weight", (128, 600)), ("mlp.0.bias", (128,)),
-    ("mlp.2.weight", (100, 128)), ("mlp.2.bias", (100,)),
-])
+CNN_KEYS = OrderedDict(
+    [
+        ("cnn.0.weight", (128, 3, 8, 8)),
+        ("cnn.0.bias", (128,)),
+        ("cnn.3.weight", (256, 128, 3, 3)),
+        ("cnn.3.bias", (256,)),
+        ("cnn.5.weight", (256, 256, 3, 3)),
+        ("cnn.5.bias", (256,)),
+        ("cnn.9.weight", (10, 6400)),
+        ("cnn.9.bias", (10,)),
+    ]
+)
+MLP_KEYS = OrderedDict(
+    [
+        ("mlp.0.weight", (128, 600)),
+        ("mlp.0.bias", (128,)),
+        ("mlp.2.weight", (100, 128)),
+        ("mlp.2.bias", (100,)),
+    ]
+)
 
 
 # ---------------------------------------------------------------- architectures
+
 
 def test_cnn_forward_shape():
     model = CNN().eval()
@@ -40,8 +52,18 @@ def test_cnn_forward_shape():
 def test_cnn_intermediate_shapes():
     model = CNN().eval()
     x = torch.randn(2, 3, 32, 32)
-    expected = [(128, 16, 16), (128, 16, 16), (128, 14, 14), (256, 12, 12), (256, 12, 12),
-                (256, 10, 10), (256, 10, 10), (256, 5, 5), (6400,), (10,)]
+    expected = [
+        (128, 16, 16),
+        (128, 16, 16),
+        (128, 14, 14),
+        (256, 12, 12),
+        (256, 12, 12),
+        (256, 10, 10),
+        (256, 10, 10),
+        (256, 5, 5),
+        (6400,),
+        (10,),
+    ]
     with torch.no_grad():
         for layer, shape in zip(model.cnn, expected):
             x = layer(x)
@@ -67,8 +89,18 @@ def test_state_dict_matches_mico(track, cls, keys):
 
 def test_layer_types_match_mico():
     cnn = CNN().cnn
-    assert [type(m) for m in cnn] == [nn.Conv2d, nn.Tanh, nn.MaxPool2d, nn.Conv2d, nn.Tanh, nn.Conv2d,
-                                      nn.Tanh, nn.AvgPool2d, nn.Flatten, nn.Linear]
+    assert [type(m) for m in cnn] == [
+        nn.Conv2d,
+        nn.Tanh,
+        nn.MaxPool2d,
+        nn.Conv2d,
+        nn.Tanh,
+        nn.Conv2d,
+        nn.Tanh,
+        nn.AvgPool2d,
+        nn.Flatten,
+        nn.Linear,
+    ]
     assert (cnn[0].kernel_size, cnn[0].stride, cnn[0].padding) == ((8, 8), (2, 2), (3, 3))
     assert (cnn[2].kernel_size, cnn[2].stride) == (3, 1)
     assert (cnn[7].kernel_size, cnn[7].stride) == (2, 2)
@@ -87,6 +119,7 @@ def test_build_model_unknown_track():
 
 # ---------------------------------------------------------------- devices
 
+
 def test_resolve_device():
     auto = resolve_device("auto")
     assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,6 +136,7 @@ def test_resolve_device_cuda_unavailable():
 
 
 # ---------------------------------------------------------------- loading / saving
+
 
 def _assert_one_line_naming(err: Exception, path) -> None:
     msg = str(err)
@@ -137,6 +171,7 @@ def test_save_overwrites_atomically(tmp_path):
 
 def test_save_strips_opacus_wrapper(tmp_path):
     from opacus import GradSampleModule
+
     inner = MLP()
     wrapped = GradSampleModule(inner)
     assert all(k.startswith("_module.") for k in wrapped.state_dict())

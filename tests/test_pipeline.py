@@ -1,4 +1,6 @@
 """The four scripts end to end on the tiny synthetic challenges, as a user runs them."""
+
+import json
 import os
 import shutil
 import subprocess
@@ -7,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 import download_files
 import run_lira_mia
@@ -14,12 +17,12 @@ import save_preds
 import save_zip
 import train_shadows
 from attacks.suite import COMPARE
-from challenges import cache, layout
+from challenges import cache, layout, report
 from challenges.datasets import load_dataset, to_tensor
 from challenges.tracks import load_params
 from models import load_model
 from models.query import apply_view, view_names
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_script
 
 FLAGS = ["--global_variance", "--online_attack", "--logit_scaling", "--stable_logit_scaling"]
 
@@ -32,8 +35,20 @@ def _run(main, *argv):
 def cached_session(tiny_challenges, tmp_path_factory):
     """The tiny challenges with every purchase100 model's signals cached (shared, read-only)."""
     cache_dir = str(tmp_path_factory.mktemp("cache") / "cache")
-    assert _run(save_preds.main, "--challenge", "purchase100", "--data-dir", tiny_challenges,
-                "--cache-dir", cache_dir, "--device", "cpu") == 0
+    assert (
+        _run(
+            save_preds.main,
+            "--challenge",
+            "purchase100",
+            "--data-dir",
+            tiny_challenges,
+            "--cache-dir",
+            cache_dir,
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     return tiny_challenges, cache_dir
 
 
@@ -66,19 +81,26 @@ def test_save_preds_cache_and_resume(cached, capsys):
     with open(mds[2].model_file, "ab") as f:
         f.write(b"")
     os.utime(mds[2].model_file, ns=(1, 1))
-    torch_state = __import__("torch").load(mds[2].model_file, weights_only=True)
+    torch_state = torch.load(mds[2].model_file, weights_only=True)
     torch_state["mlp.2.bias"] += 1.0
-    __import__("torch").save(torch_state, mds[2].model_file)
-    _run(save_preds.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-         "--scenario", "purchase100_inf")
+    torch.save(torch_state, mds[2].model_file)
+    _run(
+        save_preds.main,
+        "--challenge",
+        "purchase100",
+        "--data-dir",
+        data_dir,
+        "--cache-dir",
+        cache_dir,
+        "--scenario",
+        "purchase100_inf",
+    )
     new = [os.path.getmtime(f) for f in files]
     assert new[2] != stamps[2] and new[:2] == stamps[:2] and new[3:] == stamps[3:]
     assert not any(name.startswith(".model_") for _, ds, fs in os.walk(cache_dir) for name in ds + fs)
 
 
 def test_signal_matches_direct_forward(cached_session):
-    import torch
-
     data_dir, cache_dir = cached_session
     md = layout.models(data_dir, "purchase100", "purchase100_hi")[-1]
     entry = cache.read(cache.cache_file(cache_dir, md))
@@ -90,25 +112,70 @@ def test_signal_matches_direct_forward(cached_session):
     np.testing.assert_allclose(entry["phi"][:50, 0], torch.log(p / (1 - p)).numpy(), rtol=1e-4, atol=1e-4)
 
 
+def _record_plots(monkeypatch) -> dict:
+    """Replace ROC drawing by a recorder of {path: curves}; checks the curves it is given."""
+    plots = {}
+
+    def record(curves, path, title="", highlight=()):
+        for fpr, tpr in curves.values():
+            assert np.all(np.diff(fpr) >= 0) and np.all((tpr >= 0) & (tpr <= 1))
+        plots[path] = curves
+
+    monkeypatch.setattr(report, "plot_roc", record)
+    return plots
+
+
 @pytest.mark.parametrize("mask", range(16))
-def test_every_flag_combination_writes_valid_predictions(cached, mask, tmp_path):
+def test_every_flag_combination_writes_valid_predictions(cached, mask, tmp_path, monkeypatch):
     data_dir, cache_dir = cached
+    plots = _record_plots(monkeypatch) if mask else None  # drawing is most of a run: once is enough
     flags = [f for i, f in enumerate(FLAGS) if mask >> i & 1]
-    assert _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-                "--report-dir", str(tmp_path / "report"), "--evaluate", *flags) == 0
+    assert (
+        _run(
+            run_lira_mia.main,
+            "--challenge",
+            "purchase100",
+            "--data-dir",
+            data_dir,
+            "--cache-dir",
+            cache_dir,
+            "--report-dir",
+            str(tmp_path / "report"),
+            "--evaluate",
+            *flags,
+        )
+        == 0
+    )
     for scenario in layout.scenarios(data_dir, "purchase100"):
         for md in layout.models(data_dir, "purchase100", scenario, ["dev", "final"]):
             values = layout.read_row(md.prediction_file)
             assert values.shape == (200,) and np.all((values >= 0) & (values <= 1))
-    report = tmp_path / "report" / "purchase100"
-    assert (report / "scores.json").exists() and (report / "roc_purchase100_inf.png").exists()
+    report_dir = tmp_path / "report" / "purchase100"
+    assert (report_dir / "scores.json").exists()
+    if plots is None:
+        assert all((report_dir / f"roc_{sc}.png").exists() for sc in layout.scenarios(data_dir, "purchase100"))
+    else:
+        assert [os.path.basename(p) for p in plots] == [
+            f"roc_{sc}.png" for sc in layout.scenarios(data_dir, "purchase100")
+        ]
 
 
 def test_inf_scenario_shows_membership_signal(cached, tmp_path, capsys):
-    import json
     data_dir, cache_dir = cached
-    _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-         "--report-dir", str(tmp_path), "--evaluate", "--online_attack", "--stable_logit_scaling")
+    _run(
+        run_lira_mia.main,
+        "--challenge",
+        "purchase100",
+        "--data-dir",
+        data_dir,
+        "--cache-dir",
+        cache_dir,
+        "--report-dir",
+        str(tmp_path),
+        "--evaluate",
+        "--online_attack",
+        "--stable_logit_scaling",
+    )
     scores = json.load(open(tmp_path / "purchase100" / "scores.json"))
     assert scores["purchase100_inf"]["train"]["AUC"] > 0.6
     assert set(scores["purchase100_inf"]) == {"train", "dev", "final"}
@@ -119,14 +186,30 @@ def test_save_zip_validates_then_writes(cached, tmp_path, capsys):
     out = str(tmp_path / "sub.zip")
     assert _run(save_zip.main, "--challenge", "purchase100", "--data-dir", data_dir, "--output", out) == 1
     assert not os.path.exists(out) and "prediction.csv: missing" in capsys.readouterr().err
-    _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-         "--report-dir", str(tmp_path / "r"))
-    targets = [md for s in layout.scenarios(data_dir, "purchase100")
-               for md in layout.models(data_dir, "purchase100", s, ["dev", "final"])]
+    _run(
+        run_lira_mia.main,
+        "--challenge",
+        "purchase100",
+        "--data-dir",
+        data_dir,
+        "--cache-dir",
+        cache_dir,
+        "--report-dir",
+        str(tmp_path / "r"),
+    )
+    targets = [
+        md
+        for s in layout.scenarios(data_dir, "purchase100")
+        for md in layout.models(data_dir, "purchase100", s, ["dev", "final"])
+    ]
     bad = targets[0].prediction_file
     good = open(bad).read()
-    for text, why in [("0.5," * 199 + "1.5\n", "outside [0, 1]"), ("0.5," * 198 + "0.5\n", "199 values"),
-                      ("0.5," * 199 + "nan\n", "non-finite"), ("a,b\n", "comma-separated")]:
+    for text, why in [
+        ("0.5," * 199 + "1.5\n", "outside [0, 1]"),
+        ("0.5," * 198 + "0.5\n", "199 values"),
+        ("0.5," * 199 + "nan\n", "non-finite"),
+        ("a,b\n", "comma-separated"),
+    ]:
         open(bad, "w").write(text)
         assert _run(save_zip.main, "--challenge", "purchase100", "--data-dir", data_dir, "--output", out) == 1
         err = capsys.readouterr().err
@@ -135,32 +218,73 @@ def test_save_zip_validates_then_writes(cached, tmp_path, capsys):
     assert _run(save_zip.main, "--challenge", "purchase100", "--data-dir", data_dir, "--output", out) == 0
     names = zipfile.ZipFile(out).namelist()
     assert len(names) == len(targets)
-    assert sorted(names) == sorted(f"purchase100/{md.scenario}/{md.phase}/model_{md.model_id}/prediction.csv"
-                                   for md in targets)
+    assert sorted(names) == sorted(
+        f"purchase100/{md.scenario}/{md.phase}/model_{md.model_id}/prediction.csv" for md in targets
+    )
 
 
-def test_missing_cache_is_a_clear_error(tiny_copy, tmp_path):
-    r = subprocess.run([sys.executable, "run_lira_mia.py", "--challenge", "purchase100", "--data-dir", tiny_copy,
-                        "--cache-dir", str(tmp_path / "nothing")], cwd=ROOT, capture_output=True, text=True)
-    last = r.stderr.strip().splitlines()[-1]  # after tqdm's bar: the one-line error
-    assert r.returncode != 0 and last.startswith("run_lira_mia.py: ") and "save_preds.py --challenge" in last
+def test_missing_cache_is_a_clear_error(tiny_copy, tmp_path, capsys):
+    argv = ["--challenge", "purchase100", "--data-dir", tiny_copy, "--cache-dir", str(tmp_path / "nothing")]
+    code, lines = run_script(run_lira_mia.main, "run_lira_mia.py", argv, capsys)
+    last = lines[-1]  # after tqdm's bar: the one-line error
+    assert code != 0 and last.startswith("run_lira_mia.py: ") and "save_preds.py --challenge" in last
 
 
 def test_cifar_augmented_views(tiny_copy, tmp_path):
     cache_dir = str(tmp_path / "cache")
-    assert _run(save_preds.main, "--challenge", "cifar10", "--data-dir", tiny_copy, "--cache-dir", cache_dir,
-                "--scenario", "cifar10_inf", "--augment") == 0
+    assert (
+        _run(
+            save_preds.main,
+            "--challenge",
+            "cifar10",
+            "--data-dir",
+            tiny_copy,
+            "--cache-dir",
+            cache_dir,
+            "--scenario",
+            "cifar10_inf",
+            "--augment",
+        )
+        == 0
+    )
     md = layout.models(tiny_copy, "cifar10", "cifar10_inf")[0]
     entry = cache.read(cache.cache_file(cache_dir, md))
     assert entry["phi"].shape[1] == 2 and list(entry["views"]) == ["orig", "flip"]
-    assert _run(run_lira_mia.main, "--challenge", "cifar10", "--data-dir", tiny_copy, "--cache-dir", cache_dir,
-                "--scenario", "cifar10_inf", "--online_attack", "--report-dir", str(tmp_path)) == 0
+    assert (
+        _run(
+            run_lira_mia.main,
+            "--challenge",
+            "cifar10",
+            "--data-dir",
+            tiny_copy,
+            "--cache-dir",
+            cache_dir,
+            "--scenario",
+            "cifar10_inf",
+            "--online_attack",
+            "--report-dir",
+            str(tmp_path),
+        )
+        == 0
+    )
 
 
 def test_extra_shadows_resume_shard_and_are_used(cached, tmp_path, capsys):
     data_dir, cache_dir = cached
-    common = ["--challenge", "purchase100", "--scenario", "purchase100_inf", "--data-dir", data_dir,
-              "--n", "3", "--epochs", "2", "--device", "cpu"]
+    common = [
+        "--challenge",
+        "purchase100",
+        "--scenario",
+        "purchase100_inf",
+        "--data-dir",
+        data_dir,
+        "--n",
+        "3",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert _run(train_shadows.main, *common, "--shard", "1/2") == 0
     train = {md.model_id for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["train"])}
     assert {1000, 1002}.isdisjoint(train) and 1001 in train
@@ -170,13 +294,38 @@ def test_extra_shadows_resume_shard_and_are_used(cached, tmp_path, capsys):
     new = [md for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["train"]) if md.model_id >= 1000]
     assert [md.model_id for md in new] == [1000, 1001, 1002]
     for md in new:
-        assert {"model.pt", "seed_challenge", "seed_training", "seed_membership", "solution.csv",
-                "accuracy"} <= set(os.listdir(md.path))
+        assert {"model.pt", "seed_challenge", "seed_training", "seed_membership", "solution.csv", "accuracy"} <= set(
+            os.listdir(md.path)
+        )
     # save_preds picks them up and widens every cache to their challenge points.
-    _run(save_preds.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-         "--scenario", "purchase100_inf")
-    assert _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-                "--scenario", "purchase100_inf", "--evaluate", "--report-dir", str(tmp_path)) == 0
+    _run(
+        save_preds.main,
+        "--challenge",
+        "purchase100",
+        "--data-dir",
+        data_dir,
+        "--cache-dir",
+        cache_dir,
+        "--scenario",
+        "purchase100_inf",
+    )
+    assert (
+        _run(
+            run_lira_mia.main,
+            "--challenge",
+            "purchase100",
+            "--data-dir",
+            data_dir,
+            "--cache-dir",
+            cache_dir,
+            "--scenario",
+            "purchase100_inf",
+            "--evaluate",
+            "--report-dir",
+            str(tmp_path),
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize("script", [download_files, save_preds, run_lira_mia, save_zip, train_shadows])
@@ -195,8 +344,18 @@ def test_cold_start_help():
 
 def test_both_spellings_of_every_flag(cached, tmp_path):
     data_dir, cache_dir = cached
-    args, options = run_lira_mia.parse_args(["--challenge", "purchase100", "--global-variance", "--min_shadows", "3",
-                                            "--rmia_a=auto", "--data_dir", data_dir])
+    args, options = run_lira_mia.parse_args(
+        [
+            "--challenge",
+            "purchase100",
+            "--global-variance",
+            "--min_shadows",
+            "3",
+            "--rmia_a=auto",
+            "--data_dir",
+            data_dir,
+        ]
+    )
     assert options.global_variance and options.min_shadows == 3 and options.rmia_a == "auto"
     assert args.data_dir == data_dir
     with pytest.raises(SystemExit):
@@ -204,8 +363,6 @@ def test_both_spellings_of_every_flag(cached, tmp_path):
 
 
 def test_query_views():
-    import torch
-
     names = view_names(True, 1)
     assert len(names) == 18 == len(set(names)) and names[:2] == ["orig", "flip"]
     assert view_names(False, 3) == ["orig"]
@@ -217,12 +374,28 @@ def test_query_views():
 
 
 @pytest.mark.parametrize("attack", ["rmia", "loss", "confidence", "calibrated", "entropy", "classifier"])
-def test_every_attack_writes_valid_predictions(cached, attack, tmp_path):
-    import json
+def test_every_attack_writes_valid_predictions(cached, attack, tmp_path, monkeypatch):
     data_dir, cache_dir = cached
+    _record_plots(monkeypatch)
     extra = ["--rmia-a", "auto", "--rmia-population", "300"] if attack == "rmia" else []
-    assert _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-                "--report-dir", str(tmp_path), "--evaluate", "--attack", attack, *extra) == 0
+    assert (
+        _run(
+            run_lira_mia.main,
+            "--challenge",
+            "purchase100",
+            "--data-dir",
+            data_dir,
+            "--cache-dir",
+            cache_dir,
+            "--report-dir",
+            str(tmp_path),
+            "--evaluate",
+            "--attack",
+            attack,
+            *extra,
+        )
+        == 0
+    )
     for md in layout.models(data_dir, "purchase100", "purchase100_lo", ["dev", "final"]):
         values = layout.read_row(md.prediction_file)
         assert values.shape == (200,) and np.all((values >= 0) & (values <= 1))
@@ -232,8 +405,23 @@ def test_every_attack_writes_valid_predictions(cached, attack, tmp_path):
 
 def test_compare_report(cached, tmp_path):
     data_dir, cache_dir = cached
-    assert _run(run_lira_mia.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-                "--report-dir", str(tmp_path), "--compare", "--rmia-population", "300") == 0
+    assert (
+        _run(
+            run_lira_mia.main,
+            "--challenge",
+            "purchase100",
+            "--data-dir",
+            data_dir,
+            "--cache-dir",
+            cache_dir,
+            "--report-dir",
+            str(tmp_path),
+            "--compare",
+            "--rmia-population",
+            "300",
+        )
+        == 0
+    )
     report = (tmp_path / "purchase100" / "report.md").read_text()
     for label, options in COMPARE:
         flags = " ".join(run_lira_mia.option_flags(options))
@@ -241,8 +429,10 @@ def test_compare_report(cached, tmp_path):
     assert report.count("**") >= 2 * 13  # a best value marked in every column of the train table
     for scenario in ("purchase100_inf", "purchase100_hi", "purchase100_lo"):
         assert (tmp_path / "purchase100" / f"compare_roc_{scenario}.png").exists()
-    assert not any(os.path.exists(md.prediction_file)
-                   for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["dev", "final"]))
+    assert not any(
+        os.path.exists(md.prediction_file)
+        for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["dev", "final"])
+    )
 
 
 def test_bad_attack_option_is_a_usage_error(cached):
@@ -255,8 +445,18 @@ def test_bad_attack_option_is_a_usage_error(cached):
 def test_compare_refuses_attack_flags(cached, capsys):
     data_dir, cache_dir = cached
     with pytest.raises(SystemExit) as e:
-        run_lira_mia.main(["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-                           "--compare", "--global_variance"])
+        run_lira_mia.main(
+            [
+                "--challenge",
+                "purchase100",
+                "--data-dir",
+                data_dir,
+                "--cache-dir",
+                cache_dir,
+                "--compare",
+                "--global_variance",
+            ]
+        )
     assert e.value.code == 2 and "drop --global_variance" in capsys.readouterr().err
 
 
@@ -265,10 +465,22 @@ def test_failed_run_leaves_no_mixed_predictions(cached, tmp_path):
     lo = layout.models(data_dir, "purchase100", "purchase100_lo")[0]
     os.remove(cache.cache_file(cache_dir, lo))
     with pytest.raises(cache.CacheError, match="save_preds.py"):
-        run_lira_mia.main(["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-                           "--report-dir", str(tmp_path)])
-    assert not any(os.path.exists(md.prediction_file)
-                   for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["dev", "final"]))
+        run_lira_mia.main(
+            [
+                "--challenge",
+                "purchase100",
+                "--data-dir",
+                data_dir,
+                "--cache-dir",
+                cache_dir,
+                "--report-dir",
+                str(tmp_path),
+            ]
+        )
+    assert not any(
+        os.path.exists(md.prediction_file)
+        for md in layout.models(data_dir, "purchase100", "purchase100_inf", ["dev", "final"])
+    )
 
 
 def test_save_preds_flag_checks(tiny_challenges):
@@ -289,8 +501,18 @@ def test_save_zip_without_targets(tmp_path):
 
 def test_reference_offline_test_option(cached, tmp_path):
     data_dir, cache_dir = cached
-    base = ["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir, "--scenario",
-            "purchase100_inf", "--report-dir", str(tmp_path)]
+    base = [
+        "--challenge",
+        "purchase100",
+        "--data-dir",
+        data_dir,
+        "--cache-dir",
+        cache_dir,
+        "--scenario",
+        "purchase100_inf",
+        "--report-dir",
+        str(tmp_path),
+    ]
     assert _run(run_lira_mia.main, *base, "--offline-test", "reference") == 0
     md = layout.models(data_dir, "purchase100", "purchase100_inf", ["dev"])[0]
     ref = layout.read_row(md.prediction_file)

@@ -1,6 +1,7 @@
 """run_lira_mia.py --as_submitted and --attack mico-winner on a trained tiny challenge reproduce the
 literal re-implementations of the two released programs (tests/test_submitted.py). Slow (real
 models, Python loops): make test-slow, and .ci/run."""
+
 import shutil
 
 import numpy as np
@@ -28,8 +29,22 @@ def trained(tiny_challenges, tmp_path_factory):
     root = tmp_path_factory.mktemp("repro")
     data_dir, cache_dir = str(root / "data"), str(root / "cache")
     shutil.copytree(tiny_challenges, data_dir)
-    assert save_preds.main(["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-                            "--save-logits", "--device", "cpu"]) == 0
+    assert (
+        save_preds.main(
+            [
+                "--challenge",
+                "purchase100",
+                "--data-dir",
+                data_dir,
+                "--cache-dir",
+                cache_dir,
+                "--save-logits",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     params = load_params(data_dir, "purchase100")
     ds = load_dataset(params)
     x = to_tensor("purchase100", ds.x)
@@ -38,8 +53,14 @@ def trained(tiny_challenges, tmp_path_factory):
         mds = layout.models(data_dir, "purchase100", scenario)
         with torch.inference_mode():
             logits = {md.key: load_model("purchase100", md.model_file)(x).numpy() for md in mds}
-        worlds[scenario] = World(len(ds), params.len_challenge, ds.y, logits, {md.key: md.seeds() for md in mds},
-                                 {ph: [md.key for md in mds if md.phase == ph] for ph in ("train", "dev", "final")})
+        worlds[scenario] = World(
+            len(ds),
+            params.len_challenge,
+            ds.y,
+            logits,
+            {md.key: md.seeds() for md in mds},
+            {ph: [md.key for md in mds if md.phase == ph] for ph in ("train", "dev", "final")},
+        )
     return data_dir, cache_dir, params, worlds
 
 
@@ -47,16 +68,34 @@ def _predictions(mds):
     return {md.key: layout.read_row(md.prediction_file) for md in mds if md.phase in ("dev", "final")}
 
 
-@pytest.mark.parametrize("combo", [(False, True, False, False), (False, False, False, False),
-                                   (True, True, False, False), (False, False, True, False),
-                                   (False, True, False, True)],
-                         ids=["submitted", "plain", "online,gv", "logit", "stable,gv"])
+@pytest.mark.parametrize(
+    "combo",
+    [
+        (False, True, False, False),
+        (False, False, False, False),
+        (True, True, False, False),
+        (False, False, True, False),
+        (False, True, False, True),
+    ],
+    ids=["submitted", "plain", "online,gv", "logit", "stable,gv"],
+)
 def test_as_submitted_is_the_released_runner_up(trained, combo, tmp_path):
     data_dir, cache_dir, params, worlds = trained
     world, mds = worlds[SCENARIO], layout.models(data_dir, "purchase100", SCENARIO)
     flags = dict(zip(("online_attack", "global_variance", "logit_scaling", "stable_logit_scaling"), combo))
-    argv = ["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir, "--scenario", SCENARIO,
-            "--report-dir", str(tmp_path), "--as_submitted"] + [f"--{k}" for k, v in flags.items() if v]
+    argv = [
+        "--challenge",
+        "purchase100",
+        "--data-dir",
+        data_dir,
+        "--cache-dir",
+        cache_dir,
+        "--scenario",
+        SCENARIO,
+        "--report-dir",
+        str(tmp_path),
+        "--as_submitted",
+    ] + [f"--{k}" for k, v in flags.items() if v]
     assert run_lira_mia.main(argv) == 0
     with np.errstate(all="ignore"):
         raw = literal_runner_up(world, Args(**flags), runner_up_len_training(params))
@@ -67,8 +106,17 @@ def test_as_submitted_is_the_released_runner_up(trained, combo, tmp_path):
 def test_as_submitted_refuses_online_with_logit_scaling(trained):
     data_dir = trained[0]
     with pytest.raises(SystemExit) as e:
-        run_lira_mia.main(["--challenge", "purchase100", "--data-dir", data_dir, "--as_submitted",
-                           "--online_attack", "--logit_scaling"])
+        run_lira_mia.main(
+            [
+                "--challenge",
+                "purchase100",
+                "--data-dir",
+                data_dir,
+                "--as_submitted",
+                "--online_attack",
+                "--logit_scaling",
+            ]
+        )
     assert e.value.code == 2
 
 
@@ -76,12 +124,33 @@ def test_as_submitted_refuses_online_with_logit_scaling(trained):
 def test_mico_winner_is_the_released_winner(trained, scenario, tmp_path):
     data_dir, cache_dir, params, worlds = trained
     world, mds = worlds[scenario], layout.models(data_dir, "purchase100", scenario)
-    assert run_lira_mia.main(["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir,
-                              "--scenario", scenario, "--report-dir", str(tmp_path), "--attack", "mico-winner"]) == 0
+    assert (
+        run_lira_mia.main(
+            [
+                "--challenge",
+                "purchase100",
+                "--data-dir",
+                data_dir,
+                "--cache-dir",
+                cache_dir,
+                "--scenario",
+                scenario,
+                "--report-dir",
+                str(tmp_path),
+                "--attack",
+                "mico-winner",
+            ]
+        )
+        == 0
+    )
     choice = WINNER_CONFIG["purchase100", scenario.rsplit("_", 1)[1]]
     with np.errstate(all="ignore"):
-        raw = literal_winner(world, ["loss", "confidence"].index(choice.metric),
-                             ["mid", "in", "z"].index(choice.formula), params.len_training)
+        raw = literal_winner(
+            world,
+            ["loss", "confidence"].index(choice.metric),
+            ["mid", "in", "z"].index(choice.formula),
+            params.len_training,
+        )
     got = _predictions(mds)
     finite = [k for k in got if np.isfinite(raw[k]).all()]
     # float32 tolerance: the original's float32 torch ops on logits against ours from the cached phi

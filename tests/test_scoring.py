@@ -1,4 +1,5 @@
 """Tests for challenges/scoring.py (MICO scoring semantics)."""
+
 import os
 
 import numpy as np
@@ -10,8 +11,7 @@ from challenges.scoring import FPR_THRESHOLDS, METRIC_KEYS, METRIC_LABELS, TPR_K
 
 
 def test_keys():
-    assert TPR_KEYS == ("TPR_FPR_10", "TPR_FPR_100", "TPR_FPR_500", "TPR_FPR_1000",
-                        "TPR_FPR_1500", "TPR_FPR_2000")
+    assert TPR_KEYS == ("TPR_FPR_10", "TPR_FPR_100", "TPR_FPR_500", "TPR_FPR_1000", "TPR_FPR_1500", "TPR_FPR_2000")
     s = score([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8])
     assert set(s) == set(METRIC_KEYS) | {"fpr", "tpr"}
     assert all(isinstance(s[k], float) for k in METRIC_KEYS)
@@ -54,12 +54,18 @@ def test_hand_computed_case():
     s = score([0] * 20 + [1] * 4, non + mem)
     # TPR is 0.5 while FPR == 0 and 0.75 once FPR reaches 0.05; the strict "<" means
     # t = 0.05 still only sees FPR 0
-    expect = {"TPR_FPR_10": 0.5, "TPR_FPR_100": 0.5, "TPR_FPR_500": 0.5,
-              "TPR_FPR_1000": 0.75, "TPR_FPR_1500": 0.75, "TPR_FPR_2000": 0.75}
+    expect = {
+        "TPR_FPR_10": 0.5,
+        "TPR_FPR_100": 0.5,
+        "TPR_FPR_500": 0.5,
+        "TPR_FPR_1000": 0.75,
+        "TPR_FPR_1500": 0.75,
+        "TPR_FPR_2000": 0.75,
+    }
     for k, v in expect.items():
         assert s[k] == v, k
     assert s["AUC"] == pytest.approx((20 + 20 + 19 + 15) / 80)
-    assert s["MIA"] == pytest.approx(0.75)        # at (0.25, 1.0)
+    assert s["MIA"] == pytest.approx(0.75)  # at (0.25, 1.0)
     assert s["accuracy"] == pytest.approx(0.875)  # (1 + 0.75) / 2
 
 
@@ -85,18 +91,21 @@ def test_accepts_bool_and_2d():
     assert score(sol, pred)["AUC"] == 1.0
 
 
-@pytest.mark.parametrize("sol,pred,msg", [
-    ([0, 1, 1], [0.1, 0.2], "shape"),
-    ([], [], "no challenge points"),
-    ([0, 1, 2], [0.1, 0.2, 0.3], "only 0"),
-    ([1, 1, 1], [0.1, 0.2, 0.3], "both"),
-    ([0, 1, 0], [0.1, np.nan, 0.3], "NaN"),
-    ([0, 1, 0], [0.1, np.inf, 0.3], "NaN"),
-    ([0, 1, 0], [0.1, 1.2, 0.3], r"\[0, 1\]"),
-    ([0, 1, 0], [-0.1, 0.2, 0.3], r"\[0, 1\]"),
-    (["a", "b"], [0.1, 0.2], "0/1"),
-    ([0, 1], ["0.1", "0.2"], "real numbers"),
-])
+@pytest.mark.parametrize(
+    "sol,pred,msg",
+    [
+        ([0, 1, 1], [0.1, 0.2], "shape"),
+        ([], [], "no challenge points"),
+        ([0, 1, 2], [0.1, 0.2, 0.3], "only 0"),
+        ([1, 1, 1], [0.1, 0.2, 0.3], "both"),
+        ([0, 1, 0], [0.1, np.nan, 0.3], "NaN"),
+        ([0, 1, 0], [0.1, np.inf, 0.3], "NaN"),
+        ([0, 1, 0], [0.1, 1.2, 0.3], r"\[0, 1\]"),
+        ([0, 1, 0], [-0.1, 0.2, 0.3], r"\[0, 1\]"),
+        (["a", "b"], [0.1, 0.2], "0/1"),
+        ([0, 1], ["0.1", "0.2"], "real numbers"),
+    ],
+)
 def test_bad_inputs(sol, pred, msg):
     with pytest.raises(ValueError, match=msg):
         score(sol, pred)

@@ -1,5 +1,6 @@
 """Designed shadow models end to end: train_shadows.py --design balanced, resume, shards, concurrent
 and killed runs, and every attack using them (LiRA against the slow per-point reference)."""
+
 import glob
 import os
 import signal
@@ -20,15 +21,30 @@ from challenges.datasets import load_dataset
 from challenges.membership import TRAINING_SET, read_training_set
 from challenges.scenario import load_scenario, scenario_points
 from challenges.tracks import load_params
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_script
 from tests.test_lira import lira_reference
 
 TRACK, SCENARIO = "purchase100", "purchase100_inf"
 
 
 def _train(data_dir, *extra):
-    return train_shadows.main(["--challenge", TRACK, "--scenario", SCENARIO, "--data-dir", data_dir, "--design",
-                               "balanced", "--epochs", "1", "--device", "cpu", *extra])
+    return train_shadows.main(
+        [
+            "--challenge",
+            TRACK,
+            "--scenario",
+            SCENARIO,
+            "--data-dir",
+            data_dir,
+            "--design",
+            "balanced",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 def _shadows(data_dir):
@@ -44,8 +60,10 @@ def designed(small_challenge, tmp_path_factory):
     assert _train(data_dir, "--n", "4", "--shard", "1/2") == 0
     assert [md.model_id for md in _shadows(data_dir)] == [1, 3]
     assert _train(data_dir, "--n", "4", "--shard", "0/2") == 0
-    assert save_preds.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir,
-                            "--device", "cpu"]) == 0
+    assert (
+        save_preds.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", "cpu"])
+        == 0
+    )
     return data_dir, cache_dir
 
 
@@ -57,7 +75,7 @@ def test_exact_design(designed):
     sets = [read_training_set(md.path, n, params.len_training) for md in _shadows(data_dir)]
     assert len(sets) == 4 and all(len(s) == params.len_training for s in sets)
     member = np.stack([np.isin(pool, s) for s in sets])
-    assert (member.sum(axis=0) == 2).all()                    # every challenge point IN for exactly half
+    assert (member.sum(axis=0) == 2).all()  # every challenge point IN for exactly half
     for md in _shadows(data_dir):
         assert {"model.pt", TRAINING_SET, "design.json", "accuracy"} <= set(os.listdir(md.path))
         assert not {"seed_challenge", "solution.csv"} & set(os.listdir(md.path))
@@ -70,7 +88,7 @@ def test_rerun_trains_nothing_and_growth_keeps_the_first(designed, capsys, tmp_p
     copy = str(tmp_path / "data")
     subprocess.run(["cp", "-a", data_dir, copy], check=True)
     before = {md.model_id: open(md.model_file, "rb").read() for md in _shadows(copy)}
-    assert _train(copy, "--n", "6") == 0                        # f = 1/2: pairs, the design grows
+    assert _train(copy, "--n", "6") == 0  # f = 1/2: pairs, the design grows
     after = {md.model_id: open(md.model_file, "rb").read() for md in _shadows(copy)}
     assert sorted(after) == list(range(6)) and all(after[k] == before[k] for k in before)
     with pytest.raises(ValueError, match="another design"):
@@ -82,20 +100,46 @@ def test_attacks_use_designed_shadows(designed, tmp_path):
     params = load_params(data_dir, TRACK)
     data = load_scenario(data_dir, cache_dir, TRACK, SCENARIO, params, params.n_points)
     n_train = len(data.phase_rows("train"))
-    assert data.n_shadows == n_train + 4 and [md.phase for md in data.models[:data.n_shadows]][-1] == "shadow"
+    assert data.n_shadows == n_train + 4 and [md.phase for md in data.models[: data.n_shadows]][-1] == "shadow"
     rows = np.concatenate([data.phase_rows(p) for p in ("train", "dev", "final")])
     exclude = np.where(rows < n_train, rows, -1)
     sig = signal_from_phi(data.phi, "prob")  # the default signal, as run_lira_mia's LiRA uses it
     own = sig[rows[:, None], data.challenge[rows]]
     for online in (False, True):
         fast = run_lira_mia.make_attack(run_lira_mia.AttackOptions(online_attack=online))(data, rows, exclude)
-        slow = lira_reference(own, sig[:data.n_shadows], data.shadow_in, data.challenge[rows], exclude,
-                              online=online, global_variance=False)
+        slow = lira_reference(
+            own,
+            sig[: data.n_shadows],
+            data.shadow_in,
+            data.challenge[rows],
+            exclude,
+            online=online,
+            global_variance=False,
+        )
         np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
     for attack in ("rmia", "calibrated", "classifier", "mico-winner"):
-        assert run_lira_mia.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir,
-                                  "--scenario", SCENARIO, "--attack", attack, "--evaluate", "--report-dir",
-                                  str(tmp_path), "--rmia-population", "200"]) == 0
+        assert (
+            run_lira_mia.main(
+                [
+                    "--challenge",
+                    TRACK,
+                    "--data-dir",
+                    data_dir,
+                    "--cache-dir",
+                    cache_dir,
+                    "--scenario",
+                    SCENARIO,
+                    "--attack",
+                    attack,
+                    "--evaluate",
+                    "--report-dir",
+                    str(tmp_path),
+                    "--rmia-population",
+                    "200",
+                ]
+            )
+            == 0
+        )
 
 
 def test_bad_training_set_file_is_one_line(designed, tmp_path, capsys):
@@ -105,10 +149,10 @@ def test_bad_training_set_file_is_one_line(designed, tmp_path, capsys):
     path = os.path.join(_shadows(copy)[0].path, TRAINING_SET)
     with open(path, "r+b") as f:
         f.truncate(100)
-    r = subprocess.run([sys.executable, "run_lira_mia.py", "--challenge", TRACK, "--data-dir", copy,
-                        "--cache-dir", cache_dir, "--scenario", SCENARIO], cwd=ROOT, capture_output=True, text=True)
-    line = r.stderr.strip().splitlines()[-1]  # after the progress bar
-    assert r.returncode == 1 and line.startswith("run_lira_mia.py: ") and path in line and "train_shadows.py" in line
+    argv = ["--challenge", TRACK, "--data-dir", copy, "--cache-dir", cache_dir, "--scenario", SCENARIO]
+    code, lines = run_script(run_lira_mia.main, "run_lira_mia.py", argv, capsys)
+    line = lines[-1]  # after the progress bar
+    assert code == 1 and line.startswith("run_lira_mia.py: ") and path in line and "train_shadows.py" in line
 
 
 SLOW_TRAIN = """
@@ -126,10 +170,32 @@ sys.exit(train_shadows.main(sys.argv[2:]))
 
 
 def _start(pause, data_dir, *extra):
-    argv = ["--challenge", TRACK, "--scenario", SCENARIO, "--data-dir", data_dir, "--design", "balanced", "--n",
-            "4", "--epochs", "1", "--device", "cpu", "--parallel", "2", *extra]
-    return subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, str(pause), *argv], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [
+        "--challenge",
+        TRACK,
+        "--scenario",
+        SCENARIO,
+        "--data-dir",
+        data_dir,
+        "--design",
+        "balanced",
+        "--n",
+        "4",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--parallel",
+        "2",
+        *extra,
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_TRAIN, str(pause), *argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _state(data_dir):
@@ -155,6 +221,7 @@ def _assert_same(data_dir, reference_dir):
     assert glob.glob(os.path.join(data_dir, TRACK, SCENARIO, "shadow", ".model_*.partial")) == []
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_concurrent_runs_split_the_work(designed, small_challenge, tmp_path):
     reference = designed[0]
     killed, shared = str(tmp_path / "killed"), str(tmp_path / "shared")

@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -22,8 +23,14 @@ def _check(case, s):
 
 @pytest.mark.parametrize("case", VECTORS, ids=lambda c: f"N{c['n_points']}-{c['seed_challenge']}")
 def test_committed_vectors(case):
-    s = reconstruct(case["n_points"], case["len_training"], case["len_challenge"],
-                    case["seed_challenge"], case["seed_training"], case["seed_membership"])
+    s = reconstruct(
+        case["n_points"],
+        case["len_training"],
+        case["len_challenge"],
+        case["seed_challenge"],
+        case["seed_training"],
+        case["seed_membership"],
+    )
     _check(case, s)
 
 
@@ -36,11 +43,14 @@ def test_against_compiled_std_mt19937(tmp_path):
     rng = np.random.default_rng(7)
     for n, lt, m in [(60000, 50000, 100), (197324, 150000, 100), (1000, 700, 10), (7, 5, 1)]:
         sc, st, sm = (int(v) for v in rng.integers(0, 2**63, 3, dtype=np.uint64))
-        out = subprocess.run([str(exe), str(n), str(lt), str(m), str(sc), str(st), str(sm), "20"],
-                             capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [str(exe), str(n), str(lt), str(m), str(sc), str(st), str(sm), "20"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         ch, mem, tr, ev = ([int(v) for v in line.split(",")] for line in out)
-        _check(dict(challenge=ch, member=mem, training_head=tr, evaluation_head=ev),
-               reconstruct(n, lt, m, sc, st, sm))
+        _check(dict(challenge=ch, member=mem, training_head=tr, evaluation_head=ev), reconstruct(n, lt, m, sc, st, sm))
 
 
 def test_fast_path_matches_reference_loop():
@@ -66,8 +76,9 @@ def test_split_structure():
     assert np.array_equal(np.sort(allidx), np.arange(5000))
     assert set(s.member) | set(s.nonmember) == set(s.challenge)
     sol = s.solutions()
-    assert sol.sum() == 100 and np.array_equal(s.challenge[sol == 1], s.member[np.argsort(
-        [list(s.challenge).index(v) for v in s.member])])
+    assert sol.sum() == 100 and np.array_equal(
+        s.challenge[sol == 1], s.member[np.argsort([list(s.challenge).index(v) for v in s.member])]
+    )
     assert len(s.train_indices()) == 3500
     for arr in (s.challenge, s.member, s.training):
         assert arr.dtype == np.int64
@@ -83,7 +94,6 @@ def test_missing_seeds():
 
 
 def test_membership_matrix_is_fast_and_right():
-    import time
     seeds = [(i, 10_000 + i, 20_000 + i) for i in range(100)]
     t = time.perf_counter()
     mat = membership_matrix(197324, [reconstruct(197324, 150000, 100, *sd) for sd in seeds])

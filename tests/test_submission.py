@@ -1,4 +1,5 @@
 """save_zip validates prediction.csv exactly as MICO's scorer parses it (np.loadtxt, delimiter ',')."""
+
 import os
 import warnings
 import zipfile
@@ -48,8 +49,16 @@ def test_refuses_what_the_scorer_refuses(tmp_path, name):
     assert why is not None and "\n" not in why
 
 
-@pytest.mark.parametrize("text", [GOOD, GOOD.strip(), " " + GOOD.replace(",", ", "), GOOD.replace(",", "\n"),
-                                  ",".join(repr(float(v)) for v in np.linspace(0, 1, 200)) + "\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD,
+        GOOD.strip(),
+        " " + GOOD.replace(",", ", "),
+        GOOD.replace(",", "\n"),
+        ",".join(repr(float(v)) for v in np.linspace(0, 1, 200)) + "\n",
+    ],
+)
 def test_accepts_what_the_scorer_accepts(tmp_path, text):
     path = tmp_path / "prediction.csv"
     path.write_text(text)
@@ -80,4 +89,5 @@ def test_save_zip_accepts_valid_files(tmp_path):
     out = tmp_path / "sub.zip"
     assert save_zip.main(["--challenge", "purchase100", "--data-dir", str(tmp_path), "--output", str(out)]) == 0
     assert sorted(zipfile.ZipFile(out).namelist()) == [
-        f"purchase100/purchase100_inf/dev/model_{i}/prediction.csv" for i in (0, 1)]
+        f"purchase100/purchase100_inf/dev/model_{i}/prediction.csv" for i in (0, 1)
+    ]

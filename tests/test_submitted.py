@@ -6,6 +6,7 @@ winner's ``get_hardness_pred`` in torch, run over the same logits.  Lines marked
 a re-creation departs from the original, each time because the original stopped there or read
 files instead.
 """
+
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass
@@ -55,14 +56,18 @@ class MicoChallengeDataset:
 
     def __init__(self, dataset, len_training, len_challenge, seed_challenge, seed_training, seed_membership):
         self.challenge, self.rest = random_split(
-            dataset, [2 * len_challenge, len(dataset) - 2 * len_challenge], generator=_gen(seed_challenge))
+            dataset, [2 * len_challenge, len(dataset) - 2 * len_challenge], generator=_gen(seed_challenge)
+        )
         if seed_training is not None:
             self.training, self.evaluation = random_split(
-                self.rest, [len_training - len_challenge, len(dataset) - len_training - len_challenge],
-                generator=_gen(seed_training))
+                self.rest,
+                [len_training - len_challenge, len(dataset) - len_training - len_challenge],
+                generator=_gen(seed_training),
+            )
         if seed_membership is not None:
             self.nonmember, self.member = random_split(
-                self.challenge, [len_challenge, len_challenge], generator=_gen(seed_membership))
+                self.challenge, [len_challenge, len_challenge], generator=_gen(seed_membership)
+            )
 
     def get_challenges(self):
         return self.challenge
@@ -73,20 +78,19 @@ class MicoChallengeDataset:
 # --------------------------------------------------------------------------- #
 @dataclass
 class World:
-    n: int                 # dataset size
-    m: int                 # len_challenge
-    labels: np.ndarray     # int64 (n,)
-    logits: dict           # model name -> float32 (n, C)
-    seeds: dict            # model name -> (seed_challenge, seed_training, seed_membership)
-    phases: dict           # phase -> model names (train models are the shadows)
+    n: int  # dataset size
+    m: int  # len_challenge
+    labels: np.ndarray  # int64 (n,)
+    logits: dict  # model name -> float32 (n, C)
+    seeds: dict  # model name -> (seed_challenge, seed_training, seed_membership)
+    phases: dict  # phase -> model names (train models are the shadows)
 
     def targets(self):
         """Targets in the runner-up's processing order: dev, final, train."""
         return [name for ph in ("dev", "final", "train") for name in self.phases[ph]]
 
 
-def random_world(seed, *, n=400, m=10, len_training=250, n_train=12, n_dev=3, n_final=2, n_classes=5,
-                 model_seeds=None):
+def random_world(seed, *, n=400, m=10, len_training=250, n_train=12, n_dev=3, n_final=2, n_classes=5, model_seeds=None):
     """Models numbered across phases as build_synthetic does; members get a higher true-class logit.
 
     model_seeds(model_id) -> (seed_challenge, seed_training, seed_membership); default: random.
@@ -98,8 +102,7 @@ def random_world(seed, *, n=400, m=10, len_training=250, n_train=12, n_dev=3, n_
     names = {ph: [f"model_{i}" for i in range(ids[k], ids[k + 1])] for k, ph in enumerate(("train", "dev", "final"))}
     seeds, logits = {}, {}
     for i in range(ids[-1]):
-        sc, st, sm = (model_seeds(i) if model_seeds else
-                      (int(v) for v in rng.integers(0, 2**63, 3, dtype=np.uint64)))
+        sc, st, sm = model_seeds(i) if model_seeds else (int(v) for v in rng.integers(0, 2**63, 3, dtype=np.uint64))
         seeds[f"model_{i}"] = (sc, st, sm)
         inside = np.zeros(n, bool)
         inside[reconstruct(n, len_training, m, sc, st, sm).train_indices()] = True
@@ -120,8 +123,7 @@ def phi_of(z, y):
 def pool_arrays(world):
     """What the integrator has: pool points, per-model phi/logits on them, target positions."""
     targets = world.targets()
-    challenge = {nm: reconstruct(world.n, world.m + 1, world.m, world.seeds[nm][0]).challenge
-                 for nm in world.logits}
+    challenge = {nm: reconstruct(world.n, world.m + 1, world.m, world.seeds[nm][0]).challenge for nm in world.logits}
     points = np.unique(np.concatenate(list(challenge.values())))
     logits = {nm: z[points] for nm, z in world.logits.items()}
     phi = {nm: phi_of(z, world.labels[points]) for nm, z in logits.items()}
@@ -144,7 +146,7 @@ def literal_runner_up(world, args, LEN_TRAINING):
 
     score_in = None  ## module level in the original: NameError before its first assignment
     out = {}
-    for phase in ['dev', 'final', 'train']:
+    for phase in ["dev", "final", "train"]:
         for model_folder in world.phases[phase]:
             challenge_dataset = MicoChallengeDataset(dataset, LEN_TRAINING, LEN_CHALLENGE, *world.seeds[model_folder])
             challenge_points = challenge_dataset.get_challenges()
@@ -204,7 +206,7 @@ def literal_runner_up(world, args, LEN_TRAINING):
                     models_in = [key for key, val in train_sets[scenario].items() if cp in val]
                     preds_in = np.array([world.logits[m][cp] for m in models_in])
                     if args.stable_logit_scaling or args.logit_scaling:  ## two identical branches
-                        raise NotImplementedError('online attack with logit scaling not implemented yet')
+                        raise NotImplementedError("online attack with logit scaling not implemented yet")
                     else:
                         if len(models_in) == 0:
                             mean_in = mean_out
@@ -227,16 +229,18 @@ def literal_runner_up(world, args, LEN_TRAINING):
                         predicted_scores_in.extend(preds_in)
                 else:
                     if args.online_attack:
-                        test_score = (scipy.stats.norm.pdf(score, mean_in, std_in + 1e-30)
-                                      / scipy.stats.norm.pdf(score, mean_out, std_out + 1e-30))
+                        test_score = scipy.stats.norm.pdf(score, mean_in, std_in + 1e-30) / scipy.stats.norm.pdf(
+                            score, mean_out, std_out + 1e-30
+                        )
                     else:
                         test_score = scipy.stats.norm.cdf(score, mean_out, std_out + 1e-30)
                     pr_out.append(test_score)
 
             if args.global_variance:
                 if args.online_attack:
-                    preds = (scipy.stats.norm.pdf(scores_in, means_in, np.std(predicted_scores_in) + 1e-30)
-                             / scipy.stats.norm.pdf(scores, means, np.std(predicted_scores) + 1e-30))
+                    preds = scipy.stats.norm.pdf(
+                        scores_in, means_in, np.std(predicted_scores_in) + 1e-30
+                    ) / scipy.stats.norm.pdf(scores, means, np.std(predicted_scores) + 1e-30)
                 else:
                     preds = scipy.stats.norm.cdf(scores, means, np.std(predicted_scores) + 1e-30)
             else:
@@ -256,15 +260,15 @@ def to_unit(raw, online):
         return np.where(np.isnan(raw), 0.5, raw)
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.log(raw)
-    return np.where(np.isnan(y), 0.5, np.where(y == np.inf, 1.0, np.where(y == -np.inf, 0.0,
-                                                                          squash(np.nan_to_num(y)))))
+    return np.where(np.isnan(y), 0.5, np.where(y == np.inf, 1.0, np.where(y == -np.inf, 0.0, squash(np.nan_to_num(y)))))
 
 
 def fast_runner_up(world, flags, len_training, use_logits=True, exclude=None):
     points, logits, phi, index = pool_arrays(world)
     shadows, targets = world.phases["train"], world.targets()
-    positions = [runner_up_train_positions(world.n, world.m, *world.seeds[nm][1:], len_training=len_training)
-                 for nm in shadows]
+    positions = [
+        runner_up_train_positions(world.n, world.m, *world.seeds[nm][1:], len_training=len_training) for nm in shadows
+    ]
     quirky = runner_up_membership(points, positions)
     kind = {k: flags[k] for k in ("logit_scaling", "stable_logit_scaling")}
 
@@ -291,8 +295,10 @@ def _refused(flags):
 # --------------------------------------------------------------------------- #
 # the runner-up's index quirk
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("n,m,lt", [(400, 10, 250), (1200, 100, 700), (1200, 100, RUNNER_UP_LEN_TRAINING),
-                                    (60000, 100, RUNNER_UP_LEN_TRAINING)])
+@pytest.mark.parametrize(
+    "n,m,lt",
+    [(400, 10, 250), (1200, 100, 700), (1200, 100, RUNNER_UP_LEN_TRAINING), (60000, 100, RUNNER_UP_LEN_TRAINING)],
+)
 def test_train_positions_are_the_python_list(n, m, lt):
     rng = np.random.default_rng(n + lt)
     for sc, st, sm in rng.integers(0, 2**63, (2, 3), dtype=np.uint64).tolist():
@@ -350,8 +356,11 @@ def world():
     return random_world(1)
 
 
-@pytest.mark.parametrize("combo", list(itertools.product([False, True], repeat=4)),
-                         ids=lambda c: "".join("OGLS"[i] if v else "-" for i, v in enumerate(c)))
+@pytest.mark.parametrize(
+    "combo",
+    list(itertools.product([False, True], repeat=4)),
+    ids=lambda c: "".join("OGLS"[i] if v else "-" for i, v in enumerate(c)),
+)
 def test_runner_up_matches_literal_program(world, combo):
     flags = dict(zip(FLAGS, combo))
     lq = 150  # a quirky IN rate of ~40%: both groups populated, a few points with no IN shadow
@@ -427,8 +436,9 @@ def test_runner_up_no_out_shadow_scores_one_half():
 def test_runner_up_leave_one_out_equals_deleting_the_shadow(world):
     points, _, phi, index = pool_arrays(world)
     shadows = world.phases["train"]
-    quirky = runner_up_membership(points, [runner_up_train_positions(world.n, world.m, *world.seeds[nm][1:],
-                                                                     len_training=150) for nm in shadows])
+    quirky = runner_up_membership(
+        points, [runner_up_train_positions(world.n, world.m, *world.seeds[nm][1:], len_training=150) for nm in shadows]
+    )
     tgt = np.stack([runner_up_signal(phi[nm])[index[t]] for t, nm in enumerate(world.targets())])
     shd = np.stack([runner_up_signal(phi[nm]) for nm in shadows])
     excl = np.array([-1] * 5 + list(range(len(shadows))))
@@ -437,8 +447,9 @@ def test_runner_up_leave_one_out_equals_deleting_the_shadow(world):
         fast = runner_up_lira(tgt, shd, quirky, index, excl, online_attack=online, global_variance=gv)
         for t in (0, 5, 9):
             keep = np.arange(len(shadows)) != excl[t]
-            alone = runner_up_lira(tgt[t:t + 1], shd[keep], quirky[keep], index[t:t + 1], online_attack=online,
-                                   global_variance=gv)
+            alone = runner_up_lira(
+                tgt[t : t + 1], shd[keep], quirky[keep], index[t : t + 1], online_attack=online, global_variance=gv
+            )
             np.testing.assert_array_equal(fast[t], alone[0])
 
 
@@ -459,11 +470,11 @@ def literal_get_hardness_pred(scores, masks, phase, model_idx, feat, num_classes
         for sel_idx in indices:
             sel_idx += num_classes
             in_mask = masks[:, j].clone()
-            if phase == 'train':
+            if phase == "train":
                 in_mask[model_idx] = False
             in_scores = scores[in_mask, j, sel_idx]
             out_mask = ~masks[:, j].clone()
-            if phase == 'train':
+            if phase == "train":
                 out_mask[model_idx] = False
             out_scores = scores[out_mask, j, sel_idx]
             if len(out_scores) == 0 or len(out_scores) == 1:
@@ -485,7 +496,7 @@ def literal_get_hardness_pred(scores, masks, phase, model_idx, feat, num_classes
 def literal_features(z, y):
     """get_dataset.py's GetFeatures: [logits, -cross-entropy, confidence] (mod_entropy unused here)."""
     out, by = torch.from_numpy(z), torch.from_numpy(y)
-    loss = -F.cross_entropy(out, by, reduction='none').view(-1, 1)
+    loss = -F.cross_entropy(out, by, reduction="none").view(-1, 1)
     prob = torch.softmax(out, dim=1)
     conf = prob[F.one_hot(by, out.shape[1]).bool()].view(-1, 1)
     return torch.cat((out, loss, conf), dim=1)
@@ -499,8 +510,9 @@ def literal_winner(world, metric_idx, formula_idx, len_training):
     train_x, train_y = [], []
     for model_folder in world.phases["train"]:
         cd = MicoChallengeDataset(dataset, len_training, world.m, *world.seeds[model_folder])
-        member_indices = ([cd.challenge.indices[i] for i in cd.member.indices]
-                          + [cd.rest.indices[i] for i in cd.training.indices])
+        member_indices = [cd.challenge.indices[i] for i in cd.member.indices] + [
+            cd.rest.indices[i] for i in cd.training.indices
+        ]
         x = literal_features(world.logits[model_folder], labels)
         y = torch.zeros(world.n, dtype=torch.int64)
         y[member_indices] = 1
@@ -508,19 +520,20 @@ def literal_winner(world, metric_idx, formula_idx, len_training):
         train_y.append(y)
     train_x, train_y = torch.stack(train_x), torch.stack(train_y)
     out = {}
-    for phase in ['train', 'dev', 'final']:
+    for phase in ["train", "dev", "final"]:
         predictions_list = []
         for model_idx, model_folder in enumerate(world.phases[phase]):
             cd = MicoChallengeDataset(dataset, len_training, world.m, *world.seeds[model_folder])
             challenge_indices = cd.challenge.indices
-            if phase == 'train':
+            if phase == "train":
                 feat = train_x[model_idx, challenge_indices]
             else:
                 feat = literal_features(world.logits[model_folder][challenge_indices], labels[challenge_indices])
             scores = train_x[:, challenge_indices]
             masks = train_y[:, challenge_indices].bool()
-            pred = literal_get_hardness_pred(scores, masks, phase, model_idx, feat, num_classes, metric_idx,
-                                             formula_idx)[:, 0]
+            pred = literal_get_hardness_pred(
+                scores, masks, phase, model_idx, feat, num_classes, metric_idx, formula_idx
+            )[:, 0]
             predictions_list.append(pred.cpu().numpy())
         min_v = min([predictions.min() for predictions in predictions_list])
         max_v = max([predictions.max() for predictions in predictions_list])
@@ -532,8 +545,9 @@ def literal_winner(world, metric_idx, formula_idx, len_training):
 def fast_winner(world, metric, formula, len_training):
     points, _, phi, index = pool_arrays(world)
     shadows, targets = world.phases["train"], world.targets()
-    true = membership_matrix(world.n, [reconstruct(world.n, len_training, world.m, *world.seeds[nm])
-                                       for nm in shadows])[:, points]
+    true = membership_matrix(
+        world.n, [reconstruct(world.n, len_training, world.m, *world.seeds[nm]) for nm in shadows]
+    )[:, points]
     tgt = np.stack([winner_signal(phi[nm], metric)[index[t]] for t, nm in enumerate(targets)])
     shd = np.stack([winner_signal(phi[nm], metric) for nm in shadows])
     exclude = np.array([shadows.index(nm) if nm in shadows else -1 for nm in targets])
@@ -559,25 +573,32 @@ def test_winner_departures_only_where_the_original_has_nan():
     tgt = np.array([[0.9, 0.8, 0.5, 0.7], [0.0, 0.0, 0.0, 0.0]])
     idx = np.array([[0, 1, 2, 3], [0, 1, 2, 3]])
     sd1 = np.std([0.6, 0.4, 0.6, 0.4], ddof=1)  # ALL = IN twice
-    raw = {"in": [[0.9 - 0.2, 0.8 - 0.5, 0.5 - 0.9, 0.0], [-0.2, -0.5, -0.9, -0.7]],
-           "mid": [[0.9 - 0.2, 0.8 - 0.5, 0.5 - 0.9, 0.0], [-0.2, -0.5, -0.9, -0.7]],
-           "z": [[0.7 / 0.1, 0.3 / sd1, -0.4e6, 0.0], [-0.2 / 0.1, -0.5 / sd1, -0.9e6, -0.7e6]]}
+    raw = {
+        "in": [[0.9 - 0.2, 0.8 - 0.5, 0.5 - 0.9, 0.0], [-0.2, -0.5, -0.9, -0.7]],
+        "mid": [[0.9 - 0.2, 0.8 - 0.5, 0.5 - 0.9, 0.0], [-0.2, -0.5, -0.9, -0.7]],
+        "z": [[0.7 / 0.1, 0.3 / sd1, -0.4e6, 0.0], [-0.2 / 0.1, -0.5 / sd1, -0.9e6, -0.7e6]],
+    }
     for formula, r in raw.items():
         r = np.array(r)
         sc = mico_winner(tgt, shd, mem, idx, formula=formula)
         np.testing.assert_allclose(sc, (r - r.min()) / (r.max() - r.min()), rtol=0, atol=1e-9)
         ph = mico_winner(tgt, shd, mem, idx, formula=formula, phase=np.array(["dev", "train"]))
-        np.testing.assert_allclose(ph, [(r[i] - r[i].min()) / (r[i].max() - r[i].min()) for i in (0, 1)],
-                                   rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            ph, [(r[i] - r[i].min()) / (r[i].max() - r[i].min()) for i in (0, 1)], rtol=0, atol=1e-9
+        )
     with pytest.raises(ValueError, match="no shadow"):
         mico_winner(tgt[:1, :1], shd[:1], mem[:1], idx[:1, :1], np.array([0]), formula="in")
 
 
 def test_winner_config_is_the_readme_table():
     assert {k: (v.metric, v.formula) for k, v in WINNER_CONFIG.items()} == {
-        ("cifar10", "inf"): ("loss", "in"), ("cifar10", "hi"): ("confidence", "in"),
-        ("cifar10", "lo"): ("confidence", "in"), ("purchase100", "inf"): ("confidence", "mid"),
-        ("purchase100", "hi"): ("loss", "z"), ("purchase100", "lo"): ("loss", "z")}
+        ("cifar10", "inf"): ("loss", "in"),
+        ("cifar10", "hi"): ("confidence", "in"),
+        ("cifar10", "lo"): ("confidence", "in"),
+        ("purchase100", "inf"): ("confidence", "mid"),
+        ("purchase100", "hi"): ("loss", "z"),
+        ("purchase100", "lo"): ("loss", "z"),
+    }
 
 
 # --------------------------------------------------------------------------- #
@@ -593,16 +614,28 @@ def synthetic_world():
     'inf'), with random logits in place of its trained models (10-15 s of training on 2 cores that
     these comparisons do not need)."""
     c = SYNTHETIC
-    return random_world(c["seed"], n=c["n_points"], m=100, len_training=c["len_training"], n_train=c["n_train"],
-                        n_dev=c["n_dev"], n_final=c["n_final"], n_classes=100,
-                        model_seeds=lambda i: model_seeds(c["seed"], 1, i))
+    return random_world(
+        c["seed"],
+        n=c["n_points"],
+        m=100,
+        len_training=c["len_training"],
+        n_train=c["n_train"],
+        n_dev=c["n_dev"],
+        n_final=c["n_final"],
+        n_classes=100,
+        model_seeds=lambda i: model_seeds(c["seed"], 1, i),
+    )
 
 
-@pytest.mark.parametrize("combo,lengths", [
-    ((False, True, False, False), (SYNTHETIC["len_training"], RUNNER_UP_LEN_TRAINING)),  # as submitted
-    ((True, True, False, False), (SYNTHETIC["len_training"],)),
-    ((False, True, False, True), (SYNTHETIC["len_training"],)),
-], ids=["global_variance", "online,global_variance", "stable,global_variance"])
+@pytest.mark.parametrize(
+    "combo,lengths",
+    [
+        ((False, True, False, False), (SYNTHETIC["len_training"], RUNNER_UP_LEN_TRAINING)),  # as submitted
+        ((True, True, False, False), (SYNTHETIC["len_training"],)),
+        ((False, True, False, True), (SYNTHETIC["len_training"],)),
+    ],
+    ids=["global_variance", "online,global_variance", "stable,global_variance"],
+)
 def test_runner_up_on_synthetic_challenge(synthetic_world, combo, lengths):
     w = synthetic_world
     flags = dict(zip(FLAGS, combo))
@@ -623,10 +656,10 @@ def test_synthetic_quirky_membership_differs_from_the_truth(synthetic_world):
     w = synthetic_world
     points, *_ = pool_arrays(w)
     shadows = w.phases["train"]
-    true = membership_matrix(w.n, [reconstruct(w.n, SYNTHETIC["len_training"], w.m, *w.seeds[nm])
-                                   for nm in shadows])[:, points]
-    quirky = runner_up_membership(points, [runner_up_train_positions(w.n, w.m, *w.seeds[nm][1:])
-                                           for nm in shadows])
+    true = membership_matrix(w.n, [reconstruct(w.n, SYNTHETIC["len_training"], w.m, *w.seeds[nm]) for nm in shadows])[
+        :, points
+    ]
+    quirky = runner_up_membership(points, [runner_up_train_positions(w.n, w.m, *w.seeds[nm][1:]) for nm in shadows])
     assert np.array_equal(quirky, np.broadcast_to(points < w.n - 2 * w.m, quirky.shape))
     assert (quirky != true).mean() > 0.3
 
@@ -636,8 +669,12 @@ def test_winner_on_synthetic_challenge(synthetic_world, scenario):
     w = synthetic_world
     choice = WINNER_CONFIG["purchase100", scenario]
     with np.errstate(all="ignore"):
-        raw = literal_winner(w, ["loss", "confidence"].index(choice.metric),
-                             ["mid", "in", "z"].index(choice.formula), SYNTHETIC["len_training"])
+        raw = literal_winner(
+            w,
+            ["loss", "confidence"].index(choice.metric),
+            ["mid", "in", "z"].index(choice.formula),
+            SYNTHETIC["len_training"],
+        )
     fast, targets = fast_winner(w, choice.metric, choice.formula, SYNTHETIC["len_training"])
     expect = np.stack([raw[nm] for nm in targets])
     finite = np.isfinite(expect).all(axis=1)
@@ -652,8 +689,9 @@ def test_winner_on_synthetic_challenge(synthetic_world, scenario):
 # --------------------------------------------------------------------------- #
 # the LiRA reference's offline test (plot.py, generate_ours_offline), literally
 # --------------------------------------------------------------------------- #
-def literal_generate_ours_offline(keep, scores, check_keep, check_scores, in_size=100000, out_size=100000,
-                                  fix_variance=False):
+def literal_generate_ours_offline(
+    keep, scores, check_keep, check_scores, in_size=100000, out_size=100000, fix_variance=False
+):
     dat_in = []
     dat_out = []
     for j in range(scores.shape[1]):
@@ -701,23 +739,34 @@ def test_reference_offline_leave_one_out_equals_deleting_the_shadow():
         k = np.arange(S) != 4
         alone = reference_offline(tgt[:1], x[k], keep[k], idx[:1], fix_variance=fix, equal_counts=eq)
         np.testing.assert_allclose(both[0], alone[0], rtol=0, atol=1e-12)
-        np.testing.assert_allclose(both[1], reference_offline(tgt[1:], x, keep, idx[1:], fix_variance=fix,
-                                                              equal_counts=eq)[0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            both[1],
+            reference_offline(tgt[1:], x, keep, idx[1:], fix_variance=fix, equal_counts=eq)[0],
+            rtol=0,
+            atol=1e-12,
+        )
 
 
 # --------------------------------------------------------------------------- #
 # bad input
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("bad", [
-    {"target_signal": np.zeros((2, 3, 1))},
-    {"shadow_signal": np.full((4, 5), np.nan)},
-    {"shadow_in": np.zeros((4, 6), bool)},
-    {"target_index": np.array([[0, 1, 9], [0, 1, 2]])},
-    {"exclude": np.array([0, 4])},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"target_signal": np.zeros((2, 3, 1))},
+        {"shadow_signal": np.full((4, 5), np.nan)},
+        {"shadow_in": np.zeros((4, 6), bool)},
+        {"target_index": np.array([[0, 1, 9], [0, 1, 2]])},
+        {"exclude": np.array([0, 4])},
+    ],
+)
 def test_bad_inputs_raise(bad):
-    kw = {"target_signal": np.zeros((2, 3)), "shadow_signal": np.arange(20.0).reshape(4, 5),
-          "shadow_in": np.arange(20).reshape(4, 5) % 2 == 0, "target_index": np.array([[0, 1, 2], [2, 3, 4]])}
+    kw = {
+        "target_signal": np.zeros((2, 3)),
+        "shadow_signal": np.arange(20.0).reshape(4, 5),
+        "shadow_in": np.arange(20).reshape(4, 5) % 2 == 0,
+        "target_index": np.array([[0, 1, 2], [2, 3, 4]]),
+    }
     kw.update(bad)
     with pytest.raises(ValueError):
         runner_up_lira(**kw)
@@ -726,8 +775,12 @@ def test_bad_inputs_raise(bad):
 
 
 def test_bad_options_raise():
-    kw = {"target_signal": np.zeros((1, 2)), "shadow_signal": np.zeros((2, 2)), "shadow_in": np.eye(2, dtype=bool),
-          "target_index": np.array([[0, 1]])}
+    kw = {
+        "target_signal": np.zeros((1, 2)),
+        "shadow_signal": np.zeros((2, 2)),
+        "shadow_in": np.eye(2, dtype=bool),
+        "target_index": np.array([[0, 1]]),
+    }
     with pytest.raises(ValueError):
         mico_winner(**kw, formula="median")
     with pytest.raises(ValueError):

@@ -5,12 +5,13 @@ import shutil
 import numpy as np
 import pytest
 
+import download_files
 from challenges import layout
 from challenges.datasets import load_dataset
 from challenges.scenario import load_scenario
 from challenges.tracks import load_params, scenario_names
 from production.synthetic import build_synthetic
-from tests.conftest import ROOT, TINY
+from tests.conftest import TINY, run_script
 
 
 @pytest.mark.parametrize("track", ["purchase100", "cifar10"])
@@ -69,8 +70,7 @@ def test_resume_rebuilds_only_missing(tiny_copy):
     leftover = os.path.join(os.path.dirname(mds[1].path), ".model_1.k3x9q2.partial")
     os.makedirs(os.path.join(leftover, "model_1"))  # what a run killed mid-write leaves (fileio.atomic_path)
     build_synthetic(tiny_copy, track, **TINY[track])
-    after = {md.model_id: os.path.getmtime(md.model_file)
-             for md in layout.models(tiny_copy, track, "purchase100_inf")}
+    after = {md.model_id: os.path.getmtime(md.model_file) for md in layout.models(tiny_copy, track, "purchase100_inf")}
     assert set(after) == set(before)
     assert after[1] != before[1] and all(after[k] == before[k] for k in before if k != 1)
     assert not os.path.exists(leftover)
@@ -82,14 +82,10 @@ def test_refuses_other_parameters(tiny_copy):
         build_synthetic(tiny_copy, "purchase100", **opts)
 
 
-def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "download_files.py", "--challenge", "purchase100", "--synthetic",
-                        "--data-dir", str(tmp_path / "d"), "--n-points", "150"],
-                       cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "n_points=150" in r.stderr
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    argv = ["--challenge", "purchase100", "--synthetic", "--data-dir", str(tmp_path / "d"), "--n-points", "150"]
+    code, lines = run_script(download_files.main, "download_files.py", argv, capsys)
+    assert code == 1 and len(lines) == 1 and "n_points=150" in lines[0]
     assert not (tmp_path / "d").exists()
 
 

@@ -1,4 +1,5 @@
 """MICO training recipes and the trainer (tiny synthetic data, few epochs)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ TABLE = {
 
 # ---------------------------------------------------------------- recipes
 
+
 @pytest.mark.parametrize("key", sorted(TABLE))
 def test_recipe_table(key):
     r = recipe_for(*key)
@@ -46,8 +48,18 @@ def test_recipe_table(key):
 
 def test_recipe_fields():
     names = [f.name for f in dataclasses.fields(Recipe)]
-    assert names[:10] == ["epochs", "batch_size", "lr", "optimizer", "momentum", "step_size", "gamma",
-                          "epsilon", "delta", "max_grad_norm"]
+    assert names[:10] == [
+        "epochs",
+        "batch_size",
+        "lr",
+        "optimizer",
+        "momentum",
+        "step_size",
+        "gamma",
+        "epsilon",
+        "delta",
+        "max_grad_norm",
+    ]
 
 
 def test_recipe_overrides():
@@ -75,13 +87,14 @@ def test_recipe_errors():
 
 # ---------------------------------------------------------------- data helpers
 
+
 def _separable_purchase(n: int, n_classes: int = 5, seed: int = 0):
     """Binary 600-d records whose class is encoded by a block of always-on features."""
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % n_classes
     x = (torch.rand(n, 600, generator=g) < 0.05).float()
     for c in range(n_classes):
-        x[y == c, c * 20:(c + 1) * 20] = 1.0
+        x[y == c, c * 20 : (c + 1) * 20] = 1.0
     perm = torch.randperm(n, generator=g)
     return x[perm], y[perm].long()
 
@@ -97,13 +110,13 @@ def _separable_cifar(n: int, seed: int = 0):
 
 # ---------------------------------------------------------------- non-private training
 
+
 def test_nonprivate_purchase_learns():
     x, y = _separable_purchase(300)
     xe, ye = _separable_purchase(100, seed=1)
     calls = []
     r = recipe_for("purchase100", "inf", epochs=8, batch_size=32)
-    res = train_model("purchase100", r, x, y, xe, ye, seed=0,
-                      progress=lambda *a: calls.append(a))
+    res = train_model("purchase100", r, x, y, xe, ye, seed=0, progress=lambda *a: calls.append(a))
     assert isinstance(res, TrainResult) and isinstance(res.model, MLP)
     assert res.train_accuracy >= 0.95 and res.eval_accuracy >= 0.9
     assert res.epsilon is None
@@ -163,6 +176,7 @@ def test_evaluate_accuracy():
 
 # ---------------------------------------------------------------- DP training
 
+
 def _assert_plain(model, cls):
     assert type(model) is cls and not model.training
     assert not any(k.startswith("_module") for k in model.state_dict())
@@ -214,14 +228,21 @@ def test_dp_steps_per_epoch_match_accounting():
     # the 93 Poisson batches must be run and accounted at sample rate 1/93.
     x, y = _separable_purchase(372)
     calls = []
-    res = train_model("purchase100", recipe_for("purchase100", "lo", epochs=1, batch_size=4), x, y,
-                      seed=0, progress=lambda *a: calls.append(a))
+    res = train_model(
+        "purchase100",
+        recipe_for("purchase100", "lo", epochs=1, batch_size=4),
+        x,
+        y,
+        seed=0,
+        progress=lambda *a: calls.append(a),
+    )
     assert 0.9 * 4.0 <= res.epsilon <= 4.0 + 1e-3
     assert len(calls) == 1
 
 
 def test_find_noise_multiplier_matches_opacus_accountant():
     from opacus.accountants import create_accountant
+
     sigma = find_noise_multiplier(4.0, 1e-5, 0.05, 40)
     acc = create_accountant("prv")
     acc.history = [(sigma, 0.05, 40)]
