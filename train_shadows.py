@@ -1,7 +1,8 @@
 """Train extra shadow models with a scenario's MICO recipe (DP-SGD for hi/lo), many at once.
 
 --design mico (default): fresh MICO-random training sets, written as new train models with ids
---first-id .. and seeds derived from (--seed, scenario, id); each brings 200 new challenge points.
+--first-id .. and seeds derived from (--seed, scenario, id); each brings 200 new challenge points,
+and an extra_shadow file marks it as ours (a balanced design leaves its challenge points out).
 
 --design balanced: --n (even) shadows whose training sets are designed: every challenge point of
 the scenario is IN for exactly the same number of them (half, or the smallest share that lets
@@ -23,11 +24,10 @@ import os
 
 from challenges import cli
 from challenges.datasets import load_dataset
-from challenges.layout import ModelDir
 from challenges.tracks import SHADOW_PHASE, load_params, scenario_suffix
 from models.train import recipe_for
-from production.design import designed_jobs
-from production.folders import model_seeds, seeded_job, train_with_progress
+from production.design import designed_jobs, mico_jobs
+from production.folders import train_with_progress
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -76,14 +76,6 @@ def parse_args(argv=None):
     return args
 
 
-def mico_jobs(args, params, n_points) -> list:
-    suffix = ("inf", "hi", "lo").index(scenario_suffix(args.scenario))
-    mds = [ModelDir(args.data_dir, args.challenge, args.scenario, "train", args.first_id + j) for j in range(args.n)]
-    return [
-        seeded_job(md, params, n_points, model_seeds(args.seed, 100 + suffix, md.model_id), reveal=True) for md in mds
-    ]
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.data_dir, args.challenge)
@@ -96,7 +88,9 @@ def main(argv=None) -> int:
             f"in {args.data_dir}/{args.challenge}/{args.scenario}/{SHADOW_PHASE}/"
         )
     else:
-        jobs = mico_jobs(args, params, len(dataset))
+        jobs = mico_jobs(
+            args.data_dir, args.challenge, args.scenario, params, len(dataset), args.n, args.seed, args.first_id
+        )
     shard, n_shards = args.shard
     jobs = jobs[shard::n_shards]
     finished = sum(os.path.isdir(j.md.path) for j in jobs)

@@ -41,14 +41,14 @@ import save_preds  # noqa: E402
 from attacks.options import AttackOptions  # noqa: E402
 from attacks.submitted import WINNER_CONFIG  # noqa: E402
 from attacks.suite import make_attack  # noqa: E402
-from challenges import layout, scoring  # noqa: E402
+from challenges import scoring  # noqa: E402
 from challenges.datasets import load_dataset  # noqa: E402
 from challenges.fileio import write_text  # noqa: E402
 from challenges.scenario import ScenarioData, load_scenario  # noqa: E402
 from challenges.tracks import load_params, scenario_names, scenario_suffix  # noqa: E402
 from models.train import recipe_for  # noqa: E402
-from production.design import designed_jobs  # noqa: E402
-from production.folders import model_seeds, seeded_job, train_with_progress  # noqa: E402
+from production.design import designed_jobs, mico_jobs  # noqa: E402
+from production.folders import train_with_progress  # noqa: E402
 from production.synthetic import build_synthetic  # noqa: E402
 
 TRACK = "purchase100"
@@ -98,17 +98,7 @@ def build(args, data_dir: str) -> None:
         jobs, design = designed_jobs(data_dir, TRACK, scenario, params, dataset, k, args.seed)
         print(f"{scenario}: balanced design, {len(design.pool)} challenge points, f = {design.fraction:.3f}")
         train_with_progress(jobs, params, dataset, f"{scenario}: balanced", device=args.device, recipe=recipe)
-        si = ("inf", "hi", "lo").index(scenario_suffix(scenario))
-        mico = [
-            seeded_job(
-                layout.ModelDir(data_dir, TRACK, scenario, "train", FIRST_MICO_ID + j),
-                params,
-                len(dataset),
-                model_seeds(args.seed, 100 + si, FIRST_MICO_ID + j),
-                reveal=True,
-            )
-            for j in range(k)
-        ]
+        mico = mico_jobs(data_dir, TRACK, scenario, params, len(dataset), k, args.seed, FIRST_MICO_ID)
         train_with_progress(mico, params, dataset, f"{scenario}: MICO-random", device=args.device, recipe=recipe)
 
 

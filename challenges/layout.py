@@ -19,7 +19,14 @@ import numpy as np
 
 from .membership import read_training_set
 from .splits import Splits, reconstruct
-from .tracks import MODEL_PHASES, SHADOW_PHASE, ChallengeParams, check_scenario, scenario_names
+from .tracks import (
+    EXTRA_SHADOW_FILE,
+    MODEL_PHASES,
+    SHADOW_PHASE,
+    ChallengeParams,
+    check_scenario,
+    scenario_names,
+)
 
 _MODEL_RE = re.compile(r"^model_(0|[1-9][0-9]*)$")
 SEED_FILES = ("seed_challenge", "seed_training", "seed_membership")
@@ -109,6 +116,11 @@ class ModelDir:
     def designed(self) -> bool:
         """A designed shadow model: explicit training set, no seeds, no challenge points."""
         return self.phase == SHADOW_PHASE
+
+    @property
+    def extra(self) -> bool:
+        """An extra shadow of ours (designed, or MICO-random with the extra_shadow mark), not MICO's."""
+        return self.designed or os.path.exists(os.path.join(self.path, EXTRA_SHADOW_FILE))
 
     def splits(self, params: ChallengeParams, n_points: int) -> Splits:
         return reconstruct(n_points, params.len_training, params.len_challenge, *self.seeds())

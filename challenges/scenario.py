@@ -53,6 +53,13 @@ def scenario_points(data_dir: str, track: str, scenario: str, params: ChallengeP
     return mds, splits, np.unique(np.concatenate([s.challenge for s in splits if s is not None]))
 
 
+def challenge_pool(data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int) -> np.ndarray:
+    """Sorted union of the challenge points of the challenge's own models (extra shadows left out:
+    their challenge points are never attacked)."""
+    mds, splits, _ = scenario_points(data_dir, track, scenario, params, n_points)
+    return np.unique(np.concatenate([s.challenge for md, s in zip(mds, splits) if not md.extra]))
+
+
 def _solutions(mds, splits, m2: int) -> np.ndarray:
     """int8 [n_models, 2m] ground truth, -1 where unknown; a train model's solution.csv must agree
     with the split rebuilt from its seeds."""

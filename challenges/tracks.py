@@ -19,6 +19,9 @@ TARGET_PHASES = ("dev", "final")
 SHADOW_PHASE = "shadow"  # designed shadow models (train_shadows.py --design balanced): never targets
 # Every model folder of a scenario, in row order: the shadows (train, then designed) come first.
 MODEL_PHASES = ("train", SHADOW_PHASE, "dev", "final")
+# Marks an extra MICO-random shadow (train_shadows.py --design mico): a train model of ours, not
+# MICO's, so its challenge points are not points to attack (a balanced design leaves them out).
+EXTRA_SHADOW_FILE = "extra_shadow"
 LEN_CHALLENGE = 100  # members = non-members = 100, so 200 challenge points per model
 
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)

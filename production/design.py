@@ -26,9 +26,9 @@ import numpy as np
 
 from challenges import layout
 from challenges.datasets import BaseDataset
-from challenges.scenario import scenario_points
-from challenges.tracks import SCENARIO_SUFFIXES, SHADOW_PHASE, ChallengeParams, scenario_suffix
-from production.folders import Job, model_seeds
+from challenges.scenario import challenge_pool
+from challenges.tracks import EXTRA_SHADOW_FILE, SCENARIO_SUFFIXES, SHADOW_PHASE, ChallengeParams, scenario_suffix
+from production.folders import Job, model_seeds, seeded_job
 
 DESIGN_FILE = "design.json"
 EVAL_POINTS = 10_000  # held-out points per designed shadow for its accuracy file
@@ -197,7 +197,7 @@ def designed_jobs(
     data_dir: str, track: str, scenario: str, params: ChallengeParams, dataset: BaseDataset, n: int, seed: int
 ) -> tuple[list[Job], Design]:
     """The jobs of a balanced design of ``n`` shadows for ``scenario`` (``<scenario>/shadow/model_<k>``)."""
-    _, _, pool = scenario_points(data_dir, track, scenario, params, len(dataset))
+    pool = challenge_pool(data_dir, track, scenario, params, len(dataset))
     si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
     design = balanced_design(dataset.y, pool, params.len_training, n, seed=[seed, 200 + si])
     want = _identity(design, seed)
@@ -212,3 +212,18 @@ def designed_jobs(
             Job(md, train, np.sort(held_out), model_seeds(seed, 200 + si, k)[0], {DESIGN_FILE: text}, training_set=True)
         )
     return jobs, design
+
+
+def mico_jobs(
+    data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int, n: int, seed: int, first_id: int
+) -> list[Job]:
+    """The jobs of ``n`` extra MICO-random shadows: new train models ``first_id ..`` whose seeds come
+    from (``seed``, scenario, id), revealed like MICO's train models and marked as extra shadows."""
+    si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
+    jobs = []
+    for model_id in range(first_id, first_id + n):
+        md = layout.ModelDir(data_dir, track, scenario, "train", model_id)
+        job = seeded_job(md, params, n_points, model_seeds(seed, 100 + si, model_id), reveal=True)
+        job.files[EXTRA_SHADOW_FILE] = f"train_shadows.py --design mico --seed {seed}\n"
+        jobs.append(job)
+    return jobs

@@ -19,7 +19,7 @@ from attacks.lira import signal_from_phi
 from challenges import layout
 from challenges.datasets import load_dataset
 from challenges.membership import TRAINING_SET, read_training_set
-from challenges.scenario import load_scenario, scenario_points
+from challenges.scenario import challenge_pool, load_scenario, scenario_points
 from challenges.tracks import load_params
 from tests.conftest import ROOT, run_script
 from tests.test_lira import lira_reference
@@ -93,6 +93,25 @@ def test_rerun_trains_nothing_and_growth_keeps_the_first(designed, capsys, tmp_p
     assert sorted(after) == list(range(6)) and all(after[k] == before[k] for k in before)
     with pytest.raises(ValueError, match="another design"):
         _train(copy, "--n", "6", "--seed", "5")
+
+
+def test_mico_extras_leave_the_balanced_design_alone(designed, tmp_path):
+    """MICO-random extras bring challenge points of their own; a balanced design ignores them and still grows."""
+    copy = str(tmp_path / "data")
+    subprocess.run(["cp", "-a", designed[0], copy], check=True)
+    params = load_params(copy, TRACK)
+    n = len(load_dataset(params))
+    pool = challenge_pool(copy, TRACK, SCENARIO, params, n)
+    assert _train(copy, "--design", "mico", "--n", "2", "--first-id", "200") == 0
+    extras = [md for md in layout.models(copy, TRACK, SCENARIO, ("train",)) if md.model_id >= 200]
+    assert [md.model_id for md in extras] == [200, 201] and all(md.extra for md in extras)
+    own = [md for md in layout.models(copy, TRACK, SCENARIO, ("train", "dev", "final")) if md.model_id < 200]
+    assert len(own) == 6 and not any(md.extra for md in own)
+    _, _, union = scenario_points(copy, TRACK, SCENARIO, params, n)
+    assert len(union) > len(pool) and np.array_equal(challenge_pool(copy, TRACK, SCENARIO, params, n), pool)
+    assert _train(copy, "--n", "6") == 0  # the design of 4 grows: same pool, same identity
+    sets = [read_training_set(md.path, n, params.len_training) for md in _shadows(copy)]
+    assert (np.stack([np.isin(pool, s) for s in sets]).sum(axis=0) == 3).all()
 
 
 def test_attacks_use_designed_shadows(designed, tmp_path):
