@@ -61,7 +61,7 @@ from torch.func import functional_call, grad, vmap
 from challenges.tracks import TRACKS
 from models.loading import build_model, resolve_device
 from models.privacy import find_noise_multiplier, prv_epsilon
-from models.train import Recipe, TrainResult, _check_data
+from models.train import Recipe, TrainResult, check_data
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which MICO used
 ADAM_EPS = 1e-8
@@ -467,7 +467,7 @@ def train_batched(
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
-    _check_data(track, x, y, "training data")
+    check_data(track, x, y, "training data")
     if len(seeds) != len(train_sets) or not len(seeds):
         raise ValueError(f"need one seed per training set, got {len(seeds)} seeds and {len(train_sets)} sets")
     if eval_sets is not None and len(eval_sets) != len(seeds):

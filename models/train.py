@@ -178,7 +178,8 @@ def evaluate_accuracy(
     return correct.item() / len(x)
 
 
-def _check_data(track: str, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+def check_data(track: str, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+    """Refuse training or evaluation data of the wrong type, shape, dtype or label range for ``track``."""
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"{what}: x and y must be torch tensors")
     shape = TRACKS[track].input_shape
@@ -354,11 +355,11 @@ def train_model(
     build_model(track)  # validates the track name
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
-    _check_data(track, x_train, y_train, "training data")
+    check_data(track, x_train, y_train, "training data")
     if (x_eval is None) != (y_eval is None):
         raise ValueError("give both x_eval and y_eval, or neither")
     if x_eval is not None:
-        _check_data(track, x_eval, y_eval, "evaluation data")
+        check_data(track, x_eval, y_eval, "evaluation data")
     dev = resolve_device(device)
 
     if seed is not None:
