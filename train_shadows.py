@@ -5,11 +5,12 @@
 and an extra_shadow file marks it as ours (a balanced design leaves its challenge points out).
 
 --design balanced: --n (even) shadows whose training sets are designed: every challenge point of
-the scenario is IN for exactly the same number of them (half, or the smallest share that lets
-every shadow reach LEN_TRAINING), the rest drawn from outside the challenge points, class balance
-kept. They go to <scenario>/shadow/model_<k>/ with their training set stored explicitly; they are
-shadows only (never targets, never submitted, never evaluated). A design can grow: --n 64 after
---n 32 (f = 1/2) keeps the first 32.
+the scenario is IN for exactly the same number of them (--fraction of them, half by default, or
+the nearest share that lets every shadow reach LEN_TRAINING), the rest drawn from outside the
+challenge points, class balance kept. They go to <scenario>/shadow/model_<k>/ with their training
+set stored explicitly; they are shadows only (never targets, never submitted, never evaluated). A
+design can grow by whole groups: --n 64 after --n 32 (f = 1/2: pairs; f = 3/4: groups of 4) keeps
+the first 32.
 
 Both: models train --parallel at a time with the batched trainer (default: as many as the
 device's memory holds), a folder appears only once complete, a rerun trains only what is missing,
@@ -51,6 +52,12 @@ def parse_args(argv=None):
         help="MICO-random training sets (new train models) or a balanced design (shadow/)",
     )
     p.add_argument(
+        "--fraction",
+        type=float,
+        default=0.5,
+        help="--design balanced: share of the shadows each challenge point is IN for (MICO's targets: about 0.76)",
+    )
+    p.add_argument(
         "--first-id",
         type=int,
         default=1000,
@@ -71,6 +78,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.n < 1 or (args.design == "balanced" and args.n % 2):
         p.error("--n must be positive (and even with --design balanced)")
+    if not 0 < args.fraction < 1:
+        p.error("--fraction must be between 0 and 1")
     if args.parallel is not None and args.parallel < 1:
         p.error("--parallel must be positive")
     return args
@@ -81,7 +90,9 @@ def main(argv=None) -> int:
     params = load_params(args.data_dir, args.challenge)
     dataset = load_dataset(params)
     if args.design == "balanced":
-        jobs, design = designed_jobs(args.data_dir, args.challenge, args.scenario, params, dataset, args.n, args.seed)
+        jobs, design = designed_jobs(
+            args.data_dir, args.challenge, args.scenario, params, dataset, args.n, args.seed, args.fraction
+        )
         print(
             f"{args.scenario}: balanced design of {args.n} shadows over {len(design.pool)} challenge points, "
             f"each IN for {design.in_count} (f = {design.fraction:.3f}), {params.len_training} records each, "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class Design:
     in_count: int  # m: shadows each pool point is IN for
     n_shadows: int  # K
     train_sets: list  # K sorted int64 arrays of exactly len_training dataset indices
-    group: int  # shadows per group: 2 (complementary pairs, f = 1/2, nested) or K
+    group: int  # g = K / gcd(m, K) shadows per group (2 at f = 1/2: complementary pairs); designs nest by group
 
     @property
     def fraction(self) -> float:
@@ -130,10 +131,12 @@ def balanced_design(
     """The training sets of ``n_shadows`` (even) designed shadows.
 
     labels: int [N] class of every dataset point; pool: dataset indices of the challenge points
-    (any order, duplicates allowed); seed: int or sequence of ints. Deterministic. With f = 1/2 the
-    shadows come in complementary pairs (each pool point IN for exactly one of each pair), drawn
-    pair by pair, so the first 2j shadows of a design of K are exactly the design of 2j: a design
-    can grow. Otherwise the K shadows form one group (m of K per point).
+    (any order, duplicates allowed); fraction: the wanted share of IN shadows per pool point
+    (:func:`in_count`); seed: int or sequence of ints. Deterministic. The shadows come in groups of
+    g = K / gcd(m, K), each pool point IN for exactly a = m g / K of every group, drawn group by
+    group: with f = 1/2 complementary pairs (each point IN for exactly one of each pair), with
+    f = 3/4 groups of 4 (IN for 3). The first j groups of a design are exactly the design of j g
+    shadows, so a design can grow by whole groups; when m and K share no factor it is one group.
     """
     if n_shadows < 2 or n_shadows % 2:
         raise ValueError(f"a balanced design needs an even number of shadows >= 2, got {n_shadows}")
@@ -143,7 +146,8 @@ def balanced_design(
     pool = np.unique(np.asarray(pool, dtype=np.int64))
     outside = np.setdiff1d(np.arange(N, dtype=np.int64), pool, assume_unique=True)
     m = in_count(len(pool), len(outside), len_training, n_shadows, fraction)
-    g, a = (2, 1) if 2 * m == n_shadows else (n_shadows, m)
+    common = math.gcd(m, n_shadows)
+    g, a = n_shadows // common, m // common
     member = np.concatenate(
         [pool_membership(len(pool), g, a, np.random.default_rng(key + [g, i])) for i in range(n_shadows // g)]
     )
@@ -194,12 +198,20 @@ def _check_compatible(mds: list, want: dict) -> None:
 
 
 def designed_jobs(
-    data_dir: str, track: str, scenario: str, params: ChallengeParams, dataset: BaseDataset, n: int, seed: int
+    data_dir: str,
+    track: str,
+    scenario: str,
+    params: ChallengeParams,
+    dataset: BaseDataset,
+    n: int,
+    seed: int,
+    fraction: float = 0.5,
 ) -> tuple[list[Job], Design]:
-    """The jobs of a balanced design of ``n`` shadows for ``scenario`` (``<scenario>/shadow/model_<k>``)."""
+    """The jobs of a balanced design of ``n`` shadows for ``scenario`` (``<scenario>/shadow/model_<k>``),
+    each challenge point IN for ``fraction`` of them (:func:`in_count`)."""
     pool = challenge_pool(data_dir, track, scenario, params, len(dataset))
     si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
-    design = balanced_design(dataset.y, pool, params.len_training, n, seed=[seed, 200 + si])
+    design = balanced_design(dataset.y, pool, params.len_training, n, fraction=fraction, seed=[seed, 200 + si])
     want = _identity(design, seed)
     _check_compatible([md for md in layout.models(data_dir, track, scenario, (SHADOW_PHASE,))], want)
     text = json.dumps(want, indent=2) + "\n"

@@ -82,3 +82,17 @@ def test_half_designs_are_nested_pairs():
     assert big.group == 2 and all(np.array_equal(a, b) for a, b in zip(big.train_sets[:4], small.train_sets))
     member = np.stack([np.isin(big.pool, s) for s in big.train_sets])
     assert (member[0::2] != member[1::2]).all()  # complementary pairs on the pool
+
+
+def test_three_quarter_designs_grow_in_groups_of_four():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 10, 3000)
+    pool = rng.choice(3000, 600, replace=False)
+    big, small = (balanced_design(labels, pool, 2200, K, fraction=0.75, seed=[7, 2]) for K in (16, 8))
+    assert (big.group, big.in_count, small.in_count) == (4, 12, 6)
+    assert all(np.array_equal(a, b) for a, b in zip(big.train_sets[:8], small.train_sets))
+    member = np.stack([np.isin(big.pool, s) for s in big.train_sets])
+    assert (member.reshape(4, 4, -1).sum(axis=1) == 3).all()  # every point IN for 3 of each group of 4
+    assert all(len(s) == 2200 for s in big.train_sets)
+    odd = balanced_design(labels, pool, 2200, 10, fraction=0.7, seed=1)  # m = 7 of 10: one group
+    assert odd.group == 10 and (np.stack([np.isin(odd.pool, s) for s in odd.train_sets]).sum(axis=0) == 7).all()

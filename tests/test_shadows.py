@@ -268,3 +268,18 @@ def test_killed_run_resumes_and_concurrent_runs_split_the_work(designed, small_c
     trained = [int(out.split("shadow model(s) trained by this run")[0].rsplit(" ", 2)[-2]) for out, _ in outs]
     assert sum(trained) == 4
     _assert_same(shared, reference)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--n", "3"], "even"),
+        (["--n", "4", "--fraction", "1"], "--fraction"),
+        (["--n", "4", "--parallel", "0"], "--parallel"),
+        (["--n", "4", "--shard", "2/2"], "shard"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(small_challenge, extra, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        _train(small_challenge, *extra)
+    assert e.value.code == 2 and message in capsys.readouterr().err
