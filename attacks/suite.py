@@ -94,22 +94,11 @@ def _lira(data, rows, exclude, o):
     if o.as_submitted:
         return _runner_up(data, rows, exclude, o)
     sig = signal_from_phi(data.phi, signal_kind(o.logit_scaling, o.stable_logit_scaling))
+    arrays = (_own(sig, data, rows), sig[: data.n_shadows], data.shadow_in, data.challenge[rows], exclude)
     if o.offline_test == "reference" and not o.online_attack:
-        return reference_offline(
-            _own(sig, data, rows),
-            sig[: data.n_shadows],
-            data.shadow_in,
-            data.challenge[rows],
-            exclude,
-            fix_variance=o.global_variance,
-            no_out=0.5,
-        )
+        return reference_offline(*arrays, fix_variance=o.global_variance, no_out=0.5)
     return lira(
-        _own(sig, data, rows),
-        sig[: data.n_shadows],
-        data.shadow_in,
-        data.challenge[rows],
-        exclude,
+        *arrays,
         online=o.online_attack,
         global_variance=o.global_variance,
         mu_estimator=o.mu,

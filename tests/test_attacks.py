@@ -352,39 +352,12 @@ def test_rmia_matches_slow_reference(online, weighting, views, V, gamma, a):
     idx[0, :4] = [0, 1, 2, 3]
     excl = np.array([0, 3, -1, 5])
     kw = dict(a=a, gamma=gamma, online=online, weighting=weighting, views=views)
-    got = rmia(
-        tp,
-        sp,
-        member,
-        idx,
-        excl,
-        a=a,
-        gamma=gamma,
-        online=online,
-        online_weighting=weighting,
-        views=views,
-        n_population=12,
-        seed=11,
-        chunk=3,
-    )
+    opts = dict(a=a, gamma=gamma, online=online, online_weighting=weighting, views=views)
+    got = rmia(tp, sp, member, idx, excl, **opts, n_population=12, seed=11, chunk=3)
     Z = population(idx, P, 12, 11)
     np.testing.assert_allclose(got, rmia_reference(tp, sp, member, idx, excl, Z, **kw), rtol=0, atol=1e-12)
     # all the non-own pool points, chunk larger than T
-    got = rmia(
-        tp,
-        sp,
-        member,
-        idx,
-        excl,
-        a=a,
-        gamma=gamma,
-        online=online,
-        online_weighting=weighting,
-        views=views,
-        n_population=10**6,
-        seed=1,
-        chunk=100,
-    )
+    got = rmia(tp, sp, member, idx, excl, **opts, n_population=10**6, seed=1, chunk=100)
     Z = population(idx, P, 10**6, 1)
     assert Z.shape == (T, P - K)
     np.testing.assert_allclose(got, rmia_reference(tp, sp, member, idx, excl, Z, **kw), rtol=0, atol=1e-12)

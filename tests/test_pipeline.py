@@ -31,18 +31,19 @@ def _run(main, *argv):
     return main(list(argv))
 
 
+def _purchase(main, data_dir, cache_dir, *argv):
+    """A script on the purchase100 challenge in ``data_dir`` with its cache in ``cache_dir``."""
+    return main(["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir, *argv])
+
+
 @pytest.fixture(scope="session")
 def cached_session(tiny_challenges, tmp_path_factory):
     """The tiny challenges with every purchase100 model's signals cached (shared, read-only)."""
     cache_dir = str(tmp_path_factory.mktemp("cache") / "cache")
     assert (
-        _run(
+        _purchase(
             save_preds.main,
-            "--challenge",
-            "purchase100",
-            "--data-dir",
             tiny_challenges,
-            "--cache-dir",
             cache_dir,
             "--device",
             "cpu",
@@ -70,10 +71,10 @@ def test_save_preds_cache_and_resume(cached, capsys):
     assert list(entry["views"]) == ["orig"] and np.all(np.diff(entry["points"]) > 0)
     capsys.readouterr()
     # The fixture copied the tree: same bytes, new inodes, so the first rerun refreshes the stamps.
-    _run(save_preds.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir)
+    _purchase(save_preds.main, data_dir, cache_dir)
     assert "0 model(s) queried" in capsys.readouterr().out
     stamps = [os.path.getmtime(f) for f in files]
-    _run(save_preds.main, "--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir)
+    _purchase(save_preds.main, data_dir, cache_dir)
     out = capsys.readouterr().out
     assert "0 model(s) queried" in out and "refreshed" not in out
     assert [os.path.getmtime(f) for f in files] == stamps
@@ -84,13 +85,9 @@ def test_save_preds_cache_and_resume(cached, capsys):
     torch_state = torch.load(mds[2].model_file, weights_only=True)
     torch_state["mlp.2.bias"] += 1.0
     torch.save(torch_state, mds[2].model_file)
-    _run(
+    _purchase(
         save_preds.main,
-        "--challenge",
-        "purchase100",
-        "--data-dir",
         data_dir,
-        "--cache-dir",
         cache_dir,
         "--scenario",
         "purchase100_inf",
@@ -131,13 +128,9 @@ def test_every_flag_combination_writes_valid_predictions(cached, mask, tmp_path,
     plots = _record_plots(monkeypatch) if mask else None  # drawing is most of a run: once is enough
     flags = [f for i, f in enumerate(FLAGS) if mask >> i & 1]
     assert (
-        _run(
+        _purchase(
             run_lira_mia.main,
-            "--challenge",
-            "purchase100",
-            "--data-dir",
             data_dir,
-            "--cache-dir",
             cache_dir,
             "--report-dir",
             str(tmp_path / "report"),
@@ -162,13 +155,9 @@ def test_every_flag_combination_writes_valid_predictions(cached, mask, tmp_path,
 
 def test_inf_scenario_shows_membership_signal(cached, tmp_path, capsys):
     data_dir, cache_dir = cached
-    _run(
+    _purchase(
         run_lira_mia.main,
-        "--challenge",
-        "purchase100",
-        "--data-dir",
         data_dir,
-        "--cache-dir",
         cache_dir,
         "--report-dir",
         str(tmp_path),
@@ -186,13 +175,9 @@ def test_save_zip_validates_then_writes(cached, tmp_path, capsys):
     out = str(tmp_path / "sub.zip")
     assert _run(save_zip.main, "--challenge", "purchase100", "--data-dir", data_dir, "--output", out) == 1
     assert not os.path.exists(out) and "prediction.csv: missing" in capsys.readouterr().err
-    _run(
+    _purchase(
         run_lira_mia.main,
-        "--challenge",
-        "purchase100",
-        "--data-dir",
         data_dir,
-        "--cache-dir",
         cache_dir,
         "--report-dir",
         str(tmp_path / "r"),
@@ -298,25 +283,17 @@ def test_extra_shadows_resume_shard_and_are_used(cached, tmp_path, capsys):
             os.listdir(md.path)
         )
     # save_preds picks them up and widens every cache to their challenge points.
-    _run(
+    _purchase(
         save_preds.main,
-        "--challenge",
-        "purchase100",
-        "--data-dir",
         data_dir,
-        "--cache-dir",
         cache_dir,
         "--scenario",
         "purchase100_inf",
     )
     assert (
-        _run(
+        _purchase(
             run_lira_mia.main,
-            "--challenge",
-            "purchase100",
-            "--data-dir",
             data_dir,
-            "--cache-dir",
             cache_dir,
             "--scenario",
             "purchase100_inf",
@@ -379,13 +356,9 @@ def test_every_attack_writes_valid_predictions(cached, attack, tmp_path, monkeyp
     _record_plots(monkeypatch)
     extra = ["--rmia-a", "auto", "--rmia-population", "300"] if attack == "rmia" else []
     assert (
-        _run(
+        _purchase(
             run_lira_mia.main,
-            "--challenge",
-            "purchase100",
-            "--data-dir",
             data_dir,
-            "--cache-dir",
             cache_dir,
             "--report-dir",
             str(tmp_path),
@@ -406,13 +379,9 @@ def test_every_attack_writes_valid_predictions(cached, attack, tmp_path, monkeyp
 def test_compare_report(cached, tmp_path):
     data_dir, cache_dir = cached
     assert (
-        _run(
+        _purchase(
             run_lira_mia.main,
-            "--challenge",
-            "purchase100",
-            "--data-dir",
             data_dir,
-            "--cache-dir",
             cache_dir,
             "--report-dir",
             str(tmp_path),
