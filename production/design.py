@@ -169,19 +169,20 @@ def balanced_design(
 
 
 def _identity(design: Design, seed: int) -> dict:
-    """What makes two designed shadows parts of one design (written to each folder's design.json)."""
+    """What makes two designed shadows parts of one design (written to each folder's design.json).
+    Not the number of shadows: the first j groups of every design with this identity are the same
+    shadows, so a design grows by whole groups."""
     return {
         "design": "balanced",
         "seed": seed,
         "group": design.group,
         "in_per_group": design.in_count * design.group // design.n_shadows,
-        "n_shadows": design.n_shadows if design.group == design.n_shadows else None,
         "pool_sha256": hashlib.sha256(design.pool.tobytes()).hexdigest(),
     }
 
 
 def _check_compatible(mds: list, want: dict) -> None:
-    """Refuse to add shadows of another design (other seed, pool or size) beside existing ones."""
+    """Refuse to add shadows of another design (other seed, pool, group or IN count per group) beside existing ones."""
     for md in mds:
         path = os.path.join(md.path, DESIGN_FILE)
         try:
@@ -190,7 +191,8 @@ def _check_compatible(mds: list, want: dict) -> None:
         except (OSError, ValueError):
             raise layout.LayoutError(f"{path}: missing or unreadable; delete {md.path} and rerun") from None
         if have != want:
-            diff = ", ".join(f"{k} {have.get(k)} (now {v})" for k, v in want.items() if have.get(k) != v)
+            keys = [*want, *(k for k in have if k not in want)]
+            diff = ", ".join(f"{k} {have.get(k)} (now {want.get(k)})" for k in keys if have.get(k) != want.get(k))
             raise layout.LayoutError(
                 f"{md.path}: belongs to another design ({diff}); rerun with its --n/--seed, "
                 f"or delete {os.path.dirname(md.path)} to start a new design"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from challenges.membership import CHECKSUM, TRAINING_SET, MembershipError, read_training_set, write_training_set
-from production.design import balanced_design, in_count, pool_membership
+from production.design import _identity, balanced_design, in_count, pool_membership
 
 
 @pytest.mark.parametrize("K,m", [(2, 1), (4, 2), (16, 8), (16, 11), (6, 5)])
@@ -96,3 +96,8 @@ def test_three_quarter_designs_grow_in_groups_of_four():
     assert all(len(s) == 2200 for s in big.train_sets)
     odd = balanced_design(labels, pool, 2200, 10, fraction=0.7, seed=1)  # m = 7 of 10: one group
     assert odd.group == 10 and (np.stack([np.isin(odd.pool, s) for s in odd.train_sets]).sum(axis=0) == 7).all()
+    twice = balanced_design(labels, pool, 2200, 20, fraction=0.7, seed=1)  # 14 of 20: two groups of 10
+    assert twice.group == 10 and all(np.array_equal(a, b) for a, b in zip(twice.train_sets, odd.train_sets))
+    # what design.json records: the same for a design and its growth (one group of 4, then two)
+    one = balanced_design(labels, pool, 2200, 4, fraction=0.75, seed=[7, 2])
+    assert one.group == 4 and _identity(one, 7) == _identity(big, 7) != _identity(odd, 7)

@@ -114,6 +114,17 @@ def test_mico_extras_leave_the_balanced_design_alone(designed, tmp_path):
     assert (np.stack([np.isin(pool, s) for s in sets]).sum(axis=0) == 3).all()
 
 
+def test_a_single_pair_grows(small_challenge, tmp_path):
+    """A design that is one group (here one pair) grows by whole groups like any other."""
+    copy = str(tmp_path / "data")
+    subprocess.run(["cp", "-a", small_challenge, copy], check=True)
+    assert _train(copy, "--n", "2") == 0
+    before = {md.model_id: open(md.model_file, "rb").read() for md in _shadows(copy)}
+    assert _train(copy, "--n", "4") == 0
+    after = {md.model_id: open(md.model_file, "rb").read() for md in _shadows(copy)}
+    assert sorted(after) == [0, 1, 2, 3] and all(after[k] == before[k] for k in before)
+
+
 def test_attacks_use_designed_shadows(designed, tmp_path):
     data_dir, cache_dir = designed
     params = load_params(data_dir, TRACK)
