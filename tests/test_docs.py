@@ -1,6 +1,7 @@
 """The guide and what it promises: README length, links that lead somewhere, the Makefile's
 overridable folders, and `run_lira_mia.py --help` naming the real default attack."""
 
+import itertools
 import os
 import re
 import shutil
@@ -102,3 +103,18 @@ def test_makefile_report_folder_can_be_overridden():
     assert "report/demo" not in out
     assert out.count("--report-dir /r ") == 2
     assert "rm -rf /d /c /r" in out
+
+
+def test_as_submitted_refuses_the_six_combinations_the_docs_name():
+    """docs/flags.md and the README: all 16 combinations of the four LiRA flags work; with
+    --as_submitted the 6 that pair --online_attack with a scaling flag are refused."""
+    refused = []
+    for gv, oa, ls, ss in itertools.product([False, True], repeat=4):
+        flags = dict(global_variance=gv, online_attack=oa, logit_scaling=ls, stable_logit_scaling=ss)
+        AttackOptions(**flags)
+        try:
+            AttackOptions(as_submitted=True, **flags)
+        except ValueError:
+            refused.append(flags)
+    assert len(refused) == 6
+    assert all(f["online_attack"] and (f["logit_scaling"] or f["stable_logit_scaling"]) for f in refused)
