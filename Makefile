@@ -2,6 +2,7 @@
 PYTHON ?= python3
 DATA ?= data/demo
 CACHE ?= cache/demo
+REPORT ?= report/demo
 TRACK ?= purchase100
 # Test and lint tools (not runtime requirements, so not in requirements.txt).
 DEV_TOOLS ?= pytest ruff
@@ -19,11 +20,11 @@ install: $(DEPS)
 demo: $(DEPS)
 	$(PYTHON) download_files.py --challenge $(TRACK) --data-dir $(DATA) --synthetic
 	$(PYTHON) save_preds.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE)
-	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir report/demo --global_variance --evaluate
+	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir $(REPORT) --global_variance --evaluate
 	$(PYTHON) save_zip.py --challenge $(TRACK) --data-dir $(DATA) --output $(DATA)/predictions_$(TRACK).zip
 
 compare: $(DEPS)
-	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir report/demo --compare
+	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir $(REPORT) --compare
 
 # The default suite (tests marked slow are left out; see pyproject.toml).
 test: $(DEPS)
@@ -45,4 +46,4 @@ bench: $(DEPS)
 	$(PYTHON) bench/bench_lira.py
 
 clean:
-	rm -rf $(DATA) $(CACHE) report/demo
+	rm -rf $(DATA) $(CACHE) $(REPORT)

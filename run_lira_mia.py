@@ -1,7 +1,7 @@
 """Attack every scenario of a challenge and write each dev/final model's prediction.csv.
 
 Shadow models are the scenario's train models (plus any added by train_shadows.py); their
-membership comes from their seeds. The default attack is LiRA with the runner-up's four flags;
+membership comes from their seeds. The default attack is offline LiRA, none of its four flags set;
 --attack picks another. --evaluate also attacks every train model leave-one-out and scores it
 against its solution.csv (and dev/final against a solutions/ tree, when present), so a
 submission's score is known before it is made. --compare ranks every attack that way and writes

@@ -45,10 +45,11 @@ def scenario_points(data_dir: str, track: str, scenario: str, params: ChallengeP
     """(model folders, their splits (None for designed shadows), sorted union of the challenge points)."""
     mds = layout.models(data_dir, track, scenario)
     if not any(not md.designed for md in mds):
-        raise layout.LayoutError(
-            f"{os.path.join(data_dir, track, scenario)}: no model folders; "
-            "re-download the scenario or remove the empty folder"
-        )
+        where = os.path.join(data_dir, track, scenario)
+        fetch = f"download_files.py --challenge {track} --scenario {scenario}"
+        if not os.path.isdir(where):
+            raise layout.LayoutError(f"{where}: no such scenario folder; run {fetch}")
+        raise layout.LayoutError(f"{where}: no train, dev or final model folders; run {fetch}, or remove the folder")
     splits = [None if md.designed else md.splits(params, n_points) for md in mds]
     return mds, splits, np.unique(np.concatenate([s.challenge for s in splits if s is not None]))
 

@@ -5,6 +5,7 @@ import pytest
 from challenges import layout
 from challenges.datasets import DatasetError, load_dataset, load_purchase100
 from challenges.fileio import atomic_path, write_text
+from challenges.scenario import scenario_points
 from challenges.tracks import load_params
 
 
@@ -94,3 +95,15 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             os.makedirs(os.path.join(tmp, "sub"))
             raise RuntimeError
     assert os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_missing_or_empty_scenario_folder_names_the_fix(tmp_path):
+    root = str(tmp_path)
+    fetch = "download_files.py --challenge purchase100 --scenario purchase100_hi"
+    with pytest.raises(layout.LayoutError, match="no such scenario folder") as e:
+        scenario_points(root, "purchase100", "purchase100_hi", None, 100)
+    assert fetch in str(e.value) and "remove" not in str(e.value)
+    os.makedirs(os.path.join(root, "purchase100", "purchase100_hi", "train"))
+    with pytest.raises(layout.LayoutError, match="no train, dev or final model folders") as e:
+        scenario_points(root, "purchase100", "purchase100_hi", None, 100)
+    assert fetch in str(e.value) and "remove the folder" in str(e.value)
