@@ -124,7 +124,7 @@ def test_missing_model_file_is_named(small_copy, tmp_path):
     assert _save_preds(data_dir, cache_dir) == 0
     md = layout.models(data_dir, TRACK, SCENARIO)[3]
     os.remove(md.model_file)
-    with pytest.raises(cache.CacheError) as ei:
+    with pytest.raises(layout.LayoutError) as ei:
         run_lira_mia.main(
             ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--report-dir", str(tmp_path)]
         )
