@@ -4,6 +4,10 @@ DATA ?= data/demo
 CACHE ?= cache/demo
 REPORT ?= report/demo
 TRACK ?= purchase100
+# CPU threads per torch process (empty: torch's default, one per core). On a machine shared with
+# other jobs, THREADS=1 or 2 is much faster (docs/flags_threads.md).
+THREADS ?=
+THREADS_FLAG := $(if $(THREADS),--threads $(THREADS))
 # Test and lint tools (not runtime requirements, so not in requirements.txt).
 DEV_TOOLS ?= pytest ruff
 DEPS := .make/deps
@@ -18,8 +22,8 @@ $(DEPS): requirements.txt
 install: $(DEPS)
 
 demo: $(DEPS)
-	$(PYTHON) download_files.py --challenge $(TRACK) --data-dir $(DATA) --synthetic
-	$(PYTHON) save_preds.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE)
+	$(PYTHON) download_files.py --challenge $(TRACK) --data-dir $(DATA) --synthetic $(THREADS_FLAG)
+	$(PYTHON) save_preds.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) $(THREADS_FLAG)
 	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir $(REPORT) --global_variance --evaluate
 	$(PYTHON) save_zip.py --challenge $(TRACK) --data-dir $(DATA) --output $(DATA)/predictions_$(TRACK).zip
 

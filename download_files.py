@@ -12,6 +12,7 @@ import sys
 
 from challenges import cli, download
 from challenges.fileio import one_line
+from models import set_threads
 from production.synthetic import build_synthetic
 
 SYNTHETIC_OPTIONS = ("n_points", "len_training", "n_train", "n_dev", "n_final", "seed", "device")
@@ -52,9 +53,10 @@ def build_parser() -> cli.Parser:
     syn.add_argument("--n-train", type=int, help="synthetic: number of models in train")
     syn.add_argument("--n-dev", type=int, help="synthetic: number of models in dev")
     syn.add_argument("--n-final", type=int, help="synthetic: number of models in final")
-    syn.add_argument("--seed", type=int, help="synthetic: random seed")
+    syn.add_argument("--seed", type=cli.non_negative_int, help="synthetic: random seed")
     syn.add_argument("--device", help="synthetic: torch device for training, e.g. cpu or cuda")
-    syn.add_argument("--epochs", type=int, help="synthetic: override the number of training epochs")
+    syn.add_argument("--epochs", type=cli.positive_int, help="synthetic: override the number of training epochs")
+    cli.add_threads(syn)
     return p
 
 
@@ -82,7 +84,7 @@ def parse_args(argv=None):
         if ignored:
             parser.error(f"--synthetic builds everything locally; drop {', '.join(ignored)}")
     else:
-        given = [o for o in SYNTHETIC_OPTIONS + ("epochs",) if getattr(args, o) is not None]
+        given = [o for o in SYNTHETIC_OPTIONS + ("epochs", "threads") if getattr(args, o) is not None]
         if given:
             parser.error(f"--{given[0].replace('_', '-')} only applies with --synthetic")
     return args
@@ -111,6 +113,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         if args.synthetic:
+            set_threads(args.threads)
             options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
             build_synthetic(
                 args.data_dir,

@@ -62,7 +62,7 @@ def build_parser() -> cli.Parser:
         action="store_true",
         help="run every attack leave-one-out and write a comparison report instead of predictions",
     )
-    _option(p, "--seed", type=int, help="seed for sampling in rmia and classifier")
+    _option(p, "--seed", type=cli.non_negative_int, help="seed for sampling in rmia and classifier")
     lira = p.add_argument_group("LiRA (the runner-up's flags; --online_attack also selects online RMIA)")
     _option(
         lira,
@@ -103,8 +103,8 @@ def build_parser() -> cli.Parser:
     _option(
         rm, "--rmia-a", type=rmia_a_value, help="offline coefficient a in [0,1], or 'auto' (best leave-one-out AUC)"
     )
-    _option(rm, "--rmia-gamma", type=float, help="likelihood-ratio threshold gamma")
-    _option(rm, "--rmia-population", type=int, help="population points z per target")
+    _option(rm, "--rmia-gamma", type=cli.positive_float, help="likelihood-ratio threshold gamma")
+    _option(rm, "--rmia-population", type=cli.positive_int, help="population points z per target")
     cal = p.add_argument_group("calibrated")
     _option(cal, "--signal", choices=SIGNALS, help="signal to calibrate")
     _option(
@@ -125,13 +125,20 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, AttackOptions]:
         fixed = [OPTION_FLAGS[k] for k in COMPARE_SETS if k in options.changed()]
         if fixed:  # each comparison row sets these itself
             p.error(f"--compare sets the attack options itself; drop {', '.join(fixed)}")
+    else:  # flags the chosen attack never reads would do nothing: refused, as --compare refuses its own
+        config = " ".join(option_flags(options)) or f"--attack {options.attack}"
+        cli.refuse_unused(p, {OPTION_FLAGS[k]: True for k in options.unused()}, f"{config} does not use")
     return args, options
 
 
 def option_flags(options: AttackOptions) -> list[str]:
-    """The command-line flags that reproduce ``options`` (only those that differ from the defaults)."""
+    """The command-line flags that reproduce ``options`` (those that differ from the defaults and that
+    its attack reads)."""
     out = []
+    unused = options.unused()
     for name, value in options.changed().items():
+        if name in unused:
+            continue
         out += [OPTION_FLAGS[name]] if isinstance(value, bool) else [OPTION_FLAGS[name], str(value)]
     return out
 
@@ -165,7 +172,6 @@ def compare(args, options: AttackOptions) -> str:
     """Score every row of the line-up leave-one-out; write report.md; return its path."""
     shared = {k: v for k, v in dataclasses.asdict(options).items() if k not in COMPARE_SETS}
     runs = [(label, dataclasses.replace(row, **shared)) for label, row in COMPARE]
-    shared_flags = option_flags(dataclasses.replace(AttackOptions(), **shared))
     fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o)}))
     scores = {label: {} for label, _ in runs}
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
@@ -190,7 +196,7 @@ def compare(args, options: AttackOptions) -> str:
     ]
     if args.scenario:
         base += ["--scenario", args.scenario]
-    commands = {label: " ".join(base + ["--evaluate"] + option_flags(row) + shared_flags) for label, row in COMPARE}
+    commands = {label: " ".join(base + ["--evaluate"] + option_flags(o)) for label, o in runs}
     return report.write_compare_report(
         os.path.join(args.report_dir, args.challenge), scores, commands, references=REFERENCES
     )

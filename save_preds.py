@@ -19,7 +19,7 @@ from challenges import cache, cli, layout
 from challenges.datasets import load_dataset, to_tensor
 from challenges.scenario import scenario_points
 from challenges.tracks import load_params
-from models import load_model, resolve_device
+from models import load_model, resolve_device, set_threads
 from models.query import query, view_names
 
 
@@ -27,7 +27,8 @@ def parse_args(argv=None):
     p = cli.parser(__doc__)
     p.add_argument("--cache-dir", default="cache", help="where the per-model signal files go")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=4096, help="points per forward pass")
+    p.add_argument("--batch-size", type=cli.positive_int, default=4096, help="points per forward pass")
+    cli.add_threads(p)
     p.add_argument(
         "--save-logits",
         action="store_true",
@@ -64,6 +65,7 @@ class UnionQuery:
 def main(argv=None) -> int:
     args = parse_args(argv)
     views = view_names(args.augment, args.shifts)
+    set_threads(args.threads)
     device = resolve_device(args.device)
     params = load_params(args.data_dir, args.challenge)
     dataset = load_dataset(params)

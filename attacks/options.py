@@ -13,6 +13,26 @@ MU_CHOICES = ("mean", "median")
 OFFLINE_TESTS = ("one-sided", "reference")  # the paper's Phi(z) / the LiRA reference code's two-sided test
 SIGNALS = ("loss", "confidence")
 CALIBRATIONS = ("in", "mid", "z")
+# The options each attack reads besides ``attack``; setting any other does nothing (unused()).
+READS = {
+    "lira": (
+        "as_submitted",
+        "global_variance",
+        "online_attack",
+        "logit_scaling",
+        "stable_logit_scaling",
+        "mu",
+        "min_shadows",
+        "offline_test",
+    ),
+    "rmia": ("online_attack", "rmia_a", "rmia_gamma", "rmia_population", "seed"),
+    "loss": (),
+    "confidence": (),
+    "calibrated": ("signal", "calibration"),
+    "entropy": (),
+    "classifier": ("seed",),
+    "mico-winner": (),
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,19 @@ class AttackOptions:
             raise ValueError("the runner-up's code refuses online attacks with logit scaling (as_submitted)")
         if isinstance(self.min_shadows, bool) or int(self.min_shadows) != self.min_shadows or self.min_shadows < 1:
             raise ValueError(f"min_shadows must be an integer >= 1, got {self.min_shadows!r}")
+
+    def unused(self) -> list[str]:
+        """Options set away from their defaults that the attack never reads: flags that would do
+        nothing. The runner-up's code as submitted has no mu, min_shadows or offline test; online
+        LiRA has no offline test; the reference code's offline test has no mu or min_shadows."""
+        reads = set(READS[self.attack])
+        if self.as_submitted:
+            reads -= {"mu", "min_shadows", "offline_test"}
+        elif self.online_attack:
+            reads.discard("offline_test")
+        elif self.offline_test == "reference":
+            reads -= {"mu", "min_shadows"}
+        return [name for name in self.changed() if name != "attack" and name not in reads]
 
     def changed(self) -> dict:
         """{field: value} of the options that differ from the defaults, in declaration order."""

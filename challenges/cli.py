@@ -6,14 +6,22 @@
 - Defaults are shown in ``--help`` (where there is one).
 - ``--challenge`` / ``--data-dir`` / ``--scenario`` mean the same everywhere, and a scenario name is
   checked in one place (:func:`challenges.tracks.check_scenario`).
+- Numbers that must be positive (``--batch-size``, ``--epochs``) or non-negative (``--seed``) are
+  checked by their argparse type (:func:`positive_int`, :func:`non_negative_int`), so a bad value is
+  a usage error naming the flag; ``--threads`` (:func:`add_threads`) is the same on every script
+  that runs torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+
+from tqdm.auto import tqdm
 
 from .fileio import one_line
+from .layout import LayoutWarning
 from .tracks import TRACKS, check_scenario
 
 
@@ -77,11 +85,66 @@ def parser(
     return p
 
 
+def _number(kind, text: str, ok, expected: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in the error)."""
+    return _number(int, text, lambda v: v >= 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds, ids)."""
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates)."""
+    return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads per process (see docs/flags_threads.md)."""
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads torch uses in this process (default: torch's choice, one per core); "
+        "lower it on a machine shared with other jobs",
+    )
+
+
+def refuse_unused(p: argparse.ArgumentParser, given: dict, why: str) -> None:
+    """A usage error naming the flags in ``given`` (flag -> value, None when not given) that were set,
+    where ``why`` says that they do nothing, e.g. '--design mico does not use'."""
+    extra = [flag for flag, value in given.items() if value is not None and value is not False]
+    if extra:
+        p.error(f"{why} {', '.join(extra)}; drop {'it' if len(extra) == 1 else 'them'}")
+
+
 def run(main, name: str) -> None:
     """Run a script's ``main()`` and exit with its code; an expected failure (ValueError, OSError)
-    becomes one line on stderr naming the script, and Ctrl-C says how to resume."""
+    becomes one line on stderr naming the script, as does a :class:`LayoutWarning`, and Ctrl-C says
+    how to resume."""
+    show = warnings.showwarning
+
+    def one_line_warning(message, category, *args, **kwargs):
+        if issubclass(category, LayoutWarning):
+            tqdm.write(f"{name}: warning: {one_line(message, None)}", file=sys.stderr)  # above any progress bar
+        else:
+            show(message, category, *args, **kwargs)
+
     try:
-        code = main()
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            code = main()
     except KeyboardInterrupt:
         sys.exit(f"{name}: interrupted; rerun the same command to resume")
     except (ValueError, OSError) as e:

@@ -36,6 +36,11 @@ class LayoutError(ValueError):
     """A challenge tree that is missing something or holds a malformed file."""
 
 
+class LayoutWarning(UserWarning):
+    """A challenge tree that can be used, but not as intended (a designed shadow missing); the
+    scripts print it as one line (:func:`challenges.cli.run`)."""
+
+
 def read_seed(path: str) -> int:
     try:
         with open(path, "rb") as f:
@@ -121,6 +126,26 @@ class ModelDir:
     def extra(self) -> bool:
         """An extra shadow of ours (designed, or MICO-random with the extra_shadow mark), not MICO's."""
         return self.designed or os.path.exists(os.path.join(self.path, EXTRA_SHADOW_FILE))
+
+    def restore_hint(self) -> str:
+        """How to bring back a file this folder lost: retrain our own shadows, re-download MICO's models."""
+        where = f"--challenge {self.track} --scenario {self.scenario}"
+        if self.designed:
+            return (
+                f"retrain it: rerun train_shadows.py {where} --design balanced with the design's --n, --seed and "
+                "--fraction; it retrains incomplete folders"
+            )
+        if self.extra:
+            return (
+                f"retrain it: rerun train_shadows.py {where} --design mico with the --seed in its extra_shadow "
+                f"file and an --n and --first-id that cover {self.name}; it retrains incomplete folders"
+            )
+        return "re-download it with download_files.py"
+
+    def check_model_file(self) -> None:
+        """LayoutError naming model.pt and the fix (:meth:`restore_hint`) if the folder has none."""
+        if not os.path.isfile(self.model_file):
+            raise LayoutError(f"{self.model_file}: missing; {self.restore_hint()}")
 
     def splits(self, params: ChallengeParams, n_points: int) -> Splits:
         return reconstruct(n_points, params.len_training, params.len_challenge, *self.seeds())

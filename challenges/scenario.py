@@ -6,6 +6,7 @@ Everything is indexed by ``points``: the sorted union of the scenario's challeng
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +42,11 @@ class ScenarioData:
         return len(self.shadow_in)
 
 
-def scenario_points(data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int):
-    """(model folders, their splits (None for designed shadows), sorted union of the challenge points)."""
+def scenario_points(
+    data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int, *, need_models: bool = True
+):
+    """(model folders, their splits (None for designed shadows), sorted union of the challenge points).
+    ``need_models``: every folder must hold its model.pt (else a LayoutError naming the fix)."""
     mds = layout.models(data_dir, track, scenario)
     if not any(not md.designed for md in mds):
         where = os.path.join(data_dir, track, scenario)
@@ -50,14 +54,16 @@ def scenario_points(data_dir: str, track: str, scenario: str, params: ChallengeP
         if not os.path.isdir(where):
             raise layout.LayoutError(f"{where}: no such scenario folder; run {fetch}")
         raise layout.LayoutError(f"{where}: no train, dev or final model folders; run {fetch}, or remove the folder")
+    for md in mds if need_models else ():
+        md.check_model_file()
     splits = [None if md.designed else md.splits(params, n_points) for md in mds]
     return mds, splits, np.unique(np.concatenate([s.challenge for s in splits if s is not None]))
 
 
 def challenge_pool(data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int) -> np.ndarray:
     """Sorted union of the challenge points of the challenge's own models (extra shadows left out:
-    their challenge points are never attacked)."""
-    mds, splits, _ = scenario_points(data_dir, track, scenario, params, n_points)
+    their challenge points are never attacked). Needs the models' seeds only, not their model.pt."""
+    mds, splits, _ = scenario_points(data_dir, track, scenario, params, n_points, need_models=False)
     return np.unique(np.concatenate([s.challenge for md, s in zip(mds, splits) if not md.extra]))
 
 
@@ -78,6 +84,30 @@ def _solutions(mds, splits, m2: int) -> np.ndarray:
                 "the seeds (wrong challenge parameters or base dataset?)"
             )
     return solutions
+
+
+def design_warning(mds, splits, points: np.ndarray, designed_in: np.ndarray) -> str | None:
+    """Why the designed shadows are not the balanced design they were made as, or None.
+
+    ``designed_in``: bool [n_designed, len(points)], the designed shadows' membership. A complete
+    design holds every challenge point of the challenge's own models IN for the same number of
+    shadows; a missing model (a failed shard, a deleted folder) breaks that."""
+    ids = [md.model_id for md in mds if md.designed]
+    if not ids:
+        return None
+    own = np.concatenate([s.challenge for md, s in zip(mds, splits) if s is not None and not md.extra])
+    counts = designed_in[:, np.searchsorted(points, np.unique(own))].sum(axis=0)
+    gaps = sorted(set(range(max(ids) + 1)) - set(ids))
+    if counts.min() == counts.max() and not gaps:
+        return None
+    md = next(md for md in mds if md.designed)
+    missing = f"; missing: {', '.join(f'model_{i}' for i in gaps[:5])}{' ...' if len(gaps) > 5 else ''}" if gaps else ""
+    return (
+        f"{os.path.dirname(md.path)}: the {len(ids)} designed shadows are not a balanced design (challenge points "
+        f"IN for {counts.min()} to {counts.max()} of them{missing}); used as they are. To complete it, rerun "
+        f"train_shadows.py --challenge {md.track} --scenario {md.scenario} --design balanced with the design's "
+        "--n, --seed and --fraction"
+    )
 
 
 def runner_up_len_training(params: ChallengeParams) -> int:
@@ -111,6 +141,9 @@ def load_scenario(
         for r, k in enumerate(designed):
             rows[r, mds[k].training_set(params, n_points)] = True
         member = np.concatenate([member, rows[:, points]])
+        warning = design_warning(mds, splits, points, rows[:, points])
+        if warning:
+            warnings.warn(warning, layout.LayoutWarning, stacklevel=2)
     quirky = None
     if runner_up:
         positions = [

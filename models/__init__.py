@@ -11,6 +11,7 @@ from models.loading import (
     load_model,
     plain_state_dict,
     resolve_device,
+    set_threads,
     strip_opacus_prefix,
     unwrap_model,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "load_model",
     "plain_state_dict",
     "resolve_device",
+    "set_threads",
     "strip_opacus_prefix",
     "unwrap_model",
 ]

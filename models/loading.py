@@ -66,6 +66,13 @@ def resolve_device(name: DeviceLike = "auto") -> torch.device:
     return dev
 
 
+def set_threads(n: int | None) -> None:
+    """Use ``n`` CPU threads for torch's work in this process (None: keep torch's default, one per
+    core). On a machine shared with other jobs, fewer threads than cores avoid oversubscription."""
+    if n is not None:
+        torch.set_num_threads(int(n))
+
+
 def strip_opacus_prefix(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
     """Remove (possibly repeated) leading ``_module.`` from every key, as Opacus' wrapper adds it."""
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()

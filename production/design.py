@@ -8,8 +8,9 @@ point for exactly ``pkeep * num_experiments`` shadows):
 - the pool is the union of the scenario's challenge points (targets' and train models');
 - each pool point is IN for exactly ``m`` of the ``K`` shadows, the ``m`` drawn uniformly per point
   (random apart from the counts: every shadow gets the same number of pool points), ``f = m / K`` = 1/2
-  by default; where the pool-IN points plus everything outside the pool cannot reach
-  LEN_TRAINING (cifar10: the pool holds about half the dataset), the smallest larger ``m`` that can;
+  by default, never 0 or 1, with K a multiple of f's denominator (:func:`requested_in_count`); where
+  the pool-IN points plus everything outside the pool cannot reach LEN_TRAINING (cifar10: the pool
+  holds about half the dataset), the nearest ``m`` that can;
 - every shadow's training set then has exactly LEN_TRAINING points: its pool-IN points plus filler
   drawn without replacement from outside the pool, stratified by class so that the class counts of
   the whole set follow the dataset's class frequencies as far as the filler allows.
@@ -22,11 +23,13 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
 from challenges import layout
 from challenges.datasets import BaseDataset
+from challenges.fileio import locked, write_text
 from challenges.scenario import challenge_pool
 from challenges.tracks import EXTRA_SHADOW_FILE, SCENARIO_SUFFIXES, SHADOW_PHASE, ChallengeParams, scenario_suffix
 from production.folders import Job, model_seeds, seeded_job
@@ -48,21 +51,49 @@ class Design:
         return self.in_count / self.n_shadows
 
 
+MAX_GROUP = 1000  # --fraction is read as the nearest share p/q with q <= MAX_GROUP
+
+
+def requested_in_count(n_shadows: int, fraction: float) -> int:
+    """m = ``fraction * K``: IN shadows per pool point that ``--fraction`` asks of ``--n K`` shadows.
+
+    The fraction is the share p/q (q <= MAX_GROUP) nearest to it, and K must be a multiple of q
+    (the group: 2 at 1/2, 4 at 3/4), so that every pool point can be IN for exactly p of every q.
+    ValueError (naming --n and --fraction) if it is not, or if every shadow would hold every pool
+    point or none (no OUT or no IN statistics).
+    """
+    share = Fraction(fraction).limit_denominator(MAX_GROUP)
+    p, q = share.numerator, share.denominator
+    if not 0 < p < q:
+        raise ValueError(
+            f"--fraction {fraction:g}: each challenge point would be IN for {p} of every {q} shadows, "
+            "which leaves no OUT (or no IN) shadows; choose a share strictly between 0 and 1, e.g. 0.5"
+        )
+    if n_shadows < q or n_shadows % q:
+        ok = ", ".join(f"--n {q * j}" for j in range(1, 4))
+        raise ValueError(
+            f"--n {n_shadows} at --fraction {fraction:g}: --n must be a multiple of {q} (each challenge "
+            f"point is IN for {p} of every group of {q} shadows), e.g. {ok}"
+        )
+    return n_shadows // q * p
+
+
 def in_count(n_pool: int, n_outside: int, len_training: int, n_shadows: int, fraction: float = 0.5) -> int:
-    """m: IN shadows per pool point. ``round(fraction * K)`` unless the shadows could then not reach
-    (or would exceed) ``len_training``; then the nearest m that works. ValueError if none does.
+    """m: IN shadows per pool point. :func:`requested_in_count` unless the shadows could then not
+    reach (or would exceed) ``len_training``; then the nearest m in 1 .. K - 1 that works (never
+    0 or K: a design needs IN and OUT shadows at every point). ValueError if none does.
 
     Every shadow receives floor or ceil of ``n_pool * m / K`` pool points (:func:`pool_membership`)
     and needs the rest of ``len_training`` from the ``n_outside`` other points.
     """
     K = n_shadows
+    want = requested_in_count(K, fraction)
 
     def fits(m: int) -> bool:
         lo, hi = (n_pool * m) // K, -(-(n_pool * m) // K)
         return hi <= len_training and lo >= len_training - n_outside
 
-    want = min(max(int(round(fraction * K)), 1), K)
-    for m in sorted(range(1, K + 1), key=lambda m: (abs(m - want), -m)):
+    for m in sorted(range(1, K), key=lambda m: (abs(m - want), -m)):
         if fits(m):
             return m
     raise ValueError(
@@ -128,7 +159,7 @@ def _filler(
 def balanced_design(
     labels: np.ndarray, pool: np.ndarray, len_training: int, n_shadows: int, *, fraction: float = 0.5, seed=0
 ) -> Design:
-    """The training sets of ``n_shadows`` (even) designed shadows.
+    """The training sets of ``n_shadows`` designed shadows (a multiple of the group of ``fraction``).
 
     labels: int [N] class of every dataset point; pool: dataset indices of the challenge points
     (any order, duplicates allowed); fraction: the wanted share of IN shadows per pool point
@@ -138,8 +169,6 @@ def balanced_design(
     f = 3/4 groups of 4 (IN for 3). The first j groups of a design are exactly the design of j g
     shadows, so a design can grow by whole groups; when m and K share no factor it is one group.
     """
-    if n_shadows < 2 or n_shadows % 2:
-        raise ValueError(f"a balanced design needs an even number of shadows >= 2, got {n_shadows}")
     key = [int(v) for v in np.atleast_1d(seed)]
     labels = np.asarray(labels)
     N = len(labels)
@@ -169,7 +198,7 @@ def balanced_design(
 
 
 def _identity(design: Design, seed: int) -> dict:
-    """What makes two designed shadows parts of one design (written to each folder's design.json).
+    """What makes two designed shadows parts of one design (``shadow/design.json`` and each folder's).
     Not the number of shadows: the first j groups of every design with this identity are the same
     shadows, so a design grows by whole groups."""
     return {
@@ -181,22 +210,64 @@ def _identity(design: Design, seed: int) -> dict:
     }
 
 
-def _check_compatible(mds: list, want: dict) -> None:
-    """Refuse to add shadows of another design (other seed, pool, group or IN count per group) beside existing ones."""
-    for md in mds:
-        path = os.path.join(md.path, DESIGN_FILE)
-        try:
-            with open(path) as f:
-                have = json.load(f)
-        except (OSError, ValueError):
-            raise layout.LayoutError(f"{path}: missing or unreadable; delete {md.path} and rerun") from None
-        if have != want:
-            keys = [*want, *(k for k in have if k not in want)]
-            diff = ", ".join(f"{k} {have.get(k)} (now {want.get(k)})" for k in keys if have.get(k) != want.get(k))
-            raise layout.LayoutError(
-                f"{md.path}: belongs to another design ({diff}); rerun with its --n/--seed, "
-                f"or delete {os.path.dirname(md.path)} to start a new design"
-            )
+def _describe(identity: dict) -> str:
+    """'seed 0, IN for 1 of every 2 shadows' (the flags that made it: --seed, --fraction)."""
+    seed, a, g = (identity.get(k) for k in ("seed", "in_per_group", "group"))
+    return f"seed {seed}, IN for {a} of every {g} shadows"
+
+
+def _refusal(where: str, have: dict, want: dict, shadow_dir: str) -> layout.LayoutError:
+    """The one-line refusal to add shadows of design ``want`` where design ``have`` is: its flags, or a fresh start."""
+    try:
+        flags = f"--seed {int(have['seed'])} --fraction {int(have['in_per_group']) / int(have['group']):g}"
+        flags += f" and --n a multiple of {int(have['group'])}"
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        flags = "its --seed and --fraction"
+    pool = "" if have.get("pool_sha256") == want["pool_sha256"] else "; other challenge points"
+    return layout.LayoutError(
+        f"{where}: belongs to another design ({_describe(have)}{pool}; this run: {_describe(want)}); "
+        f"rerun with {flags}, or delete {shadow_dir} to start a new design"
+    )
+
+
+def _read_identity(path: str) -> dict | None:
+    """A design.json's identity; None if absent. LayoutError if unreadable."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            have = json.load(f)
+    except (OSError, ValueError):
+        have = None
+    if not isinstance(have, dict):
+        raise layout.LayoutError(f"{path}: unreadable design identity; delete {os.path.dirname(path)} and rerun")
+    return have
+
+
+def claim_design(data_dir: str, track: str, scenario: str, want: dict) -> None:
+    """Make ``want`` the scenario's design, or refuse if another design is there.
+
+    The identity is checked and ``<scenario>/shadow/design.json`` written under ``shadow/.design.lock``,
+    before any model is trained: of two runs with different designs started together, the second
+    to get the lock is refused, so a shadow folder never mixes designs. Folders from before the
+    scenario-level file carry their own design.json, checked too.
+    """
+    shadow_dir = os.path.join(data_dir, track, scenario, SHADOW_PHASE)
+    path = os.path.join(shadow_dir, DESIGN_FILE)
+    os.makedirs(shadow_dir, exist_ok=True)
+    with locked(os.path.join(shadow_dir, ".design.lock")):
+        have = _read_identity(path)
+        if have is not None and have != want:
+            raise _refusal(path, have, want, shadow_dir)
+        for md in layout.models(data_dir, track, scenario, (SHADOW_PHASE,)):
+            folder = os.path.join(md.path, DESIGN_FILE)
+            theirs = _read_identity(folder)
+            if theirs is None:
+                raise layout.LayoutError(f"{folder}: missing; delete {md.path} and rerun")
+            if theirs != want:
+                raise _refusal(md.path, theirs, want, shadow_dir)
+        if have is None:
+            write_text(path, json.dumps(want, indent=2) + "\n")
 
 
 def designed_jobs(
@@ -210,12 +281,13 @@ def designed_jobs(
     fraction: float = 0.5,
 ) -> tuple[list[Job], Design]:
     """The jobs of a balanced design of ``n`` shadows for ``scenario`` (``<scenario>/shadow/model_<k>``),
-    each challenge point IN for ``fraction`` of them (:func:`in_count`)."""
+    each challenge point IN for ``fraction`` of them (:func:`in_count`). The design becomes the
+    scenario's (:func:`claim_design`); another design already there is refused."""
     pool = challenge_pool(data_dir, track, scenario, params, len(dataset))
     si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
     design = balanced_design(dataset.y, pool, params.len_training, n, fraction=fraction, seed=[seed, 200 + si])
     want = _identity(design, seed)
-    _check_compatible([md for md in layout.models(data_dir, track, scenario, (SHADOW_PHASE,))], want)
+    claim_design(data_dir, track, scenario, want)
     text = json.dumps(want, indent=2) + "\n"
     jobs = []
     for k, train in enumerate(design.train_sets):
@@ -228,11 +300,28 @@ def designed_jobs(
     return jobs, design
 
 
+def check_extra_ids(data_dir: str, track: str, scenario: str, first_id: int, n: int) -> None:
+    """Refuse extra ids ``first_id .. first_id + n - 1`` that the challenge's own models use (a train
+    model that is not an extra shadow, or any dev or final model): they would count as done extras,
+    or give a shadow a target's id."""
+    own = [md for md in layout.models(data_dir, track, scenario, ("train", "dev", "final")) if not md.extra]
+    clash = [md for md in own if first_id <= md.model_id < first_id + n]
+    if clash:
+        top = max(md.model_id for md in own)
+        raise ValueError(
+            f"--first-id {first_id}: ids {first_id}-{first_id + n - 1} include the challenge's own "
+            f"{clash[0].phase}/{clash[0].name} ({len(clash)} in all, in {os.path.join(data_dir, track, scenario)}); "
+            f"choose a --first-id above {top}"
+        )
+
+
 def mico_jobs(
     data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int, n: int, seed: int, first_id: int
 ) -> list[Job]:
     """The jobs of ``n`` extra MICO-random shadows: new train models ``first_id ..`` whose seeds come
-    from (``seed``, scenario, id), revealed like MICO's train models and marked as extra shadows."""
+    from (``seed``, scenario, id), revealed like MICO's train models and marked as extra shadows.
+    Ids of the challenge's own models are refused (:func:`check_extra_ids`)."""
+    check_extra_ids(data_dir, track, scenario, first_id, n)
     si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
     jobs = []
     for model_id in range(first_id, first_id + n):

@@ -6,7 +6,8 @@ and writes each folder as its group finishes:
 
 - a folder is assembled under a private temporary name and renamed into place only once
   complete, so a killed run never leaves a folder that looks finished, and a rerun trains only
-  what is missing (an interrupted group is trained again, nothing else);
+  what is missing (an interrupted group is trained again, nothing else); a folder that lost a
+  file since (a deleted model.pt) is incomplete, and is removed and trained again;
 - runs sharing a scenario cooperate: a run claims each model with a non-blocking ``flock`` on
   ``<phase>/.model_<id>.lock`` before training it, skips models another run holds, and at the end
   waits for those and trains any whose holder died. Different ``--shard`` s never touch the same
@@ -16,6 +17,7 @@ and writes each folder as its group finishes:
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 from challenges.datasets import BaseDataset, to_tensor
 from challenges.fileio import atomic_path, remove_leftovers, try_lock, write_text
 from challenges.layout import ModelDir
-from challenges.membership import write_training_set
+from challenges.membership import CHECKSUM, TRAINING_SET, write_training_set
 from challenges.splits import reconstruct
 from challenges.tracks import ChallengeParams, scenario_suffix
 from models.batched import auto_parallel, train_batched
@@ -79,6 +81,12 @@ def seeded_job(
     return Job(md, s.train_indices(), s.evaluation, sc, files, solution=None if reveal else solution)
 
 
+def complete(job: Job) -> bool:
+    """Whether ``job``'s folder holds model.pt and every file the job writes (nothing deleted since)."""
+    names = ["model.pt", *job.files] + ([TRAINING_SET, CHECKSUM] if job.training_set else [])
+    return all(os.path.isfile(os.path.join(job.md.path, name)) for name in names)
+
+
 def write_folder(job: Job, result: TrainResult) -> dict:
     """Place ``job``'s folder (model.pt, its files, accuracy, epsilon) atomically; returns
     {'accuracy', 'train_accuracy', 'epsilon'} (accuracy: held-out if there is held-out data)."""
@@ -113,15 +121,17 @@ def _claim(jobs: list[Job], k: int) -> tuple[list[Job], list]:
     for job in jobs:
         if len(group) == k:
             break
-        if os.path.isdir(job.md.path):
+        if complete(job):
             continue
         lock = try_lock(_lock_path(job.md))
         if lock is None:
             continue  # another run is training it
-        if os.path.isdir(job.md.path):  # finished while we looked
+        if complete(job):  # finished while we looked
             lock.close()
             continue
         remove_leftovers(job.md.path)  # a killed run's partial folder: every writer holds this lock
+        if os.path.isdir(job.md.path):  # an incomplete folder (model.pt deleted since): trained again
+            shutil.rmtree(job.md.path)
         group.append(job)
         locks.append(lock)
     return group, locks
@@ -150,7 +160,7 @@ def train_jobs(
     while pending:
         group, locks = _claim(pending, k)
         if not group:
-            waiting = [j for j in pending if not os.path.isdir(j.md.path)]
+            waiting = [j for j in pending if not complete(j)]
             if not waiting:
                 return
             with try_lock(_lock_path(waiting[0].md), wait=True):  # another run holds it: wait, then look again
@@ -182,7 +192,7 @@ def train_with_progress(
     jobs: list[Job], params: ChallengeParams, dataset: BaseDataset, desc: str, **kwargs
 ) -> list[tuple[Job, dict]]:
     """:func:`train_jobs` under one progress bar over the models (K in flight, epoch, ETA)."""
-    todo = [j for j in jobs if not os.path.isdir(j.md.path)]
+    todo = [j for j in jobs if not complete(j)]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="model", dynamic_ncols=True)
 
     def progress(group, epoch, n_epochs):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from challenges.membership import CHECKSUM, TRAINING_SET, MembershipError, read_training_set, write_training_set
-from production.design import _identity, balanced_design, in_count, pool_membership
+from production.design import _identity, balanced_design, in_count, pool_membership, requested_in_count
 
 
 @pytest.mark.parametrize("K,m", [(2, 1), (4, 2), (16, 8), (16, 11), (6, 5)])
@@ -47,10 +47,40 @@ def test_balanced_design(N, LT, n_pool, K, f_min):
 
 
 def test_design_refuses_what_cannot_fit():
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(ValueError, match="--n must be a multiple of 2"):
         balanced_design(np.zeros(100, dtype=int), np.arange(10), 50, 3)
     with pytest.raises(ValueError, match="no balanced design"):
         in_count(n_pool=900, n_outside=10, len_training=950, n_shadows=4)
+
+
+@pytest.mark.parametrize(
+    "K,fraction,m", [(2, 0.5, 1), (8, 0.5, 4), (4, 0.75, 3), (8, 0.75, 6), (25, 0.76, 19), (3, 1 / 3, 1), (10, 0.7, 7)]
+)
+def test_requested_share(K, fraction, m):
+    assert requested_in_count(K, fraction) == m
+
+
+@pytest.mark.parametrize(
+    "K,fraction,message",
+    [
+        (2, 0.75, "--n 2 at --fraction 0.75: --n must be a multiple of 4"),  # was m = K: no OUT shadows
+        (4, 0.9, "--n must be a multiple of 10"),  # was m = K
+        (6, 0.75, "--n must be a multiple of 4"),  # was quietly 4 of 6 = 0.667
+        (4, 0.9999, "no OUT"),  # the nearest share is 1
+        (4, 0.0001, "no OUT"),  # ... or 0
+    ],
+)
+def test_degenerate_or_inexact_shares_are_refused(K, fraction, message):
+    with pytest.raises(ValueError, match=message) as e:
+        requested_in_count(K, fraction)
+    assert "\n" not in str(e.value) and "--fraction" in str(e.value)
+
+
+def test_a_design_never_puts_every_point_in_every_shadow():
+    """cifar10-like: the pool is half the dataset, so 1 of 2 cannot reach LEN_TRAINING; m = K would, and is refused."""
+    with pytest.raises(ValueError, match="no balanced design of 2"):
+        in_count(n_pool=29_200, n_outside=30_800, len_training=50_000, n_shadows=2)
+    assert 0 < in_count(n_pool=29_200, n_outside=30_800, len_training=50_000, n_shadows=16) < 16
 
 
 def test_training_set_file_round_trip_and_errors(tmp_path):

@@ -1,14 +1,19 @@
 """Every expected failure is one line that names its file or folder and a fix."""
 
+import dataclasses
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import download_files
 import run_lira_mia
 import save_preds
+import train_shadows
+from attacks.suite import COMPARE
 from challenges import cache, fileio, layout, submission
 from tests.conftest import run_script
 
@@ -124,8 +129,117 @@ def test_missing_model_file_is_named(small_copy, tmp_path):
     assert _save_preds(data_dir, cache_dir) == 0
     md = layout.models(data_dir, TRACK, SCENARIO)[3]
     os.remove(md.model_file)
-    with pytest.raises(cache.CacheError) as ei:
+    with pytest.raises(layout.LayoutError) as ei:
         run_lira_mia.main(
             ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--report-dir", str(tmp_path)]
         )
     _one_line(str(ei.value), md.model_file, "re-download")
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags: numbers out of range, and combinations that would do nothing, are usage errors naming the flag
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--attack", "loss", "--online_attack"], "--attack loss does not use --online_attack; drop it"),
+        (["--as_submitted", "--mu", "median"], "--as_submitted does not use --mu; drop it"),
+        (
+            ["--attack", "mico-winner", "--global_variance", "--stable_logit_scaling"],
+            "--attack mico-winner does not use --global_variance, --stable_logit_scaling; drop them",
+        ),
+        (["--online_attack", "--offline-test", "reference"], "--online_attack does not use --offline-test"),
+        (["--offline-test", "reference", "--min-shadows", "3"], "does not use --min-shadows"),
+        (["--seed", "3"], "--attack lira does not use --seed"),
+        (["--attack", "calibrated", "--rmia-gamma", "2"], "does not use --rmia-gamma"),
+        (["--seed", "-1", "--attack", "rmia"], "argument --seed: expected an integer >= 0, got '-1'"),
+        (["--attack", "rmia", "--rmia-population", "0"], "argument --rmia-population: expected a positive integer"),
+    ],
+)
+def test_run_lira_mia_refuses_flags_that_do_nothing(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_lira_mia.parse_args(["--challenge", TRACK, *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--attack", "rmia", "--online_attack", "--seed", "3", "--rmia-population", "300"],
+        ["--as_submitted", "--global_variance", "--online_attack"],
+        ["--attack", "classifier", "--seed", "2"],
+        ["--offline-test", "reference", "--global_variance"],
+        ["--online_attack", "--mu", "median", "--min-shadows", "3"],
+        ["--compare", "--seed", "3", "--rmia-population", "300", "--min-shadows", "3"],  # shared by the rows
+    ],
+)
+def test_run_lira_mia_accepts_flags_that_act(flags):
+    run_lira_mia.parse_args(["--challenge", TRACK, *flags])
+
+
+def test_compare_commands_carry_only_the_flags_each_row_uses():
+    """Every --compare row's reproduce command, with options shared from the command line, is accepted."""
+    shared = dict(seed=3, rmia_population=300, min_shadows=3, rmia_gamma=2.0)
+    for _, row in COMPARE:
+        options = dataclasses.replace(row, **shared)
+        flags = run_lira_mia.option_flags(options)
+        _, again = run_lira_mia.parse_args(["--challenge", TRACK, *flags])
+        assert run_lira_mia.option_flags(again) == flags and again.unused() == []
+        assert ("--seed" in flags) == (row.attack in ("rmia", "classifier"))
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
+        (["--batch-size", "-4"], "--batch-size"),
+        (["--threads", "0"], "--threads"),
+    ],
+)
+def test_save_preds_flag_ranges(small_challenge, flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        save_preds.main(["--challenge", TRACK, "--data-dir", small_challenge, "--device", "cpu", *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--synthetic", "--seed", "-1"], "--seed"),
+        (["--synthetic", "--epochs", "0"], "--epochs"),
+        (["--synthetic", "--threads", "0"], "--threads"),
+        (["--threads", "2"], "--threads only applies with --synthetic"),
+    ],
+)
+def test_download_files_flag_ranges(tmp_path, flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        download_files.parse_args(["--challenge", TRACK, "--data-dir", str(tmp_path), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.fixture
+def torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_threads_flag_sets_torchs_threads(small_copy, torch_threads, capsys):
+    data_dir, cache_dir = small_copy
+    torch.set_num_threads(2)
+    argv = ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", "cpu"]
+    assert save_preds.main([*argv, "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+    assert save_preds.main(argv) == 0  # no --threads: torch's own choice is left alone
+    assert torch.get_num_threads() == 2
+    for script in (save_preds, train_shadows, download_files):
+        assert "--threads" in _help(script, capsys)
+
+
+def _help(script, capsys) -> str:
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    return capsys.readouterr().out

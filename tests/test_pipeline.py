@@ -328,12 +328,12 @@ def test_both_spellings_of_every_flag(cached, tmp_path):
             "--global-variance",
             "--min_shadows",
             "3",
-            "--rmia_a=auto",
+            "--mu=median",
             "--data_dir",
             data_dir,
         ]
     )
-    assert options.global_variance and options.min_shadows == 3 and options.rmia_a == "auto"
+    assert options.global_variance and options.min_shadows == 3 and options.mu == "median"
     assert args.data_dir == data_dir
     with pytest.raises(SystemExit):
         run_lira_mia.parse_args(["--challenge", "purchase100", "--scenario", "purchase100_mid"])

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ from challenges.datasets import load_dataset
 from challenges.membership import TRAINING_SET, read_training_set
 from challenges.scenario import challenge_pool, load_scenario, scenario_points
 from challenges.tracks import load_params
-from tests.conftest import ROOT, run_script
+from production.design import DESIGN_FILE, designed_jobs
+from production.synthetic import build_synthetic
+from tests.conftest import ROOT, SMALL, run_script
 from tests.test_lira import lira_reference
 
 TRACK, SCENARIO = "purchase100", "purchase100_inf"
@@ -148,6 +151,7 @@ def test_attacks_use_designed_shadows(designed, tmp_path):
         )
         np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
     for attack in ("rmia", "calibrated", "classifier", "mico-winner"):
+        extra = ["--rmia-population", "200"] if attack == "rmia" else []
         assert (
             run_lira_mia.main(
                 [
@@ -164,8 +168,7 @@ def test_attacks_use_designed_shadows(designed, tmp_path):
                     "--evaluate",
                     "--report-dir",
                     str(tmp_path),
-                    "--rmia-population",
-                    "200",
+                    *extra,
                 ]
             )
             == 0
@@ -284,13 +287,127 @@ def test_killed_run_resumes_and_concurrent_runs_split_the_work(designed, small_c
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--n", "3"], "even"),
+        (["--n", "3"], "--n must be a multiple of 2"),
         (["--n", "4", "--fraction", "1"], "--fraction"),
         (["--n", "4", "--parallel", "0"], "--parallel"),
         (["--n", "4", "--shard", "2/2"], "shard"),
+        # degenerate shares: every shadow would hold every challenge point, or the share quietly moves
+        (["--n", "2", "--fraction", "0.75"], "--n must be a multiple of 4"),
+        (["--n", "4", "--fraction", "0.9"], "--n must be a multiple of 10"),
+        (["--n", "6", "--fraction", "0.75"], "--n must be a multiple of 4"),
+        (["--n", "4", "--fraction", "0.9999"], "no OUT"),
+        # numbers out of range name their flag
+        (["--n", "0"], "--n"),
+        (["--n", "4", "--batch-size", "0"], "--batch-size"),
+        (["--n", "4", "--batch-size", "-8"], "--batch-size"),
+        (["--n", "4", "--epochs", "0"], "--epochs"),
+        (["--n", "4", "--lr", "-0.1"], "--lr"),
+        (["--n", "4", "--seed", "-1"], "--seed"),
+        (["--n", "4", "--threads", "0"], "--threads"),
+        (["--design", "mico", "--n", "2", "--first-id", "-3"], "--first-id"),
+        # flags that would do nothing
+        (["--design", "mico", "--n", "2", "--fraction", "0.5"], "--design mico does not use --fraction"),
+        (["--n", "4", "--first-id", "300"], "--design balanced does not use --first-id"),
     ],
 )
 def test_bad_arguments_are_usage_errors(small_challenge, extra, message, capsys):
     with pytest.raises(SystemExit) as e:
         _train(small_challenge, *extra)
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert e.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+    assert _shadows(small_challenge) == []
+
+
+def _copy(src, tmp_path, name="data"):
+    dst = str(tmp_path / name)
+    subprocess.run(["cp", "-a", src, dst], check=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def roomy(tmp_path_factory):
+    """A small challenge whose training sets leave room for both 1/2 and 3/4 designs (the pool of
+    challenge points is under half the dataset; 6 models, 1 epoch)."""
+    root = str(tmp_path_factory.mktemp("roomy") / "data")
+    build_synthetic(root, TRACK, device="cpu", **{**SMALL, "n_points": 2400, "len_training": 900})
+    return root
+
+
+def test_two_designs_started_together_the_second_is_refused(roomy, tmp_path):
+    """Two runs with other --fraction plan before either places a model: the design is claimed
+    under a lock in shadow/design.json at planning, so the second is refused and names --fraction."""
+    copy = _copy(roomy, tmp_path)
+    params = load_params(copy, TRACK)
+    dataset = load_dataset(params)
+    _, design = designed_jobs(copy, TRACK, SCENARIO, params, dataset, 4, 0, 0.5)  # run A planned, trained nothing
+    assert design.in_count == 2 and _shadows(copy) == []
+    assert os.path.isfile(os.path.join(copy, TRACK, SCENARIO, "shadow", DESIGN_FILE))
+    for fraction, seed in ((0.75, 0), (0.5, 1)):
+        with pytest.raises(layout.LayoutError) as e:
+            designed_jobs(copy, TRACK, SCENARIO, params, dataset, 4, seed, fraction)  # run B
+        msg = str(e.value)
+        assert "\n" not in msg and "another design" in msg and "--seed 0 --fraction 0.5" in msg
+        assert "delete" in msg and os.path.join(copy, TRACK, SCENARIO, "shadow") in msg
+    jobs, _ = designed_jobs(copy, TRACK, SCENARIO, params, dataset, 8, 0, 0.5)  # the same design, grown
+    assert len(jobs) == 8
+
+
+@pytest.mark.slow
+def test_concurrent_runs_of_two_designs(roomy, tmp_path):
+    """Two real train_shadows.py runs at once, --fraction 0.5 and 0.75: one trains, the other is refused."""
+    shared = _copy(roomy, tmp_path)
+    procs = [_start(0.3, shared, "--fraction", f) for f in ("0.5", "0.75")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 1], [err[-500:] for _, err in outs]
+    refused = next(err for p, (_, err) in zip(procs, outs) if p.returncode)
+    assert "another design" in refused and "--fraction" in refused
+    params = load_params(shared, TRACK)
+    n = len(load_dataset(params))
+    pool = challenge_pool(shared, TRACK, SCENARIO, params, n)
+    sets = [read_training_set(md.path, n, params.len_training) for md in _shadows(shared)]
+    counts = np.stack([np.isin(pool, s) for s in sets]).sum(axis=0)
+    assert len(sets) == 4 and counts.min() == counts.max()  # one design, exactly balanced
+
+
+@pytest.mark.parametrize("first_id,clash", [(3, "train/model_3"), (4, "dev/model_4"), (5, "final/model_5")])
+def test_extra_ids_of_the_challenges_own_models_are_refused(small_challenge, tmp_path, first_id, clash):
+    copy = _copy(small_challenge, tmp_path)
+    with pytest.raises(ValueError) as e:
+        _train(copy, "--design", "mico", "--n", "2", "--first-id", str(first_id))
+    msg = str(e.value)
+    assert "\n" not in msg and f"--first-id {first_id}" in msg and clash in msg and "above 5" in msg
+    assert [md.model_id for md in layout.models(copy, TRACK, SCENARIO)] == list(range(6))  # nothing added
+
+
+def test_deleted_model_file_is_retrained_and_named(designed, tmp_path, capsys):
+    data_dir, cache_dir = designed
+    copy = _copy(data_dir, tmp_path)
+    md = _shadows(copy)[1]
+    files = {name: open(os.path.join(md.path, name), "rb").read() for name in (TRAINING_SET, DESIGN_FILE)}
+    os.remove(md.model_file)
+    argv = ["--challenge", TRACK, "--data-dir", copy, "--cache-dir", cache_dir, "--device", "cpu"]
+    code, lines = run_script(save_preds.main, "save_preds.py", argv, capsys)
+    assert code == 1 and lines[-1].startswith("save_preds.py: ") and md.model_file in lines[-1]
+    assert "train_shadows.py" in lines[-1] and "--design balanced" in lines[-1] and "re-download" not in lines[-1]
+    assert _train(copy, "--n", "4") == 0
+    out = capsys.readouterr().out
+    assert "3 of 4 shadow model(s)" in out and "1 incomplete folder(s)" in out and "1 shadow model(s) trained" in out
+    assert os.path.isfile(md.model_file)
+    assert all(open(os.path.join(md.path, name), "rb").read() == data for name, data in files.items())
+
+
+def test_a_design_with_a_model_missing_is_used_with_a_warning(designed, tmp_path, capsys):
+    data_dir, cache_dir = designed
+    copy = _copy(data_dir, tmp_path)
+    gone = _shadows(copy)[1]
+    subprocess.run(["rm", "-r", gone.path], check=True)  # a failed shard
+    argv = ["--challenge", TRACK, "--data-dir", copy, "--cache-dir", cache_dir, "--scenario", SCENARIO]
+    code, lines = run_script(run_lira_mia.main, "run_lira_mia.py", [*argv, "--report-dir", str(tmp_path)], capsys)
+    warned = [line for line in lines if "warning" in line]
+    assert code == 0 and len(warned) == 1, lines
+    assert "run_lira_mia.py: warning: " in warned[0] and os.path.dirname(gone.path) in warned[0]
+    assert "IN for 1 to 2" in warned[0] and "missing: model_1" in warned[0] and "train_shadows.py" in warned[0]
+    params = load_params(data_dir, TRACK)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the complete design: no warning
+        load_scenario(data_dir, cache_dir, TRACK, SCENARIO, params, params.n_points)
