@@ -16,10 +16,12 @@ import run_lira_mia
 import save_preds
 import save_zip
 import train_shadows
-from attacks.suite import COMPARE
-from challenges import cache, layout, report
+from attacks.options import AttackOptions
+from attacks.suite import COMPARE, make_attack
+from challenges import cache, evaluation, layout, report, scoring
 from challenges.datasets import load_dataset, to_tensor
-from challenges.tracks import load_params
+from challenges.scenario import ScenarioData, load_scenario
+from challenges.tracks import EXTRA_SHADOW_FILE, load_params
 from models import load_model
 from models.query import apply_view, view_names
 from tests.conftest import ROOT, run_script
@@ -487,3 +489,66 @@ def test_reference_offline_test_option(cached, tmp_path):
     ref = layout.read_row(md.prediction_file)
     assert _run(run_lira_mia.main, *base) == 0
     assert not np.allclose(ref, layout.read_row(md.prediction_file))  # another test, other scores
+
+
+def test_extra_shadows_are_not_leave_one_out_targets(cached, tmp_path):
+    """Extra MICO-random shadows look like train models (seeds, solution.csv) but are ours: scored as
+    leave-one-out targets they would change the train table (demo inf: 0.92 -> 0.71). They are only
+    shadows; the table scores the challenge's own train models."""
+    data_dir, cache_dir = cached
+    sc = ["--scenario", "purchase100_inf"]
+    assert (
+        _run(
+            train_shadows.main,
+            "--challenge",
+            "purchase100",
+            "--data-dir",
+            data_dir,
+            *sc,
+            "--n",
+            "2",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
+    assert _purchase(save_preds.main, data_dir, cache_dir, *sc, "--device", "cpu") == 0
+    assert _purchase(run_lira_mia.main, data_dir, cache_dir, *sc, "--evaluate", "--report-dir", str(tmp_path)) == 0
+    table = json.load(open(tmp_path / "purchase100" / "scores.json"))["purchase100_inf"]["train"]
+    params = load_params(data_dir, "purchase100")
+    data = load_scenario(data_dir, cache_dir, "purchase100", "purchase100_inf", params, params.n_points)
+    train = data.phase_rows("train")
+    own = np.array([i for i in train if not data.models[i].extra])
+    assert len(train) - len(own) == 2 and data.n_shadows == len(train)  # the extras are shadows
+    scores = make_attack(AttackOptions())(data, own, own)  # the default attack, leave-one-out
+    expected = scoring.score(data.solutions[own].ravel(), scores.ravel())
+    assert table == pytest.approx({k: expected[k] for k in table}) and "AUC" in table
+
+
+def test_attack_scenario_targets_only_the_challenges_models(tmp_path):
+    """Designed shadows and marked MICO-random extras are never targets; every shadow is a shadow."""
+    phases = ["train", "train", "train", "shadow", "dev", "final"]
+    mds = [layout.ModelDir(str(tmp_path), "purchase100", "purchase100_inf", ph, i) for i, ph in enumerate(phases)]
+    for md in mds:
+        os.makedirs(md.path)
+    open(os.path.join(mds[2].path, EXTRA_SHADOW_FILE), "w").close()
+    data = ScenarioData(
+        "purchase100_inf",
+        mds,
+        np.arange(4),
+        {"phi": np.zeros((6, 4, 1), np.float32)},
+        np.zeros((6, 2), np.int64),
+        np.zeros((4, 4), bool),
+        np.zeros((6, 2), np.int8),
+    )
+    seen = []
+
+    def attack(d, rows, exclude):
+        seen.append((rows.tolist(), exclude.tolist()))
+        return np.full((len(rows), 2), 0.5)
+
+    results = evaluation.attack_scenario(data, attack, evaluate=True)
+    assert seen == [([0, 1, 4, 5], [0, 1, -1, -1])]
+    assert {ph: r.tolist() for ph, (r, _) in results.items()} == {"train": [0, 1], "dev": [4], "final": [5]}
