@@ -16,7 +16,7 @@ import numpy as np
 
 from . import scoring
 from .scenario import ScenarioData
-from .submission import write_prediction
+from .submission import prediction_key, write_prediction
 from .tracks import TARGET_PHASES
 
 
@@ -45,15 +45,16 @@ def attack_scenario(data: ScenarioData, attack, evaluate: bool) -> dict:
     return out
 
 
-def write_predictions(models: list, results: dict) -> int:
-    """prediction.csv of every dev/final model in ``results``; ``models``: the scenario's ModelDirs."""
-    n = 0
+def write_predictions(models: list, results: dict) -> dict:
+    """prediction.csv of every dev/final model in ``results``; ``models``: the scenario's ModelDirs.
+    Returns {prediction_key: sha256} of the files written, for the run's record."""
+    digests = {}
     for ph in TARGET_PHASES:
         if ph in results:
             for row, s in zip(*results[ph]):
-                write_prediction(models[row].prediction_file, s)
-                n += 1
-    return n
+                md = models[row]
+                digests[prediction_key(md)] = write_prediction(md.prediction_file, s)
+    return digests
 
 
 def score_results(data: ScenarioData, results: dict) -> dict:
