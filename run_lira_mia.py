@@ -22,7 +22,7 @@ from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, OFFLINE_TESTS, SI
 from attacks.suite import COMPARE, COMPARE_SETS, REFERENCES, fields_needed, make_attack, uses_logits
 from challenges import cache, cli, evaluation, layout, report, submission
 from challenges.datasets import load_dataset
-from challenges.scenario import load_scenario
+from challenges.scenario import load_scenario, runner_up_note
 from challenges.tracks import load_params
 
 # AttackOptions field -> the flag that sets it (filled by build_parser), to render commands.
@@ -154,6 +154,8 @@ def scenarios_data(args, fields, runner_up: bool = False):
     """Yield each scenario's arrays, loaded once (``runner_up``: with the runner-up's membership)."""
     params = load_params(args.data_dir, args.challenge)
     n_points = len(load_dataset(params)) if params.n_points is None else params.n_points
+    if runner_up:
+        print(runner_up_note(params, n_points))
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
         data = load_scenario(
             args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields, runner_up=runner_up
