@@ -219,13 +219,10 @@ def main(argv=None) -> int:
             scores[data.scenario] = evaluation.score_results(data, results)
     # Every scenario is attacked before any prediction.csv is replaced, and the run's record is
     # written last, so save_zip.py refuses a set that a run failing part-way (a full disk) mixed.
-    digests = {}
-    for models, results in done:
-        digests.update(evaluation.write_predictions(models, results))
     command = shlex.join(["run_lira_mia.py", *(sys.argv[1:] if argv is None else argv)])
-    run = submission.write_manifest(args.data_dir, args.challenge, digests, command)
+    run = evaluation.write_run(args.data_dir, args.challenge, done, command)
     print(
-        f"wrote {len(digests)} prediction.csv files under {os.path.join(args.data_dir, args.challenge)} "
+        f"wrote {len(run['files'])} prediction.csv files under {os.path.join(args.data_dir, args.challenge)} "
         f"(run {run['run_id']}, recorded in {submission.manifest_path(args.data_dir, args.challenge)})"
     )
     if args.evaluate:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import scoring
 from .scenario import ScenarioData
-from .submission import prediction_key, write_prediction
+from .submission import prediction_key, write_manifest, write_prediction
 from .tracks import TARGET_PHASES
 
 
@@ -55,6 +55,15 @@ def write_predictions(models: list, results: dict) -> dict:
                 md = models[row]
                 digests[prediction_key(md)] = write_prediction(md.prediction_file, s)
     return digests
+
+
+def write_run(data_dir: str, track: str, done: list, command: str) -> dict:
+    """Write the prediction.csv files of a whole run, ``done`` [(models, results)] per scenario,
+    then, last, the run's record (:func:`challenges.submission.write_manifest`); returns it."""
+    digests = {}
+    for models, results in done:
+        digests.update(write_predictions(models, results))
+    return write_manifest(data_dir, track, digests, command)
 
 
 def score_results(data: ScenarioData, results: dict) -> dict:
