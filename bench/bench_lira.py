@@ -144,7 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--loop-targets",
         type=int,
         default=None,
-        help="time the loop on this many targets per scenario and extrapolate (default: all)",
+        help="time the loop on this many targets per scenario and extrapolate (None: all)",
     )
     p.add_argument("--n-points", type=int, default=N, help="dataset size N")
     p.add_argument("--len-training", type=int, default=LEN_TRAINING, help="training-set size per model")
@@ -154,7 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--forward-points", type=int, default=40_000, help="points of the timed forward pass (cifar10: 1/20 of it)"
     )
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads (this machine's cores)")
     return p.parse_args(argv)
 
 
