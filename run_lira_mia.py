@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
+import sys
 
 from tqdm.auto import tqdm
 
 from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, OFFLINE_TESTS, SIGNALS, AttackOptions
 from attacks.suite import COMPARE, COMPARE_SETS, REFERENCES, fields_needed, make_attack, uses_logits
-from challenges import cache, cli, evaluation, layout, report
+from challenges import cache, cli, evaluation, layout, report, submission
 from challenges.datasets import load_dataset
-from challenges.scenario import load_scenario
+from challenges.scenario import load_scenario, runner_up_note
 from challenges.tracks import load_params
 
 # AttackOptions field -> the flag that sets it (filled by build_parser), to render commands.
@@ -159,6 +161,8 @@ def scenarios_data(args, fields, runner_up: bool = False):
     """Yield each scenario's arrays, loaded once (``runner_up``: with the runner-up's membership)."""
     params = load_params(args.data_dir, args.challenge)
     n_points = len(load_dataset(params)) if params.n_points is None else params.n_points
+    if runner_up:
+        print(runner_up_note(params, n_points))
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
         data = load_scenario(
             args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields, runner_up=runner_up
@@ -219,10 +223,14 @@ def main(argv=None) -> int:
         done.append((data.models, results))  # the signals themselves are not kept
         if args.evaluate:
             scores[data.scenario] = evaluation.score_results(data, results)
-    # Every scenario is attacked before any prediction.csv is replaced, so a failure part-way never
-    # leaves one attack's predictions beside another's.
-    written = sum(evaluation.write_predictions(models, results) for models, results in done)
-    print(f"wrote {written} prediction.csv files under {os.path.join(args.data_dir, args.challenge)}")
+    # Every scenario is attacked before any prediction.csv is replaced, and the run's record is
+    # written last, so save_zip.py refuses a set that a run failing part-way (a full disk) mixed.
+    command = shlex.join(["run_lira_mia.py", *(sys.argv[1:] if argv is None else argv)])
+    run = evaluation.write_run(args.data_dir, args.challenge, done, command)
+    print(
+        f"wrote {len(run['files'])} prediction.csv files under {os.path.join(args.data_dir, args.challenge)} "
+        f"(run {run['run_id']}, recorded in {submission.manifest_path(args.data_dir, args.challenge)})"
+    )
     if args.evaluate:
         print(report.scores_text(scores))
         paths = report.save_report(os.path.join(args.report_dir, args.challenge), scores)

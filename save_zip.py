@@ -2,6 +2,8 @@
 
 Writes predictions_<track>.zip with entries <track>/<scenario>/<phase>/model_<id>/prediction.csv
 as MICO's starting kit did; names every missing or invalid file and writes nothing if any is wrong.
+Every file must be as the last complete run_lira_mia.py run wrote it (its record,
+<data-dir>/<track>/predictions.json): a set mixed by a run that stopped part-way is refused.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from challenges import cli
-from challenges.submission import validate, write_zip
+from challenges.submission import not_from_run, read_manifest, target_models, validate, write_zip
 from challenges.tracks import load_params
 
 
@@ -33,8 +35,19 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 1
-    n = write_zip(args.data_dir, args.challenge, out)
-    print(f"wrote {out} ({n} prediction files)")
+    record = read_manifest(args.data_dir, args.challenge)
+    problems = not_from_run(target_models(args.data_dir, args.challenge), record)
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(
+            f"save_zip.py: {len(problems)} prediction file(s) not from one complete run; run run_lira_mia.py "
+            f"--challenge {args.challenge} over every scenario to the end, then save_zip.py. Nothing written.",
+            file=sys.stderr,
+        )
+        return 1
+    n = write_zip(args.data_dir, args.challenge, out, comment=f"run_lira_mia.py run {record['run_id']}")
+    print(f"wrote {out} ({n} prediction files, all from run {record['run_id']} of {record['finished']})")
     return 0
 
 

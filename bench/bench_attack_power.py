@@ -21,6 +21,9 @@ one grown from 32 to 64 to 128 shadows gave identical tables). CPU default (N = 
 sizes (N = 197,324, 100 + 100 challenge points per model, MICO's 30 epochs) and wants a GPU.
 
     python bench/bench_attack_power.py [--out report/attack_power] [--device auto] [--full]
+
+``--train-models``, ``--target-models`` and ``--scenarios`` shrink it further (the smoke test in
+tests/test_bench.py runs one scenario with a handful of models).
 """
 
 from __future__ import annotations
@@ -85,17 +88,18 @@ def build(args, data_dir: str) -> None:
         n_points=n,
         len_training=int(round(MICO_RATIO * n)),
         len_challenge=m,
-        n_train=100,
-        n_dev=25,
-        n_final=25,
+        n_train=args.train_models,
+        n_dev=args.target_models,
+        n_final=args.target_models,
         seed=args.seed,
         device=args.device,
         epochs=args.epochs,
+        scenarios=args.scenarios,
     )
     params = load_params(data_dir, TRACK)
     dataset = load_dataset(params)
     k = max(args.shadows)
-    for scenario in scenario_names(TRACK):
+    for scenario in args.scenarios:
         recipe = recipe_for(TRACK, scenario_suffix(scenario), **({"epochs": args.epochs} if args.epochs else {}))
         jobs, design = designed_jobs(data_dir, TRACK, scenario, params, dataset, k, args.seed, args.fraction)
         print(f"{scenario}: balanced design, {len(design.pool)} challenge points, f = {design.fraction:.3f}")
@@ -127,7 +131,7 @@ def score_all(args, data_dir: str, cache_dir: str) -> dict:
     """{scenario: {design: {k: {attack: metrics}}}} on dev + final."""
     params = load_params(data_dir, TRACK)
     out = {}
-    for scenario in scenario_names(TRACK):
+    for scenario in args.scenarios:
         data = load_scenario(
             data_dir, cache_dir, TRACK, scenario, params, params.n_points, ("phi", "mentr"), runner_up=True
         )
@@ -236,6 +240,9 @@ def parse_args(argv=None):
     p.add_argument("--len-challenge", type=int, default=7, help="members (= non-members) per model")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (MICO's recipe: 30; --full uses 30)")
     p.add_argument("--shadows", default="0,16,32,64,128", help="numbers of extra shadows to score")
+    p.add_argument("--train-models", type=int, default=100, help="train models per scenario (MICO: 100)")
+    p.add_argument("--target-models", type=int, default=25, help="dev models (and as many final) per scenario")
+    p.add_argument("--scenarios", nargs="+", choices=scenario_names(TRACK), default=scenario_names(TRACK))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fraction", type=float, default=0.5, help="balanced design: share of shadows a point is IN for")
     args = p.parse_args(argv)

@@ -17,11 +17,15 @@ model on this CPU for both tracks. The last line is
 ``scoring <s> s, per-point loop <s> s, speedup <ratio>x``.
 
     python bench/bench_lira.py [--scenarios 3] [--loop-targets N]
+
+Smaller sizes (``--n-points``, ``--len-training``, ``--len-challenge``, ``--train-models``,
+``--target-models``, ``--forward-points``) are for the smoke test (tests/test_bench.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -46,23 +50,22 @@ from models import build_model  # noqa: E402
 from models.query import query  # noqa: E402
 from production.folders import model_seeds  # noqa: E402
 
-N, LEN_TRAINING, M = 197_324, 150_000, 100
-COUNTS = {"train": 100, "dev": 50, "final": 50}
+# MICO's purchase100 sizes: N, LEN_TRAINING, members per model, train models, dev (= final) models
+N, LEN_TRAINING, M, N_TRAIN, N_TARGET = 197_324, 150_000, 100, 100, 50
 
 
-def build_cache(root: str, n_scenarios: int) -> tuple[str, str]:
+def build_cache(root: str, n_scenarios: int, params: ChallengeParams, counts: dict) -> tuple[str, str]:
     """A MICO-layout tree (seed files only) and a signal cache for it; phi is random with a
-    membership shift so the attack has something to find."""
+    membership shift so the attack has something to find. ``counts``: models per phase."""
     data_dir, cache_dir = os.path.join(root, "data"), os.path.join(root, "cache")
-    save_params(
-        data_dir,
-        ChallengeParams("purchase100", N, LEN_TRAINING, M, os.path.join(data_dir, "purchase100", "dataset_purchase")),
-    )
+    params = dataclasses.replace(params, dataset=os.path.join(data_dir, "purchase100", "dataset_purchase"))
+    save_params(data_dir, params)
+    n = params.n_points
     rng = np.random.default_rng(0)
-    difficulty = rng.normal(0, 2, N).astype(np.float32)
+    difficulty = rng.normal(0, 2, n).astype(np.float32)
     for si, scenario in enumerate(scenario_names("purchase100")[:n_scenarios]):
         mds, splits, mid = [], [], 0
-        for phase, count in COUNTS.items():
+        for phase, count in counts.items():
             for _ in range(count):
                 md = ModelDir(data_dir, "purchase100", scenario, phase, mid)
                 seeds = model_seeds(7, si, mid)
@@ -74,7 +77,7 @@ def build_cache(root: str, n_scenarios: int) -> tuple[str, str]:
                 with open(md.model_file, "wb") as f:
                     f.write(b"placeholder")
                 mds.append(md)
-                splits.append(reconstruct(N, LEN_TRAINING, M, *seeds))
+                splits.append(reconstruct(n, params.len_training, params.len_challenge, *seeds))
                 mid += 1
         union = np.unique(np.concatenate([s.challenge for s in splits]))
         stamp = cache.model_stamp(mds[0].model_file)
@@ -94,18 +97,18 @@ def build_cache(root: str, n_scenarios: int) -> tuple[str, str]:
     return data_dir, cache_dir
 
 
-def loop_lira(sig, member, challenge, rows, n_train, online, global_variance):
+def loop_lira(sig, member, challenge, rows, n_shadows, online, global_variance):
     """The obvious per-target, per-point loop (one view, leave-one-out for train targets), as the
     original run_lira_mia.py was written: gather each point's IN/OUT shadow signals in Python,
     then mean, std and scipy.stats per point (or per target with global variance)."""
     out = np.empty((len(rows), challenge.shape[1]))
     for t, row in enumerate(rows):
-        excl = row if row < n_train else -1
+        excl = row if row < n_shadows else -1
         pts = challenge[row]
         stats = {False: ([], [], []), True: ([], [], [])}  # in? -> (means, stds, pooled)
         for p in pts:
             for is_in in (False, True) if online else (False,):
-                vals = [sig[s, p, 0] for s in range(n_train) if s != excl and member[s, p] == is_in]
+                vals = [sig[s, p, 0] for s in range(n_shadows) if s != excl and member[s, p] == is_in]
                 means, stds, pooled = stats[is_in]
                 means.append(np.mean(vals))
                 stds.append(max(np.std(vals), SIGMA_FLOOR))
@@ -132,29 +135,48 @@ def time_forward(track: str, n: int) -> float:
     return time.perf_counter() - t
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--scenarios", type=int, default=3, help="number of scenarios (MICO: 3)")
     p.add_argument(
         "--loop-targets",
         type=int,
         default=None,
-        help="time the loop on this many targets per scenario and extrapolate (default: all)",
+        help="time the loop on this many targets per scenario and extrapolate (None: all)",
     )
-    args = p.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    p.add_argument("--n-points", type=int, default=N, help="dataset size N")
+    p.add_argument("--len-training", type=int, default=LEN_TRAINING, help="training-set size per model")
+    p.add_argument("--len-challenge", type=int, default=M, help="members (= non-members) per model")
+    p.add_argument("--train-models", type=int, default=N_TRAIN, help="train models (shadows) per scenario")
+    p.add_argument("--target-models", type=int, default=N_TARGET, help="dev models (and as many final) per scenario")
+    p.add_argument(
+        "--forward-points", type=int, default=40_000, help="points of the timed forward pass (cifar10: 1/20 of it)"
+    )
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads (this machine's cores)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    params = ChallengeParams("purchase100", args.n_points, args.len_training, args.len_challenge, "")
+    counts = {"train": args.train_models, "dev": args.target_models, "final": args.target_models}
     with tempfile.TemporaryDirectory() as root:
         t = time.perf_counter()
-        data_dir, cache_dir = build_cache(root, args.scenarios)
-        print(f"built MICO-size cache ({args.scenarios} scenarios x 200 models) in {time.perf_counter() - t:.1f} s")
-        params = ChallengeParams("purchase100", N, LEN_TRAINING, M, "")
+        data_dir, cache_dir = build_cache(root, args.scenarios, params, counts)
+        print(
+            f"built cache ({args.scenarios} scenarios x {sum(counts.values())} models, N = {args.n_points}) "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
         configs = [(online, gv) for online in (False, True) for gv in (False, True)]
         fast, slow = dict.fromkeys(configs, 0.0), dict.fromkeys(configs, 0.0)
         for scenario in scenario_names("purchase100")[: args.scenarios]:
-            data = load_scenario(data_dir, cache_dir, "purchase100", scenario, params, N)
+            data = load_scenario(data_dir, cache_dir, "purchase100", scenario, params, args.n_points)
             sig = signal_from_phi(data.phi, "stable_logit")
             rows = np.arange(len(data.models))
-            exclude = np.where(rows < data.n_train, rows, -1)
+            exclude = np.where(rows < data.n_shadows, rows, -1)
             idx = data.challenge[rows]
             k = len(rows) if args.loop_targets is None else min(args.loop_targets, len(rows))
             pick = np.linspace(0, len(rows) - 1, k).astype(int)
@@ -162,7 +184,7 @@ def main() -> None:
                 t = time.perf_counter()
                 scores = lira(
                     sig[rows[:, None], idx],
-                    sig[: data.n_train],
+                    sig[: data.n_shadows],
                     data.shadow_in,
                     idx,
                     exclude,
@@ -171,7 +193,7 @@ def main() -> None:
                 )
                 fast[online, gv] += time.perf_counter() - t
                 t = time.perf_counter()
-                ref = loop_lira(sig, data.shadow_in, data.challenge, rows[pick], data.n_train, online, gv)
+                ref = loop_lira(sig, data.shadow_in, data.challenge, rows[pick], data.n_shadows, online, gv)
                 slow[online, gv] += (time.perf_counter() - t) * len(rows) / k
                 np.testing.assert_allclose(scores[pick], ref, rtol=1e-6, atol=1e-9)
         for online, gv in configs:
@@ -202,7 +224,7 @@ def main() -> None:
         f"whole run_lira_mia.py --global_variance --evaluate (cache reading, splits, predictions, report): "
         f"{whole:.1f} s; peak memory {peak:.0f} MiB"
     )
-    for track, n in (("purchase100", 40_000), ("cifar10", 2_000)):
+    for track, n in (("purchase100", args.forward_points), ("cifar10", max(1, args.forward_points // 20))):
         s = time_forward(track, n)
         print(
             f"save_preds forward pass, {track}, CPU ({torch.get_num_threads()} threads): {s:.2f} s for {n} "
@@ -211,7 +233,8 @@ def main() -> None:
     note = "" if args.loop_targets is None else f" (loop extrapolated from {args.loop_targets} targets/scenario)"
     print(json.dumps({"scoring_s": fast, "loop_s": slow}) + note)
     print(f"scoring {fast:.2f} s, per-point loop {slow:.1f} s, speedup {slow / fast:.0f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

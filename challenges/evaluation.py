@@ -5,7 +5,9 @@ An attack is a callable ``attack(data, rows, exclude) -> scores``: ``rows`` (T,)
 of ``data`` to attack, ``exclude`` (T,) the shadow row each must leave out of its statistics
 (-1 for none: dev/final targets), and ``scores`` (T, 2m) membership scores in [0, 1] in
 challenge order. Train models are attacked leave-one-out, so their scores estimate the score
-of a submission before it is made.
+of a submission before it is made. Only the challenge's own models are targets: extra shadows
+(designed, or MICO-random ones marked ``extra_shadow``) are shadows only, so the train table
+measures the challenge's own models whatever shadows were added.
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ import numpy as np
 
 from . import scoring
 from .scenario import ScenarioData
-from .submission import write_prediction
+from .submission import prediction_key, write_manifest, write_prediction
 from .tracks import TARGET_PHASES
 
 
+def target_rows(data: ScenarioData, phase: str) -> np.ndarray:
+    """Rows of ``phase``'s models that are the challenge's own (no extra shadow of ours)."""
+    rows = data.phase_rows(phase)
+    return rows[[not data.models[i].extra for i in rows]] if len(rows) else rows
+
+
 def attack_scenario(data: ScenarioData, attack, evaluate: bool) -> dict:
-    """{phase: (rows, scores)} for dev and final, plus train (leave-one-out) if ``evaluate``."""
+    """{phase: (rows, scores)} for dev and final, plus train (leave-one-out) if ``evaluate``; the
+    challenge's own models only (:func:`target_rows`)."""
     phases = (("train",) if evaluate else ()) + TARGET_PHASES
-    parts = {ph: data.phase_rows(ph) for ph in phases}
+    parts = {ph: target_rows(data, ph) for ph in phases}
     rows = np.concatenate([parts[ph] for ph in phases])
     exclude = np.where(rows < data.n_shadows, rows, -1)
     if len(rows) == 0:
@@ -36,15 +45,25 @@ def attack_scenario(data: ScenarioData, attack, evaluate: bool) -> dict:
     return out
 
 
-def write_predictions(models: list, results: dict) -> int:
-    """prediction.csv of every dev/final model in ``results``; ``models``: the scenario's ModelDirs."""
-    n = 0
+def write_predictions(models: list, results: dict) -> dict:
+    """prediction.csv of every dev/final model in ``results``; ``models``: the scenario's ModelDirs.
+    Returns {prediction_key: sha256} of the files written, for the run's record."""
+    digests = {}
     for ph in TARGET_PHASES:
         if ph in results:
             for row, s in zip(*results[ph]):
-                write_prediction(models[row].prediction_file, s)
-                n += 1
-    return n
+                md = models[row]
+                digests[prediction_key(md)] = write_prediction(md.prediction_file, s)
+    return digests
+
+
+def write_run(data_dir: str, track: str, done: list, command: str) -> dict:
+    """Write the prediction.csv files of a whole run, ``done`` [(models, results)] per scenario,
+    then, last, the run's record (:func:`challenges.submission.write_manifest`); returns it."""
+    digests = {}
+    for models, results in done:
+        digests.update(write_predictions(models, results))
+    return write_manifest(data_dir, track, digests, command)
 
 
 def score_results(data: ScenarioData, results: dict) -> dict:

@@ -3,26 +3,100 @@
 ``predictions_<track>.zip`` holds ``<track>/<scenario>/<phase>/model_<id>/prediction.csv`` for
 every dev and final model: one row of ``2 * len_challenge`` comma-separated membership
 confidences in [0, 1], in challenge order.
+
+A submission comes from one run. Once a ``run_lira_mia.py`` run has written every prediction file
+it attacked, it writes, last, ``<data-dir>/<track>/predictions.json``: a run id, the time, its
+command line and the sha256 of every ``prediction.csv`` it wrote. ``save_zip.py`` packs only a set
+whose every file that record names with the same sha256, so a run that stopped part-way (a full
+disk) and left new files beside an earlier run's, a run over one ``--scenario``, or an edited
+file is refused.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
+import uuid
 import warnings
 import zipfile
 
 import numpy as np
 
 from . import layout
-from .fileio import atomic_path, write_text
+from .fileio import atomic_path, file_digest, write_text
 from .tracks import TARGET_PHASES
 
+MANIFEST = "predictions.json"
 
-def write_prediction(path: str, scores: np.ndarray) -> None:
+
+def write_prediction(path: str, scores: np.ndarray) -> str:
+    """Write one prediction file; returns the sha256 of the bytes written."""
     scores = np.asarray(scores, dtype=np.float64)
     if not (np.all(np.isfinite(scores)) and scores.min() >= 0 and scores.max() <= 1):
         raise ValueError(f"{path}: refusing to write scores outside [0, 1] or not finite")
-    write_text(path, ",".join(repr(float(v)) for v in scores) + "\n")
+    text = ",".join(repr(float(v)) for v in scores) + "\n"
+    write_text(path, text)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def manifest_path(data_dir: str, track: str) -> str:
+    return os.path.join(data_dir, track, MANIFEST)
+
+
+def prediction_key(md: layout.ModelDir) -> str:
+    """A prediction file's name in the run record: its path inside the track folder."""
+    return f"{md.key}/prediction.csv"
+
+
+def write_manifest(data_dir: str, track: str, digests: dict, command: str) -> dict:
+    """Record one finished run: ``digests`` {prediction_key: sha256} of every file it wrote. Call it
+    only after the last prediction file is in place. Returns the record."""
+    record = {
+        "run_id": uuid.uuid4().hex[:12],
+        "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": command,
+        "files": dict(sorted(digests.items())),
+    }
+    write_text(manifest_path(data_dir, track), json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def read_manifest(data_dir: str, track: str) -> dict:
+    """The last finished run's record; LayoutError (one line, with the fix) if absent or malformed."""
+    path = manifest_path(data_dir, track)
+    rerun = f"run run_lira_mia.py --challenge {track} to the end, then save_zip.py"
+    if not os.path.exists(path):
+        raise layout.LayoutError(
+            f"{path}: missing, so no complete run_lira_mia.py run is known to have written these predictions; {rerun}"
+        )
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if not (isinstance(record, dict) and {"run_id", "finished", "files"} <= record.keys()):
+            raise ValueError("expected an object with run_id, finished and files")
+        if not (isinstance(record["files"], dict) and all(isinstance(v, str) for v in record["files"].values())):
+            raise ValueError("'files' is not a map of file names to sha256 digests")
+    except (OSError, ValueError) as e:
+        raise layout.LayoutError(f"{path}: not a record of a run_lira_mia.py run ({e}); {rerun}") from None
+    return record
+
+
+def not_from_run(mds: list, record: dict) -> list[str]:
+    """One message per prediction file of ``mds`` that the run ``record`` did not write as it is now."""
+    run = f"run {record['run_id']} ({record['finished']})"
+    out = []
+    for md in mds:
+        want = record["files"].get(prediction_key(md))
+        if want is None:
+            out.append(f"{md.prediction_file}: not written by the last complete run_lira_mia.py {run}")
+        elif file_digest(md.prediction_file) != want:
+            out.append(
+                f"{md.prediction_file}: changed since the last complete run_lira_mia.py {run} wrote it "
+                "(a later run that stopped part-way, or an edit)"
+            )
+    return out
 
 
 def check_prediction(path: str, n_expected: int) -> str | None:
@@ -72,10 +146,11 @@ def validate(data_dir: str, track: str, n_expected: int) -> list[str]:
     ]
 
 
-def write_zip(data_dir: str, track: str, out_path: str) -> int:
+def write_zip(data_dir: str, track: str, out_path: str, comment: str = "") -> int:
     """Write the submission zip atomically; returns the number of entries."""
     mds = target_models(data_dir, track)
     with atomic_path(out_path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.comment = comment.encode("utf-8")
         for md in mds:
             z.write(md.prediction_file, arcname=f"{track}/{md.key}/prediction.csv")
     return len(mds)

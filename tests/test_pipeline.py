@@ -16,10 +16,12 @@ import run_lira_mia
 import save_preds
 import save_zip
 import train_shadows
-from attacks.suite import COMPARE
-from challenges import cache, layout, report
+from attacks.options import AttackOptions
+from attacks.suite import COMPARE, make_attack
+from challenges import cache, evaluation, layout, report, scoring, submission
 from challenges.datasets import load_dataset, to_tensor
-from challenges.tracks import load_params
+from challenges.scenario import ScenarioData, load_scenario
+from challenges.tracks import EXTRA_SHADOW_FILE, load_params
 from models import load_model
 from models.query import apply_view, view_names
 from tests.conftest import ROOT, run_script
@@ -487,3 +489,124 @@ def test_reference_offline_test_option(cached, tmp_path):
     ref = layout.read_row(md.prediction_file)
     assert _run(run_lira_mia.main, *base) == 0
     assert not np.allclose(ref, layout.read_row(md.prediction_file))  # another test, other scores
+
+
+def test_extra_shadows_are_not_leave_one_out_targets(cached, tmp_path):
+    """Extra MICO-random shadows look like train models (seeds, solution.csv) but are ours: scored as
+    leave-one-out targets they would change the train table (demo inf: 0.92 -> 0.71). They are only
+    shadows; the table scores the challenge's own train models."""
+    data_dir, cache_dir = cached
+    sc = ["--scenario", "purchase100_inf"]
+    assert (
+        _run(
+            train_shadows.main,
+            "--challenge",
+            "purchase100",
+            "--data-dir",
+            data_dir,
+            *sc,
+            "--n",
+            "2",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
+    assert _purchase(save_preds.main, data_dir, cache_dir, *sc, "--device", "cpu") == 0
+    assert _purchase(run_lira_mia.main, data_dir, cache_dir, *sc, "--evaluate", "--report-dir", str(tmp_path)) == 0
+    table = json.load(open(tmp_path / "purchase100" / "scores.json"))["purchase100_inf"]["train"]
+    params = load_params(data_dir, "purchase100")
+    data = load_scenario(data_dir, cache_dir, "purchase100", "purchase100_inf", params, params.n_points)
+    train = data.phase_rows("train")
+    own = np.array([i for i in train if not data.models[i].extra])
+    assert len(train) - len(own) == 2 and data.n_shadows == len(train)  # the extras are shadows
+    scores = make_attack(AttackOptions())(data, own, own)  # the default attack, leave-one-out
+    expected = scoring.score(data.solutions[own].ravel(), scores.ravel())
+    assert table == pytest.approx({k: expected[k] for k in table}) and "AUC" in table
+
+
+def test_attack_scenario_targets_only_the_challenges_models(tmp_path):
+    """Designed shadows and marked MICO-random extras are never targets; every shadow is a shadow."""
+    phases = ["train", "train", "train", "shadow", "dev", "final"]
+    mds = [layout.ModelDir(str(tmp_path), "purchase100", "purchase100_inf", ph, i) for i, ph in enumerate(phases)]
+    for md in mds:
+        os.makedirs(md.path)
+    open(os.path.join(mds[2].path, EXTRA_SHADOW_FILE), "w").close()
+    data = ScenarioData(
+        "purchase100_inf",
+        mds,
+        np.arange(4),
+        {"phi": np.zeros((6, 4, 1), np.float32)},
+        np.zeros((6, 2), np.int64),
+        np.zeros((4, 4), bool),
+        np.zeros((6, 2), np.int8),
+    )
+    seen = []
+
+    def attack(d, rows, exclude):
+        seen.append((rows.tolist(), exclude.tolist()))
+        return np.full((len(rows), 2), 0.5)
+
+    results = evaluation.attack_scenario(data, attack, evaluate=True)
+    assert seen == [([0, 1, 4, 5], [0, 1, -1, -1])]
+    assert {ph: r.tolist() for ph, (r, _) in results.items()} == {"train": [0, 1], "dev": [4], "final": [5]}
+
+
+def _zip(data_dir, out):
+    return _run(save_zip.main, "--challenge", "purchase100", "--data-dir", data_dir, "--output", out)
+
+
+def test_save_zip_refuses_a_set_mixed_by_a_failed_run(cached, tmp_path, monkeypatch, capsys):
+    """A run that stops part-way (a full disk) leaves some prediction.csv new and the rest from an
+    earlier run; only a set that one complete run wrote is zipped."""
+    data_dir, cache_dir = cached
+    out, report_dir = str(tmp_path / "sub.zip"), ["--report-dir", str(tmp_path / "r")]
+    assert _purchase(run_lira_mia.main, data_dir, cache_dir, *report_dir) == 0
+    first = json.load(open(submission.manifest_path(data_dir, "purchase100")))
+    write_text, calls = submission.write_text, []
+
+    def disk_full_at_the_third(path, text):
+        calls.append(path)
+        if path.endswith("prediction.csv") and len(calls) == 3:
+            raise OSError(f"{path}: cannot write (No space left on device); free some space there, then rerun")
+        write_text(path, text)
+
+    monkeypatch.setattr(submission, "write_text", disk_full_at_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        _purchase(run_lira_mia.main, data_dir, cache_dir, *report_dir, "--attack", "loss")
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert _zip(data_dir, out) == 1 and not os.path.exists(out)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in err[:-1]] == calls[:2]  # the two files the failed run replaced
+    assert all(f"run {first['run_id']}" in line for line in err[:-1])
+    assert err[-1].startswith("save_zip.py: 2 prediction file(s) not from one complete run; run run_lira_mia.py")
+    # A complete run makes the set whole again; the zip names the run.
+    assert _purchase(run_lira_mia.main, data_dir, cache_dir, *report_dir, "--attack", "loss") == 0
+    assert _zip(data_dir, out) == 0
+    run_id = json.load(open(submission.manifest_path(data_dir, "purchase100")))["run_id"]
+    assert run_id != first["run_id"] and zipfile.ZipFile(out).comment.decode().endswith(run_id)
+    assert run_id in capsys.readouterr().out
+
+
+def test_save_zip_refuses_predictions_of_several_runs(cached, tmp_path, capsys):
+    data_dir, cache_dir = cached
+    out = str(tmp_path / "sub.zip")
+    assert _purchase(run_lira_mia.main, data_dir, cache_dir, "--report-dir", str(tmp_path)) == 0
+    # One scenario rerun on its own: the other scenarios' files are from another run.
+    sc = ["--scenario", "purchase100_hi", "--attack", "loss"]
+    assert _purchase(run_lira_mia.main, data_dir, cache_dir, "--report-dir", str(tmp_path), *sc) == 0
+    capsys.readouterr()
+    assert _zip(data_dir, out) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 + 2 * 4 and all("purchase100_hi" not in line for line in err[:-1])
+    assert all("not written by the last complete run_lira_mia.py run" in line for line in err[:-1])
+    # No record at all (predictions from before records, or copied in): one line with the fix.
+    os.remove(submission.manifest_path(data_dir, "purchase100"))
+    code, lines = run_script(
+        save_zip.main, "save_zip.py", ["--challenge", "purchase100", "--data-dir", data_dir], capsys
+    )
+    assert code == 1 and len(lines) == 1 and "predictions.json: missing" in lines[0]
+    assert "run run_lira_mia.py --challenge purchase100 to the end" in lines[0]

@@ -98,7 +98,7 @@ def test_as_submitted_is_the_released_runner_up(trained, combo, tmp_path):
     ] + [f"--{k}" for k, v in flags.items() if v]
     assert run_lira_mia.main(argv) == 0
     with np.errstate(all="ignore"):
-        raw = literal_runner_up(world, Args(**flags), runner_up_len_training(params))
+        raw = literal_runner_up(world, Args(**flags), runner_up_len_training(params, params.n_points))
     for key, pred in _predictions(mds).items():
         np.testing.assert_allclose(pred, to_unit(raw[key], flags["online_attack"]), rtol=0, atol=1e-5)
 

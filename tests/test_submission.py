@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import save_zip
-from challenges.submission import check_prediction
+from challenges.fileio import file_digest
+from challenges.layout import LayoutError
+from challenges.submission import check_prediction, manifest_path, write_manifest, write_prediction
 
 GOOD = ",".join(["0.25"] * 199 + ["1"]) + "\n"
 
@@ -67,10 +69,14 @@ def test_accepts_what_the_scorer_accepts(tmp_path, text):
 
 
 def _tree(root, texts):
+    """Dev models with these prediction files, recorded as one run's."""
+    digests = {}
     for i, text in enumerate(texts):
         d = root / "purchase100" / "purchase100_inf" / "dev" / f"model_{i}"
         d.mkdir(parents=True)
         (d / "prediction.csv").write_text(text)
+        digests[f"purchase100_inf/dev/model_{i}/prediction.csv"] = file_digest(str(d / "prediction.csv"))
+    write_manifest(str(root), "purchase100", digests, "run_lira_mia.py --challenge purchase100")
 
 
 def test_save_zip_writes_nothing_for_a_file_the_scorer_rejects(tmp_path, capsys):
@@ -91,3 +97,38 @@ def test_save_zip_accepts_valid_files(tmp_path):
     assert sorted(zipfile.ZipFile(out).namelist()) == [
         f"purchase100/purchase100_inf/dev/model_{i}/prediction.csv" for i in (0, 1)
     ]
+
+
+def test_save_zip_refuses_an_edited_file(tmp_path, capsys):
+    _tree(tmp_path, [GOOD, GOOD])
+    edited = tmp_path / "purchase100" / "purchase100_inf" / "dev" / "model_1" / "prediction.csv"
+    edited.write_text(GOOD.replace("0.25", "0.5", 1))
+    out = tmp_path / "sub.zip"
+    assert save_zip.main(["--challenge", "purchase100", "--data-dir", str(tmp_path), "--output", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"{edited}: changed since the last complete run_lira_mia.py run")
+    assert "Nothing written" in err[1] and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[]",
+        "{}",
+        '{"run_id": "a", "finished": "b", "files": []}',
+        '{"run_id": 1, "finished": 2, "files": {"x": 3}}',
+    ],
+)
+def test_malformed_run_record_is_one_line(tmp_path, text):
+    _tree(tmp_path, [GOOD])
+    with open(manifest_path(str(tmp_path), "purchase100"), "w") as f:
+        f.write(text)
+    with pytest.raises(LayoutError, match="predictions.json: not a record of a run_lira_mia.py run") as e:
+        save_zip.main(["--challenge", "purchase100", "--data-dir", str(tmp_path), "--output", str(tmp_path / "z")])
+    assert "\n" not in str(e.value) and "then save_zip.py" in str(e.value)
+
+
+def test_write_prediction_returns_the_digest_of_its_bytes(tmp_path):
+    path = str(tmp_path / "prediction.csv")
+    assert write_prediction(path, np.linspace(0, 1, 200)) == file_digest(path)

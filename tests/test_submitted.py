@@ -8,6 +8,7 @@ files instead.
 """
 
 import itertools
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import random_split
 
+import run_lira_mia
 from attacks.lira import squash
 from attacks.submitted import (
     WINNER_CONFIG,
@@ -29,6 +31,8 @@ from attacks.submitted import (
     runner_up_signal,
     winner_signal,
 )
+from challenges import cache, layout
+from challenges.scenario import runner_up_len_training, runner_up_note
 from challenges.splits import (
     RUNNER_UP_LEN_TRAINING,
     membership_matrix,
@@ -36,6 +40,7 @@ from challenges.splits import (
     runner_up_membership,
     runner_up_train_positions,
 )
+from challenges.tracks import ChallengeParams, save_params
 from production.folders import model_seeds
 
 FLAGS = ("online_attack", "global_variance", "logit_scaling", "stable_logit_scaling")
@@ -789,3 +794,73 @@ def test_bad_options_raise():
         winner_signal(np.zeros(2), "entropy")
     with pytest.raises(ValueError):
         runner_up_signal(np.zeros(2), np.zeros((3, 4)))
+
+
+# --------------------------------------------------------------------------- #
+# --as_submitted's LEN_TRAINING: the released 50,000 wherever the dataset holds it
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize(
+    "n,own,m,expected",
+    [
+        (60_000, 45_000, 100, RUNNER_UP_LEN_TRAINING),  # a synthetic challenge that holds 50,000
+        (197_324, 150_000, 100, RUNNER_UP_LEN_TRAINING),  # MICO's purchase100 (its own: 150,000)
+        (60_000, 50_000, 100, RUNNER_UP_LEN_TRAINING),  # MICO's cifar10
+        (50_100, 40_000, 100, RUNNER_UP_LEN_TRAINING),  # the smallest N whose split holds 50,000
+        (50_099, 40_000, 100, 40_000),
+        (1_200, 700, 100, 700),  # the tiny test challenges: the original could not run
+    ],
+)
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_runner_up_len_training_is_the_released_one_where_it_fits(n, own, m, expected, synthetic):
+    params = ChallengeParams("purchase100", n, own, m, "", synthetic=synthetic)
+    assert runner_up_len_training(params, n) == expected
+    note = runner_up_note(params, n)
+    assert "\n" not in note and f"LEN_TRAINING = {expected:,}" in note
+    assert ("could not run" in note) == (expected != RUNNER_UP_LEN_TRAINING)
+
+
+def _world_on_disk(w: World, root, len_training: int):
+    """``w`` as a synthetic challenge tree (seed files, placeholder model.pt) with every model's
+    phi and logits cached, as save_preds.py --save-logits leaves it; returns (data_dir, cache_dir)."""
+    data_dir, cache_dir = str(root / "data"), str(root / "cache")
+    dataset = os.path.join(data_dir, "purchase100", "dataset_purchase")  # never read: N is given
+    save_params(data_dir, ChallengeParams("purchase100", w.n, len_training, w.m, dataset, synthetic=True, seed=0))
+    names = {nm: ph for ph, nms in w.phases.items() for nm in nms}
+    mds = [layout.ModelDir(data_dir, "purchase100", "purchase100_inf", names[nm], int(nm[6:])) for nm in names]
+    for md in mds:
+        os.makedirs(md.path)
+        for name, seed in zip(layout.SEED_FILES, w.seeds[md.name] if md.phase == "train" else w.seeds[md.name][:1]):
+            with open(os.path.join(md.path, name), "w") as f:
+                f.write(str(seed))
+        with open(md.model_file, "w") as f:
+            f.write(md.key)
+    points = pool_arrays(w)[0]
+    for md in mds:
+        z = w.logits[md.name][points]
+        arrays = {"phi": phi_of(z, w.labels[points])[:, None], "mentr": np.zeros((len(points), 1), np.float32)}
+        stamp = cache.model_stamp(md.model_file)
+        cache.write(cache.cache_file(cache_dir, md), points, ["orig"], stamp, {**arrays, "logits": z[:, None]})
+    return data_dir, cache_dir
+
+
+def test_as_submitted_is_literal_on_a_synthetic_challenge_that_holds_50000(tmp_path, capsys):
+    """N = 60,000 holds the released LEN_TRAINING = 50,000, so --as_submitted uses it, not the
+    challenge's 45,000 (with which its predictions differed from the released program's)."""
+    w = random_world(5, n=60_000, m=10, len_training=45_000, n_train=6, n_dev=2, n_final=2)
+    data_dir, cache_dir = _world_on_disk(w, tmp_path, 45_000)
+    argv = ["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir]
+    argv += ["--report-dir", str(tmp_path / "report"), "--as_submitted", "--global_variance"]
+    assert run_lira_mia.main(argv) == 0
+    assert "as submitted: LEN_TRAINING = 50,000, hard-coded in the runner-up's" in capsys.readouterr().out
+    flags = dict(zip(FLAGS, (False, True, False, False)))
+    with np.errstate(all="ignore"):
+        raw = literal_runner_up(w, Args(**flags), RUNNER_UP_LEN_TRAINING)
+    ours = {
+        md.name: layout.read_row(md.prediction_file)
+        for md in layout.models(data_dir, "purchase100", "purchase100_inf", ("dev", "final"))
+    }
+    assert sorted(ours) == sorted(w.phases["dev"] + w.phases["final"])
+    for nm, pred in ours.items():
+        np.testing.assert_allclose(pred, to_unit(raw[nm], False), rtol=0, atol=1e-6)
+    own, names = fast_runner_up(w, flags, 45_000)  # the challenge's LEN_TRAINING: another program
+    assert max(np.abs(own[names.index(nm)] - pred).max() for nm, pred in ours.items()) > 0.1

@@ -1,0 +1,59 @@
+"""Every benchmark in bench/ runs end to end at a tiny size, so a refactor cannot break one silently."""
+
+import importlib.util
+import os
+
+import pytest
+
+from challenges import report
+from tests.conftest import ROOT
+
+
+def _bench(name: str):
+    """bench/<name>.py as a module (bench/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_lira(capsys, single_thread, monkeypatch):
+    monkeypatch.setattr(report, "plot_roc", lambda *a, **k: None)  # drawing would be most of the run
+    argv = ["--scenarios", "1", "--loop-targets", "3", "--n-points", "2000", "--len-training", "1000"]
+    argv += ["--len-challenge", "10", "--train-models", "24", "--target-models", "2"]
+    argv += ["--forward-points", "200", "--threads", "1"]
+    assert _bench("bench_lira").main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("scoring ") and "speedup" in out[-1]
+    assert sum("LiRA " in line and "vectorised" in line for line in out) == 4
+
+
+def test_bench_attack_power(tmp_path, capsys, single_thread):
+    out = tmp_path / "power"
+    argv = ["--out", str(out), "--device", "cpu", "--n-points", "400", "--len-challenge", "5", "--epochs", "1"]
+    argv += ["--shadows", "0,2", "--train-models", "4", "--target-models", "1", "--scenarios", "purchase100_inf"]
+    assert _bench("bench_attack_power").main(argv) == 0
+    table = (out / "attack_power.md").read_text().splitlines()
+    # every attack at 0 extra shadows, every other one also at 2 of each design
+    assert len(table) == 2 + 2 + 8 * 3
+    assert (out / "attack_power.png").stat().st_size > 0 and (out / "attack_power.json").exists()
+
+
+@pytest.mark.parametrize(
+    "cases",
+    [
+        ["purchase100_inf"],
+        # seconds more, little code of the benchmark's own: DP-SGD's noise search (opacus' accountant,
+        # most of a tiny 'lo' case) and the CNN's input shape
+        pytest.param(["purchase100_lo", "cifar10_inf", "cifar10_lo"], marks=pytest.mark.slow),
+    ],
+)
+def test_bench_train(cases, capsys, monkeypatch, single_thread):
+    bench = _bench("bench_train")
+    # track -> (records, training-set size per model, models, epochs); the warm-up wants 16 records
+    monkeypatch.setattr(bench, "SMALL", {"purchase100": (64, 32, 2, 1), "cifar10": (16, 8, 2, 1)})
+    argv = ["--device", "cpu", "--seq-models", "1", "--repeats", "1", "--threads", "1", "--cases", *cases]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    for case in cases:
+        assert any(line.startswith(f"{case}: sequential ") and "speedup" in line for line in out)
