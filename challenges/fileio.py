@@ -67,14 +67,15 @@ def fsync_path(path: str) -> None:
 
 
 def sync_tree(path: str) -> None:
-    """fsync a file, or a folder and everything in it (each folder after its contents)."""
+    """fsync a file, or a folder and the regular files and folders in it (each folder after its
+    contents; links are not followed)."""
     if not os.path.isdir(path) or os.path.islink(path):
         fsync_path(path)
         return
     for folder, _, files in os.walk(path, topdown=False):
-        for name in files:
-            if not os.path.islink(os.path.join(folder, name)):
-                fsync_path(os.path.join(folder, name))
+        for p in (os.path.join(folder, name) for name in files):
+            if os.path.isfile(p) and not os.path.islink(p):  # regular files only: opening a FIFO blocks
+                fsync_path(p)
         fsync_path(folder)
 
 
