@@ -19,7 +19,9 @@ before the key had inode and ctime, is still used. A file is reused by save_pred
 it came from this model.pt and its views match; points missing from it (new shadow models widen
 the union) are computed and merged. Files are written under a unique temporary name and
 renamed, while holding the advisory lock of their folder (``.lock``), so a killed run leaves
-either the old file or the new one and concurrent runs wait for each other model by model.
+either the old file or the new one and concurrent runs wait for each other model by model; they
+are flushed to the disk before the rename (:func:`challenges.fileio.place`), so a power loss
+does too. A read-only cache with nothing to write needs no lock.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .fileio import atomic_path, file_digest, locked, remove_leftovers, write_error
+from .fileio import atomic_path, file_digest, remove_leftovers, try_lock, write_error
 from .layout import ModelDir
 
 KEY = ("model_size", "model_mtime_ns", "model_inode", "model_ctime_ns")
@@ -80,6 +82,30 @@ def source_stamp(entry: dict, model_file: str) -> dict | None:
     return {**key, "model_sha256": sha} if sha == str(entry["model_sha256"]) else None
 
 
+# What each array must be, beyond the phi / mentr / logits rows: (dimensions, dtype kinds).
+SHAPES = {
+    "points": (1, "iu"),
+    "views": (1, "U"),
+    **{k: (0, "iu") for k in KEY},
+    "model_sha256": (0, "U"),
+}
+
+
+def _problem(entry: dict) -> str | None:
+    """Why ``entry`` is not a consistent cache file (a missing, misshapen or mistyped array), or None."""
+    missing = [k for k in REQUIRED if k not in entry]
+    if missing:
+        return f"no {missing[0]!r}"
+    for k, (ndim, kinds) in SHAPES.items():
+        if k in entry and (entry[k].ndim != ndim or entry[k].dtype.kind not in kinds):
+            return f"{k} is {entry[k].dtype} of shape {entry[k].shape}, expected {ndim}-D ({kinds})"
+    p, v = len(entry["points"]), len(entry["views"])
+    for k in ("phi", "mentr", "logits"):
+        if k in entry and entry[k].shape[:2] != (p, v):
+            return f"{k} shape {entry[k].shape}, expected ({p}, {v}, ...)"
+    return None
+
+
 def read(path: str) -> dict | None:
     """A cache file's arrays, or None if it is absent.
 
@@ -93,15 +119,9 @@ def read(path: str) -> dict | None:
             entry = {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - truncated zip, bad CRC, bad header: all mean the same
         raise CacheError(f"{path}: corrupt cache file ({type(e).__name__}); {fix}") from None
-    missing = [k for k in REQUIRED if k not in entry]
-    if missing:
-        raise CacheError(f"{path}: corrupt cache file (no {missing[0]!r}); {fix}")
-    p, v = len(entry["points"]), len(entry["views"])
-    bad = [k for k in ("phi", "mentr", "logits") if k in entry and entry[k].shape[:2] != (p, v)]
-    if bad:
-        raise CacheError(
-            f"{path}: corrupt cache file ({bad[0]} shape {entry[bad[0]].shape}, expected ({p}, {v}, ...)); {fix}"
-        )
+    problem = _problem(entry)
+    if problem:
+        raise CacheError(f"{path}: corrupt cache file ({problem}); {fix}")
     return entry
 
 
@@ -130,6 +150,23 @@ def merge(entry: dict | None, points: np.ndarray, arrays: dict) -> tuple[np.ndar
     return allp[order], {k: np.concatenate([entry[k], v])[order] for k, v in arrays.items()}
 
 
+def _plan(path: str, model_file: str, union: np.ndarray, views: list[str], need_logits: bool):
+    """(entry to extend or None, the model's stamp, the points still to compute) for one file."""
+    try:
+        entry = read(path)
+    except CacheError:
+        entry = None
+    stamp = None if entry is None else source_stamp(entry, model_file)
+    if stamp is None or list(entry["views"]) != list(views) or (need_logits and "logits" not in entry):
+        entry, stamp = None, model_stamp(model_file)  # taken before the model is loaded
+    todo = union if entry is None else np.setdiff1d(union, entry["points"], assume_unique=True)
+    return entry, stamp, todo
+
+
+def _current(entry: dict | None, stamp: dict, todo: np.ndarray) -> bool:
+    return entry is not None and len(todo) == 0 and all(k in entry and int(entry[k]) == stamp[k] for k in KEY)
+
+
 def update(
     path: str,
     model_file: str,
@@ -143,20 +180,21 @@ def update(
     ``compute(points, keep_logits)`` returns {field: array [len(points), V(, C)]} for the points
     still missing. The file is checked and written under its folder's lock, so that a concurrent
     run sees the result and does not redo it, or redoes it when it asks for more (logits). An
-    unreadable file, or one computed from another model.pt, is recomputed from scratch.
+    unreadable file, or one computed from another model.pt, is recomputed from scratch. A cache
+    that cannot be written (read-only) is fine as long as it is current: reading needs no lock,
+    since a file only ever appears whole, by rename.
     """
-    with locked(os.path.join(os.path.dirname(path), LOCK)):
+    try:
+        lock = try_lock(os.path.join(os.path.dirname(path), LOCK), wait=True)
+    except OSError:
+        if _current(*_plan(path, model_file, union, views, need_logits)):
+            return "current"
+        raise
+    with lock:  # closing the file releases the lock
         remove_leftovers(path)
-        try:
-            entry = read(path)
-        except CacheError:
-            entry = None
-        stamp = None if entry is None else source_stamp(entry, model_file)
-        if stamp is None or list(entry["views"]) != list(views) or (need_logits and "logits" not in entry):
-            entry, stamp = None, model_stamp(model_file)  # taken before the model is loaded
-        todo = union if entry is None else np.setdiff1d(union, entry["points"], assume_unique=True)
+        entry, stamp, todo = _plan(path, model_file, union, views, need_logits)
         if len(todo) == 0:
-            if all(k in entry and int(entry[k]) == stamp[k] for k in KEY):
+            if _current(entry, stamp, todo):
                 return "current"
             fields = {k: v for k, v in entry.items() if k not in stamp and k not in ("points", "views")}
             write(path, entry["points"], views, stamp, fields)

@@ -39,7 +39,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from .fileio import file_digest, one_line
+from .fileio import file_digest, one_line, place
 from .tracks import check_scenario, get_track, load_params, scenario_names
 
 HF_REPOS = {"cifar10": "szanella/MICO-CIFAR10", "purchase100": "szanella/MICO-purchase100"}
@@ -237,7 +237,7 @@ def download_file(
         if own:
             session.close()
     _check_md5(part, md5, f"checksum mismatch for {url}", "the download was deleted, rerun to fetch it again")
-    os.replace(part, dest)
+    place(part, dest)  # flushed first: a power loss never leaves a truncated file under its final name
     return dest
 
 
@@ -432,7 +432,7 @@ def _nothing_to_fetch(track: str, scenarios, tdir: str) -> None:
 
 
 def _place(src: str, dst: str) -> None:
-    os.rename(src, dst)  # same file system (staging lives in the track folder): atomic
+    place(src, dst)  # same file system (staging lives in the track folder): atomic, and flushed first
     info(f"placed {dst}")
 
 

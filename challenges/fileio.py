@@ -1,11 +1,18 @@
-"""Writing files so that a reader never sees a partial one, a failure leaves nothing behind, and
-concurrent writers never share a temporary name; file digests and one-line error texts.
+"""Writing files so that a reader never sees a partial one, a failure leaves nothing behind,
+concurrent writers never share a temporary name, and a file that is in place survives a power
+loss; file digests and one-line error texts.
 
 A file or folder ``<dir>/<name>`` is written inside a private folder ``<dir>/.<name>.<random><suffix>``
 (created with ``tempfile.mkdtemp``, so no two writers ever get the same one) and renamed to its
 final name in one step. A run killed mid-write can leave such a hidden folder behind; it is never
 mistaken for the real file, and :func:`remove_leftovers` deletes it where a lock excludes other
-writers.
+writers (it matches only those folders, never a lock file such as ``.<name>.lock``).
+
+Before the rename every file (and folder) of the new tree is flushed to the disk with ``fsync``,
+and after it the parent folder, as databases and git do: a rename can otherwise reach the disk
+before the data it names, and a power loss then leaves a complete-looking but truncated or empty
+file under the final name, which a later run would trust. :func:`place` is that step on its own,
+for trees assembled elsewhere (downloads).
 """
 
 from __future__ import annotations
@@ -18,23 +25,79 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 
-def write_error(path: str, e: OSError) -> OSError:
+class WriteError(OSError):
+    """A file that could not be written: one line naming it, the reason and what to do. Keeps the
+    cause's errno and reason, so an outer writer (a folder holding the file) names itself instead."""
+
+    def __init__(self, path: str, e: OSError):
+        super().__init__(e.errno, e.strerror or str(e))
+        self.path = path
+
+    def __str__(self) -> str:
+        if self.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free some space there"
+        elif self.errno == errno.EFBIG:
+            fix = "raise the file-size limit (ulimit -f)"
+        elif self.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = "make its folder writable"
+        else:
+            fix = "check its folder"
+        return f"{self.path}: cannot write ({self.strerror}); {fix}, then rerun"
+
+
+def write_error(path: str, e: OSError) -> WriteError:
     """A one-line error naming the file that could not be written, and what to do."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free some space there"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "make its folder writable"
-    else:
-        fix = "check its folder"
-    return OSError(f"{path}: cannot write ({e.strerror or e}); {fix}, then rerun")
+    return WriteError(path, e)
+
+
+def fsync_path(path: str) -> None:
+    """Flush ``path`` (a file's bytes, or a folder's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # Some file systems cannot sync a folder (EINVAL); a file's failure always counts.
+        if e.errno != errno.EINVAL or not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
+
+
+def sync_tree(path: str) -> None:
+    """fsync a file, or a folder and the regular files and folders in it (each folder after its
+    contents; links are not followed)."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        fsync_path(path)
+        return
+    for folder, _, files in os.walk(path, topdown=False):
+        for p in (os.path.join(folder, name) for name in files):
+            if os.path.isfile(p) and not os.path.islink(p):  # regular files only: opening a FIFO blocks
+                fsync_path(p)
+        fsync_path(folder)
+
+
+def place(src: str, dst: str) -> None:
+    """Rename the file or folder ``src`` to ``dst`` (same file system) durably: its contents are
+    flushed first, and the parent folder after, so that after a power loss ``dst`` is either
+    absent or complete."""
+    sync_tree(src)
+    os.replace(src, dst)
+    fsync_path(os.path.dirname(os.path.abspath(dst)))
+
+
+# The private folders of the folders atomic_path is assembling (in this thread): a file written
+# inside one is flushed once, with that folder, not on its own as well (each fsync costs a few ms).
+_ASSEMBLING: ContextVar[tuple[str, ...]] = ContextVar("assembling", default=())
 
 
 @contextmanager
 def atomic_path(path: str, suffix: str = ".tmp"):
     """Yield a fresh, not yet existing name to write ``path`` (file or folder) under; on success it is
-    renamed to ``path`` in one step, on any failure (Ctrl-C included) it is removed.
+    flushed to the disk and renamed to ``path`` in one step (:func:`place`), on any failure (Ctrl-C
+    included) it is removed. Close what you wrote before the block ends.
 
     An OSError that names no file (a full disk while writing) or names the temporary one is raised
     again as a one-line error naming ``path``.
@@ -46,9 +109,12 @@ def atomic_path(path: str, suffix: str = ".tmp"):
     except OSError as e:
         raise write_error(path, e) from None
     tmp = os.path.join(private, name)  # the final name, so that suffix-sensitive writers (np.savez) keep it
+    outer = _ASSEMBLING.get()
+    nested = any(parent.startswith(p + os.sep) for p in outer)
+    token = _ASSEMBLING.set((*outer, private))
     try:
         yield tmp
-        os.replace(tmp, path)
+        (os.replace if nested else place)(tmp, path)  # nested: the enclosing folder flushes it
     except OSError as e:
         shutil.rmtree(private, ignore_errors=True)
         if e.filename is None or str(e.filename).startswith(private):
@@ -57,15 +123,21 @@ def atomic_path(path: str, suffix: str = ".tmp"):
     except BaseException:
         shutil.rmtree(private, ignore_errors=True)
         raise
+    finally:
+        _ASSEMBLING.reset(token)
     os.rmdir(private)
 
 
-def remove_leftovers(path: str) -> None:
-    """Delete what a killed writer of ``path`` left behind. Only call this under a lock that every
-    writer of ``path`` holds: another writer's temporary folder looks the same."""
+def remove_leftovers(path: str, suffix: str = ".tmp") -> None:
+    """Delete the private folders a killed :func:`atomic_path` writer of ``path`` (with the same
+    ``suffix``) left behind; a file beside them, such as the lock ``.<name>.lock``, is never
+    touched. Only call this under a lock that every writer of ``path`` holds: another writer's
+    temporary folder looks the same."""
     parent, name = os.path.split(os.path.abspath(path))
-    for leftover in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.*")):
-        shutil.rmtree(leftover, ignore_errors=True)
+    pattern = os.path.join(glob.escape(parent), f".{glob.escape(name)}.*{glob.escape(suffix)}")
+    for leftover in glob.glob(pattern):
+        if os.path.isdir(leftover) and not os.path.islink(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def try_lock(path: str, wait: bool = False):

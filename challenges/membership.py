@@ -59,14 +59,37 @@ def read_training_set(folder: str, n_points: int, len_training: int) -> np.ndarr
         raise MembershipError(f"{sums}: unreadable ({type(e).__name__}); {_FIX}") from None
     if file_digest(path, "sha256") != expected:
         raise fail(f"sha256 differs from {CHECKSUM} (truncated, edited or replaced)")
+    problem = _header_problem(path, len_training)
+    if problem:
+        raise fail(problem)
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise fail(f"not a plain numpy array ({type(e).__name__})") from None
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise fail(f"expected a 1-D integer array, found {arr.dtype} of shape {arr.shape}")
-    if len(arr) != len_training:
-        raise fail(f"{len(arr)} indices, expected {len_training} (the challenge's LEN_TRAINING)")
     if len(arr) and (arr[0] < 0 or arr[-1] >= n_points or np.any(np.diff(arr) <= 0)):
         raise fail(f"indices must be distinct, sorted and in [0, {n_points})")
     return arr.astype(np.int64)
+
+
+def _header_problem(path: str, len_training: int) -> str | None:
+    """Why the .npy header of ``path`` does not describe a 1-D integer array of ``len_training``
+    entries that fills the file exactly, or None. Read before the array, so that a header claiming
+    10^13 rows is refused instead of allocated."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                return f"not a plain numpy array (.npy version {version})"
+            shape, _, dtype = readers[version](f)
+            offset = f.tell()
+    except (OSError, ValueError, EOFError) as e:
+        return f"not a plain numpy array ({type(e).__name__})"
+    if len(shape) != 1 or dtype.kind not in "iu":
+        return f"expected a 1-D integer array, found {dtype} of shape {shape}"
+    if shape[0] != len_training:
+        return f"{shape[0]} indices, expected {len_training} (the challenge's LEN_TRAINING)"
+    data = os.path.getsize(path) - offset
+    if data != shape[0] * dtype.itemsize:
+        return f"its header announces {shape[0] * dtype.itemsize} bytes of indices, the file holds {data}"
+    return None

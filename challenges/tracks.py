@@ -108,10 +108,13 @@ def load_params(data_dir: str, track: str) -> ChallengeParams:
         return ChallengeParams(
             track, spec.n_points, spec.len_training, LEN_CHALLENGE, os.path.join(track_dir, spec.dataset)
         )
+    fix = "delete it to use MICO's constants or regenerate it with download_files.py --synthetic"
     try:
         with open(path) as f:
             d = json.load(f)
-        return ChallengeParams(
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON {type(d).__name__}, not an object")
+        params = ChallengeParams(
             track=track,
             n_points=None if d.get("n_points") is None else int(d["n_points"]),
             len_training=int(d["len_training"]),
@@ -121,10 +124,20 @@ def load_params(data_dir: str, track: str) -> ChallengeParams:
             seed=None if d.get("seed") is None else int(d["seed"]),
         )
     except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: malformed challenge parameters ({e}); {fix}") from None
+    if not _inside(params.dataset, track_dir):
         raise ValueError(
-            f"{path}: malformed challenge parameters ({e}); delete it to use MICO's "
-            "constants or regenerate it with download_files.py --synthetic"
-        ) from None
+            f"{path}: dataset {d['dataset']!r} lies outside {track_dir} (refused: a challenge's base "
+            f"dataset lives in its track folder); {fix}"
+        )
+    return params
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` names something strictly inside ``folder`` (by name: no ``..``, no absolute
+    path elsewhere; links are the user's own)."""
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path != folder and os.path.commonpath([path, folder]) == folder
 
 
 def save_params(data_dir: str, params: ChallengeParams) -> str:

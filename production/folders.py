@@ -4,10 +4,11 @@ A :class:`Job` says where a model goes, what it trains on, its seed and the file
 it. :func:`train_jobs` trains jobs K at a time with the batched trainer (:mod:`models.batched`)
 and writes each folder as its group finishes:
 
-- a folder is assembled under a private temporary name and renamed into place only once
-  complete, so a killed run never leaves a folder that looks finished, and a rerun trains only
-  what is missing (an interrupted group is trained again, nothing else); a folder that lost a
-  file since (a deleted model.pt) is incomplete, and is removed and trained again;
+- a folder is assembled under a private temporary name (``.model_<id>.<random>.partial``),
+  flushed to the disk and renamed into place only once complete, so neither a killed run nor a
+  power loss leaves a folder that looks finished, and a rerun trains only what is missing (an
+  interrupted group is trained again, nothing else); a folder that lost a file since (a deleted
+  model.pt) is incomplete, and is removed and trained again;
 - runs sharing a scenario cooperate: a run claims each model with a non-blocking ``flock`` on
   ``<phase>/.model_<id>.lock`` before training it, skips models another run holds, and at the end
   waits for those and trains any whose holder died. Different ``--shard`` s never touch the same
@@ -16,6 +17,7 @@ and writes each folder as its group finishes:
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -35,6 +37,8 @@ from models.batched import auto_parallel, train_batched
 from models.loading import plain_state_dict
 from models.train import Recipe, TrainResult, recipe_for
 
+PARTIAL = ".partial"  # suffix of a model folder being assembled (``.model_<id>.<random>.partial``)
+
 
 def model_seeds(*key: int) -> tuple[int, int, int]:
     """(challenge, training, membership) seeds drawn from ``key`` (e.g. run seed, scenario, id):
@@ -45,11 +49,17 @@ def model_seeds(*key: int) -> tuple[int, int, int]:
 
 
 def save_state_dict(model: torch.nn.Module, path: str) -> str:
-    """Save ``model``'s plain (prefix-free, CPU) state dict to ``path`` atomically; returns the path."""
+    """Save ``model``'s plain (prefix-free, CPU) state dict to ``path`` atomically; returns the path.
+
+    Serialised in memory first (a few MB): torch's zip writer reports a full disk as a bare
+    RuntimeError, a plain write as the OSError it is, which :func:`atomic_path` names in one line.
+    """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(plain_state_dict(model), tmp)
+    buf = io.BytesIO()
+    torch.save(plain_state_dict(model), buf)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
     return path
 
 
@@ -100,7 +110,7 @@ def write_folder(job: Job, result: TrainResult) -> dict:
     if result.epsilon is not None:
         files["epsilon"] = f"{result.epsilon:.6f}\n"
     os.makedirs(os.path.dirname(md.path), exist_ok=True)
-    with atomic_path(md.path, ".partial") as tmp:
+    with atomic_path(md.path, PARTIAL) as tmp:
         os.makedirs(tmp)
         save_state_dict(result.model, os.path.join(tmp, "model.pt"))
         for name, text in files.items():
@@ -129,7 +139,7 @@ def _claim(jobs: list[Job], k: int) -> tuple[list[Job], list]:
         if complete(job):  # finished while we looked
             lock.close()
             continue
-        remove_leftovers(job.md.path)  # a killed run's partial folder: every writer holds this lock
+        remove_leftovers(job.md.path, PARTIAL)  # a killed run's partial folder: every writer holds this lock
         if os.path.isdir(job.md.path):  # an incomplete folder (model.pt deleted since): trained again
             shutil.rmtree(job.md.path)
         group.append(job)

@@ -22,6 +22,16 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_disk_flush():
+    """Writes in this process skip os.fsync, as database test suites run with fsync off: a flush
+    costs milliseconds on a real disk and guards only against a power loss, which no test can
+    simulate. tests/test_faults.py records the calls instead; scripts run as subprocesses flush."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", lambda fd: None)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_challenges(tmp_path_factory):
     """A read-only data dir holding tiny synthetic purchase100 and cifar10 challenges."""

@@ -1,6 +1,7 @@
 """The signal cache: checked against its model.pt on every read, corrupt files, unique temporary
 names and the per-folder lock."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from challenges.datasets import load_dataset, to_tensor
 from challenges.fileio import atomic_path, locked
 from challenges.tracks import load_params
 from models import load_model
+from tests.conftest import run_script
 
 TRACK, SCENARIO = "purchase100", "purchase100_inf"
 
@@ -140,7 +142,14 @@ def _garble(path):
     Path(path).write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _garble])
+def _stamp_pair(path):
+    """A readable file whose stamp is an array, not a scalar (int() of it raised TypeError)."""
+    entry = cache.read(path)
+    entry["model_size"] = np.array([entry["model_size"]] * 2)
+    np.savez(path, **entry)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garble, _stamp_pair])
 def test_corrupt_cache_file(cached_small, tmp_path, damage, capsys):
     data_dir, cache_dir = cached_small
     md = _models(data_dir)[2]
@@ -202,6 +211,40 @@ def test_update_under_lock_rereads_and_satisfies_logits(cached_small):
     assert calls == [(len(union), True)] and "logits" in cache.read(path)
     assert cache.update(path, md.model_file, union, ["orig"], False, compute) == "current"
     assert len(calls) == 1
+
+
+@contextlib.contextmanager
+def _read_only(folder: str):
+    """``folder`` made read-only: by its modes, or for root, whom modes do not stop, by a read-only
+    bind mount onto itself."""
+    if os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", folder], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", folder], check=True)
+        return
+    if subprocess.run(["mount", "--bind", folder, folder], capture_output=True, check=False).returncode:
+        pytest.skip("cannot bind-mount here (needs mount permission)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", folder], capture_output=True, check=True)
+        yield
+    finally:
+        subprocess.run(["umount", folder], check=False)
+
+
+def test_read_only_cache_with_nothing_to_do(cached_small, capsys):
+    """A current cache needs no lock file: a run on a read-only copy succeeds; one that must write
+    fails in one line naming the lock it could not create."""
+    data_dir, cache_dir = cached_small
+    argv = ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", "cpu"]
+    with _read_only(cache_dir):
+        code, _ = run_script(save_preds.main, "save_preds.py", argv, capsys)
+        assert code == 0
+        code, lines = run_script(save_preds.main, "save_preds.py", [*argv, "--save-logits"], capsys)
+    assert code != 0 and not any("Traceback" in line for line in lines)
+    assert lines[-1].startswith("save_preds.py: ") and ".lock: cannot write" in lines[-1]
+    assert "make its folder writable" in lines[-1]
 
 
 def test_lock_excludes_other_processes(tmp_path):

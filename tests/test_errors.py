@@ -1,6 +1,7 @@
 """Every expected failure is one line that names its file or folder and a fix."""
 
 import dataclasses
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import run_lira_mia
 import save_preds
 import train_shadows
 from attacks.suite import COMPARE
-from challenges import cache, fileio, layout, submission
+from challenges import cache, fileio, layout, membership, submission
 from tests.conftest import run_script
 
 TRACK, SCENARIO = "purchase100", "purchase100_inf"
@@ -243,3 +244,65 @@ def _help(script, capsys) -> str:
     with pytest.raises(SystemExit):
         script.parse_args(["--help"])
     return capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that would have raised a traceback, or been trusted
+# ---------------------------------------------------------------------------------------------
+
+
+def _forge_training_set(folder, shape, data: bytes) -> str:
+    """A training_set.npy with the header ``shape`` over ``data``, and a checksum that matches it."""
+    path = os.path.join(folder, membership.TRAINING_SET)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": shape})
+        f.write(data)
+    Path(folder, membership.CHECKSUM).write_text(fileio.file_digest(path) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "shape, n_data, why",
+    [((10**13,), 700, "10000000000000 indices, expected 700"), ((700,), 699, "header announces 5600 bytes")],
+)
+def test_training_set_header_is_checked_before_loading(tmp_path, shape, n_data, why):
+    """A header claiming 10^13 rows was allocated (MemoryError); now refused in one line."""
+    path = _forge_training_set(str(tmp_path), shape, np.arange(n_data, dtype="<i8").tobytes())
+    with pytest.raises(membership.MembershipError) as ei:
+        membership.read_training_set(str(tmp_path), 1200, 700)
+    _one_line(str(ei.value), path, why, "train_shadows.py")
+
+
+def _challenge_json(data_dir, edit) -> str:
+    path = os.path.join(data_dir, TRACK, "challenge.json")
+    d = json.loads(Path(path).read_text())
+    Path(path).write_text(json.dumps(edit(d)))
+    return path
+
+
+def _outside(d, data_dir, absolute):
+    """The dataset moved out of the track folder, and challenge.json pointing at it."""
+    outside = os.path.join(os.path.dirname(data_dir), "elsewhere", "dataset_purchase")
+    os.makedirs(os.path.dirname(outside))
+    os.replace(os.path.join(data_dir, TRACK, d["dataset"]), outside)
+    return {**d, "dataset": outside if absolute else os.path.relpath(outside, os.path.join(data_dir, TRACK))}
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda d, data_dir: list(d.items()), "a JSON list, not an object"),
+        (lambda d, data_dir: "purchase100", "a JSON str, not an object"),
+        (lambda d, data_dir: _outside(d, data_dir, absolute=False), "lies outside"),
+        (lambda d, data_dir: _outside(d, data_dir, absolute=True), "lies outside"),
+    ],
+    ids=["list", "string", "relative-outside", "absolute-outside"],
+)
+def test_challenge_json_is_an_object_and_its_dataset_is_inside(small_copy, capsys, edit, why):
+    data_dir, cache_dir = small_copy
+    path = _challenge_json(data_dir, lambda d: edit(d, data_dir))
+    argv = ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", "cpu"]
+    code, lines = run_script(save_preds.main, "save_preds.py", argv, capsys)
+    assert code != 0
+    _one_line(lines[-1], "save_preds.py: ", path, why, "download_files.py --synthetic")
+    assert not os.path.exists(cache_dir)
