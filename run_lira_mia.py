@@ -11,20 +11,37 @@ report/<track>/report.md (no prediction.csv is written then).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from attacks import auto
 from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, OFFLINE_TESTS, SIGNALS, AttackOptions
-from attacks.suite import COMPARE, COMPARE_SETS, REFERENCES, fields_needed, make_attack, uses_logits
-from challenges import cache, cli, evaluation, layout, report
+from attacks.suite import (
+    AUTO_LINEUP,
+    COMPARE,
+    COMPARE_SETS,
+    REFERENCES,
+    WINNER,
+    WINNER_CONFIGURATION,
+    fields_needed,
+    make_attack,
+    needs_runner_up,
+    uses_logits,
+    with_shared,
+)
+from challenges import cache, cli, evaluation, layout, report, scoring
 from challenges.datasets import load_dataset
+from challenges.fileio import write_text
 from challenges.scenario import load_scenario
 from challenges.tracks import load_params
 
 # AttackOptions field -> the flag that sets it (filled by build_parser), to render commands.
 OPTION_FLAGS: dict[str, str] = {}
+AUTO = "Auto (best train leave-one-out TPR@10%FPR per scenario)"
+AUTO_HONEST = "Auto, honest estimate (each half's choice made on the other half)"
+BOOTSTRAP_REFERENCES = {WINNER: "winner as submitted", WINNER_CONFIGURATION: "winner's configuration"}
 
 
 def rmia_a_value(text: str):
@@ -162,21 +179,73 @@ def scenarios_data(args, fields, runner_up: bool = False):
 
 
 def compare(args, options: AttackOptions) -> str:
-    """Score every row of the line-up leave-one-out; write report.md; return its path."""
-    shared = {k: v for k, v in dataclasses.asdict(options).items() if k not in COMPARE_SETS}
-    runs = [(label, dataclasses.replace(row, **shared)) for label, row in COMPARE]
-    shared_flags = option_flags(dataclasses.replace(AttackOptions(), **shared))
+    """Score every row of the line-up leave-one-out, then auto's rows and the paired bootstrap
+    standard errors; write report.md; return its path."""
+    runs = with_shared(COMPARE, options)
     fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o)}))
-    scores = {label: {} for label, _ in runs}
+    scores = {label: {} for label, _ in runs} | {AUTO: {}, AUTO_HONEST: {}}
+    notes, replicates = [], []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
-    bar = tqdm(total=len(runs) * n_scenarios, desc="compare", unit="run")
-    for data in scenarios_data(args, fields, runner_up=any(o.as_submitted for _, o in runs)):
+    bar = tqdm(total=(len(runs) + 1) * n_scenarios, desc="compare", unit="run")
+    for i, data in enumerate(scenarios_data(args, fields, runner_up=any(needs_runner_up(o) for _, o in runs))):
+        train = {}
         for label, o in runs:
             bar.set_postfix_str(f"{data.scenario}: {label}")
             results = evaluation.attack_scenario(data, make_attack(o), evaluate=True)
             scores[label][data.scenario] = evaluation.score_results(data, results)
+            train[label] = results["train"]
             bar.update()
+        bar.set_postfix_str(f"{data.scenario}: auto's honest estimate")
+        train[AUTO], train[AUTO_HONEST], note = compare_auto(data, options, train, scores)
+        notes += note
+        rows = train[AUTO][0]
+        replicates.append(scoring.bootstrap_tpr(data.solutions[rows], {lb: s for lb, (_, s) in train.items()}, seed=i))
+        bar.update()
     bar.close()
+    sections = ["## Auto: the attack chosen per scenario", ""] + notes + [""]
+    sections += bootstrap_section(scores, replicates)
+    shared = option_flags(with_shared([("", AttackOptions())], options)[0][1])
+    rows = list(COMPARE) + [(AUTO, AttackOptions(attack="auto")), (AUTO_HONEST, AttackOptions(attack="auto"))]
+    commands = {label: " ".join(base_command(args) + option_flags(row) + shared) for label, row in rows}
+    return report.write_compare_report(
+        os.path.join(args.report_dir, args.challenge), scores, commands, references=REFERENCES, sections=sections
+    )
+
+
+def compare_auto(data, options: AttackOptions, train: dict, scores: dict):
+    """Auto's two rows from the line-up's results: (its train rows and scores, the honest
+    estimate's, the report's lines); ``scores`` gets both rows for this scenario."""
+    lineup = with_shared(AUTO_LINEUP, options)
+    rows = auto.train_rows(data)
+    choice = auto.choose_and_estimate(
+        data,
+        {label: make_attack(o) for label, o in lineup},
+        {label: train[label][1] for label, _ in lineup},
+        seed=options.seed,
+    )
+    scores[AUTO][data.scenario] = scores[choice.label][data.scenario]
+    honest = (rows, choice.honest.scores)
+    scores[AUTO_HONEST][data.scenario] = evaluation.score_results(data, {"train": honest})
+    return train[choice.label], honest, auto.describe(data.scenario, choice)
+
+
+def bootstrap_section(scores: dict, replicates: list) -> list[str]:
+    """report.md's standard errors: the train phase's average TPR@10%FPR of every row, paired
+    bootstrap over the train models of each scenario (resampled independently per scenario)."""
+    labels = list(replicates[0])
+    point = {lb: float(np.mean([s["train"][scoring.RANKING_KEY] for s in scores[lb].values()])) for lb in labels}
+    reps = {lb: np.mean([r[lb] for r in replicates], axis=0) for lb in labels}
+    n = len(reps[labels[0]])
+    return [
+        f"## Standard errors (train, leave-one-out; paired bootstrap over the train models, {n} resamples)",
+        "",
+        *report.bootstrap_table(point, reps, BOOTSTRAP_REFERENCES),
+        "",
+    ]
+
+
+def base_command(args) -> list[str]:
+    """The command line of a --compare row, up to its attack flags."""
     base = [
         "python run_lira_mia.py",
         "--challenge",
@@ -190,10 +259,20 @@ def compare(args, options: AttackOptions) -> str:
     ]
     if args.scenario:
         base += ["--scenario", args.scenario]
-    commands = {label: " ".join(base + ["--evaluate"] + option_flags(row) + shared_flags) for label, row in COMPARE}
-    return report.write_compare_report(
-        os.path.join(args.report_dir, args.challenge), scores, commands, references=REFERENCES
-    )
+    return base + ["--evaluate"]
+
+
+def write_auto_report(args, attack: auto.AutoAttack) -> str:
+    """Print and write <report-dir>/<track>/auto.md: what --attack auto chose per scenario and why."""
+    lines = ["# --attack auto: the attack chosen per scenario", ""]
+    for scenario, choice in attack.choices.items():
+        lines += auto.describe(scenario, choice)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    path = os.path.join(args.report_dir, args.challenge, "auto.md")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_text(path, text)
+    return path
 
 
 def main(argv=None) -> int:
@@ -207,7 +286,7 @@ def main(argv=None) -> int:
     attack = make_attack(options)
     scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
-    data_iter = scenarios_data(args, cache_fields(args, options), runner_up=options.as_submitted)
+    data_iter = scenarios_data(args, cache_fields(args, options), runner_up=needs_runner_up(options))
     for data in tqdm(data_iter, desc=options.attack, unit="scenario", total=n_scenarios):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
         done.append((data.models, results))  # the signals themselves are not kept
@@ -217,6 +296,8 @@ def main(argv=None) -> int:
     # leaves one attack's predictions beside another's.
     written = sum(evaluation.write_predictions(models, results) for models, results in done)
     print(f"wrote {written} prediction.csv files under {os.path.join(args.data_dir, args.challenge)}")
+    if isinstance(attack, auto.AutoAttack):
+        print(f"auto's choices: {write_auto_report(args, attack)}")
     if args.evaluate:
         print(report.scores_text(scores))
         paths = report.save_report(os.path.join(args.report_dir, args.challenge), scores)

@@ -11,13 +11,17 @@ phase ranks exactly as if it had been scaled on its own.
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from . import stacked
+from .auto import AutoAttack
 from .baselines import calibrated, confidence_attack, entropy_attack, loss_attack, loss_from_phi, prob_from_phi
 from .classifier import classifier_attack
 from .lira import lira, signal_from_phi, signal_kind
-from .options import AttackOptions
+from .options import CALIBRATIONS, SIGNALS, AttackOptions
 from .rmia import rmia
 from .submitted import WINNER_CONFIG, mico_winner, reference_offline, runner_up_lira, runner_up_signal, winner_signal
 
@@ -28,13 +32,18 @@ def fields_needed(o: AttackOptions, have_logits: bool = False) -> tuple:
     """Cache fields the attack of ``o`` reads; logits (where every model has them) make the
     classifier's features richer and the runner-up's as-submitted signal exact."""
     logits = ("logits",) if have_logits and uses_logits(o) else ()
-    if o.attack in ("entropy", "classifier"):
+    if o.attack in ("entropy", "classifier", "stacked", "auto"):  # stacked: entropy; auto: every row
         return ("phi", "mentr") + logits
     return ("phi",) + logits
 
 
+def needs_runner_up(o: AttackOptions) -> bool:
+    """Whether the attack of ``o`` reads the runner-up's train-model membership (runner_up_in)."""
+    return o.as_submitted or (o.attack == "auto" and any(row.as_submitted for _, row in AUTO_LINEUP))
+
+
 def uses_logits(o: AttackOptions) -> bool:
-    return o.attack == "classifier" or o.as_submitted
+    return o.attack in ("classifier", "auto") or o.as_submitted
 
 
 def _own(arr, data, rows):
@@ -88,6 +97,14 @@ def _winner(data, rows, exclude, o):
         formula=choice.formula,
         phase=phase,
     )
+
+
+def _winner_config(data, rows, exclude, o):
+    """The winner's configuration without its submission's quirks: our calibrated attack with the
+    winner's per-scenario signal and formula, every shadow (designed ones too)."""
+    track, suffix = data.scenario.rsplit("_", 1)
+    choice = WINNER_CONFIG[track, suffix]
+    return _calibrated(data, rows, exclude, replace(o, signal=choice.metric, calibration=choice.formula))
 
 
 def _lira(data, rows, exclude, o):
@@ -183,6 +200,11 @@ def _classifier(data, rows, exclude, o):
     )
 
 
+def _stacked(data, rows, exclude, o):
+    base = [make_attack(row) for _, row in with_shared(STACK_BASE, o)]
+    return stacked.stacked_attack(data, rows, exclude, base, seed=o.seed)
+
+
 _RUN = {
     "lira": _lira,
     "rmia": _rmia,
@@ -192,6 +214,8 @@ _RUN = {
     "entropy": _entropy,
     "classifier": _classifier,
     "mico-winner": _winner,
+    "mico-winner-config": _winner_config,
+    "stacked": _stacked,
 }
 
 
@@ -199,6 +223,8 @@ def make_attack(o: AttackOptions):
     """The ``attack(data, rows, exclude)`` callable for the options ``o`` (``o.attack`` names it)."""
     if not isinstance(o, AttackOptions):
         raise TypeError(f"attack options must be an AttackOptions, got {type(o).__name__}")
+    if o.attack == "auto":  # an object: it records its choice per scenario (AutoAttack.choices)
+        return AutoAttack({label: make_attack(row) for label, row in with_shared(AUTO_LINEUP, o)}, seed=o.seed)
     run = _RUN[o.attack]
     return lambda data, rows, exclude: np.clip(run(data, rows, exclude, o), 0.0, 1.0)
 
@@ -207,9 +233,12 @@ def make_attack(o: AttackOptions):
 # probability; the two top MICO entries as submitted are the references every row is compared to.
 RUNNER_UP = "Runner-up as submitted (LiRA offline, global variance)"
 WINNER = "MICO winner as submitted (calibrated, per scenario)"
-REFERENCES = {WINNER: "winner", RUNNER_UP: "runner-up"}  # label -> short name for the report
+WINNER_CONFIGURATION = "MICO winner's configuration (calibrated, per scenario, every shadow)"
+REFERENCES = {WINNER: "winner", WINNER_CONFIGURATION: "winner's config", RUNNER_UP: "runner-up"}  # short names
+STACKED = "Stacked (logistic regression over 17 attacks' scores)"
 COMPARE = (
     (WINNER, AttackOptions(attack="mico-winner")),
+    (WINNER_CONFIGURATION, AttackOptions(attack="mico-winner-config")),
     (RUNNER_UP, AttackOptions(global_variance=True, as_submitted=True)),
     ("LiRA offline", AttackOptions()),
     ("LiRA offline, reference code's two-sided test", AttackOptions(offline_test="reference")),
@@ -230,6 +259,29 @@ COMPARE = (
     ("Modified entropy", AttackOptions(attack="entropy")),
     ("Loss (starting kit)", AttackOptions(attack="loss")),
     ("Confidence", AttackOptions(attack="confidence")),
+    (STACKED, AttackOptions(attack="stacked")),
+)
+# --attack auto chooses among every row of the line-up.
+AUTO_LINEUP = COMPARE
+# The stacked attack's features: cheap attacks whose leave-one-out scores never use the target's
+# membership (RMIA's a is fixed: 'auto' chooses it on every train model's membership).
+STACK_BASE = (
+    ("LiRA offline", AttackOptions()),
+    ("LiRA offline, global variance", AttackOptions(global_variance=True)),
+    ("LiRA offline, stable logit", AttackOptions(stable_logit_scaling=True)),
+    ("LiRA online", AttackOptions(online_attack=True)),
+    ("LiRA online, global variance", AttackOptions(online_attack=True, global_variance=True)),
+    ("LiRA online, stable logit", AttackOptions(online_attack=True, stable_logit_scaling=True)),
+    ("RMIA offline", AttackOptions(attack="rmia")),
+    ("RMIA online", AttackOptions(attack="rmia", online_attack=True)),
+    *(
+        (f"Calibrated {sig} ({mode})", AttackOptions(attack="calibrated", signal=sig, calibration=mode))
+        for sig in SIGNALS
+        for mode in CALIBRATIONS
+    ),
+    ("Modified entropy", AttackOptions(attack="entropy")),
+    ("Loss", AttackOptions(attack="loss")),
+    ("Confidence", AttackOptions(attack="confidence")),
 )
 # What the rows choose; the other options (min_shadows, rmia_gamma, ...) come from the command line.
 COMPARE_SETS = (
@@ -245,3 +297,10 @@ COMPARE_SETS = (
     "signal",
     "calibration",
 )
+
+
+def with_shared(lineup, o: AttackOptions) -> list:
+    """``lineup``'s (label, options) with the options the rows do not choose (seed, rmia_gamma,
+    min_shadows, ...) taken from ``o``."""
+    shared = {k: v for k, v in asdict(o).items() if k not in COMPARE_SETS}
+    return [(label, replace(row, **shared)) for label, row in lineup]

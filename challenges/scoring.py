@@ -91,3 +91,63 @@ def ranking_metric(scores_by_scenario: dict) -> float:
     if not scores_by_scenario:
         raise ValueError("no scenarios to rank")
     return float(np.mean([s[RANKING_KEY] for s in scores_by_scenario.values()]))
+
+
+def _weighted_tpr_at(order_truth, order_model, ends, counts, fpr: float) -> np.ndarray:
+    """TPR at ``fpr`` (strictly below, as :func:`score`) of the pooled ROC with each point weighted
+    by its model's count in each resample. order_*: (N,) the points in decreasing score order;
+    ends: (G,) last position of each group of tied scores; counts: (B, M) -> (B,)."""
+    w = counts[:, order_model].astype(np.float64)  # (B, N)
+    tp = np.cumsum(w * order_truth, axis=1)[:, ends]
+    fp = np.cumsum(w * (1 - order_truth), axis=1)[:, ends]
+    tpr = tp / tp[:, -1:]
+    fpr_ = fp / fp[:, -1:]
+    return np.where(fpr_ < fpr, tpr, 0.0).max(axis=1)  # 0: roc_curve's first point (0, 0)
+
+
+def bootstrap_tpr(truth, scores: dict, *, fpr: float = 0.1, n_boot: int = 1000, seed: int = 0, chunk: int = 100):
+    """Paired bootstrap over target models of the pooled TPR at ``fpr``: {label: (n_boot,) replicates}.
+
+    truth: (M, K) 0/1 membership of M target models' K challenge points; scores: {label: (M, K)}
+    each attack's scores of the same points. Every replicate draws M target models with
+    replacement (the unit MICO's pooled metric averages over is the model, whose points share its
+    training run) and scores every attack on that same draw, so the replicates of two attacks
+    pair: the standard error of their difference is ``np.std(reps[a] - reps[b], ddof=1)``
+    (:func:`paired_se`). A drawn model counts as often as it is drawn (weights in one pooled ROC,
+    no copies). Values equal :func:`score`'s TPR except where sklearn's drop_intermediate removes
+    a collinear point below ``fpr``, which needs evenly spaced runs of tied scores.
+    """
+    truth = np.asarray(truth)
+    if truth.ndim != 2 or truth.shape[0] < 2:
+        raise ValueError(f"truth must be (models, points) with at least 2 models, got shape {truth.shape}")
+    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 2:
+        raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+    M, K = truth.shape
+    sol, _ = _validate(truth, np.zeros(truth.shape))
+    draws = np.random.default_rng(seed).integers(0, M, size=(int(n_boot), M))
+    counts = np.zeros((int(n_boot), M), dtype=np.int64)
+    np.add.at(counts, (np.arange(int(n_boot))[:, None], draws), 1)
+    model = np.repeat(np.arange(M), K)
+    # every MICO model holds members and non-members, so every resample has both classes
+    per_model = sol.reshape(M, K)
+    if (per_model.min(axis=1) == per_model.max(axis=1)).any():
+        raise ValueError("every target model must hold both members and non-members")
+    out = {}
+    for label, s in scores.items():
+        _, pred = _validate(truth, s)
+        order = np.argsort(-pred, kind="stable")
+        p = pred[order]
+        ends = np.flatnonzero(np.r_[p[1:] != p[:-1], True])
+        out[label] = np.concatenate(
+            [
+                _weighted_tpr_at(sol[order], model[order], ends, counts[b : b + chunk], fpr)
+                for b in range(0, int(n_boot), chunk)
+            ]
+        )
+    return out
+
+
+def paired_se(reps_a, reps_b=None) -> float:
+    """Bootstrap standard error of an attack's score (``reps_b`` None) or of the difference a - b."""
+    d = np.asarray(reps_a, dtype=np.float64) - (0.0 if reps_b is None else np.asarray(reps_b, dtype=np.float64))
+    return float(np.std(d, ddof=1))
