@@ -71,6 +71,7 @@ class Honest:
     scores: np.ndarray  # (T, 2m) every train model's score from the attack chosen without its half
     tpr: float  # TPR@10%FPR of ``scores`` pooled
     picks: list = field(default_factory=list)  # per half: (its train rows, the label chosen on the other half)
+    skipped: dict = field(default_factory=dict)  # label -> why it could not run on a half's shadows
 
 
 def honest_estimate(data, lineup: dict, train_scores: dict, *, seed: int = 0) -> Honest:
@@ -82,15 +83,31 @@ def honest_estimate(data, lineup: dict, train_scores: dict, *, seed: int = 0) ->
     """
     train = train_rows(data)
     honest = np.full(train_scores[next(iter(train_scores))].shape, np.nan)
-    picks = []
+    out = Honest(honest, np.nan)
     for half, other in _halves(train, seed):
         sub, new_row = held_out(data, half)
         rows = new_row[other]
-        label, _ = choose({lb: attack(sub, rows, rows) for lb, attack in lineup.items()}, sub.solutions[rows])
+        label, _ = choose(_runnable(lineup, sub, rows, out.skipped), sub.solutions[rows])
         where = np.searchsorted(train, half)
         honest[where] = train_scores[label][where]
-        picks.append((half, label))
-    return Honest(honest, tpr_at_fpr(data.solutions[train], honest), picks)
+        out.picks.append((half, label))
+    out.tpr = tpr_at_fpr(data.solutions[train], honest)
+    return out
+
+
+def _runnable(lineup, sub, rows, skipped) -> dict:
+    """{label: leave-one-out scores of ``rows``} of the attacks that run on half the shadows; an
+    attack that refuses (too few shadows, e.g. LiRA without an OUT shadow at any challenge point)
+    is left out of that choice and its reason kept in ``skipped``."""
+    scores = {}
+    for label, attack in lineup.items():
+        try:
+            scores[label] = attack(sub, rows, rows)
+        except ValueError as e:
+            skipped[label] = str(e)
+    if not scores:
+        raise ValueError(f"{sub.scenario}: no attack of the line-up runs on half of the train models as shadows")
+    return scores
 
 
 def _halves(train, seed):
@@ -127,6 +144,8 @@ def describe(scenario: str, c: Choice) -> list[str]:
         + f". Honest estimate (choice made on the other half of the train models): {c.honest.tpr:.4f}"
         + f" (halves chose: {', '.join(lb for _, lb in c.honest.picks)})."
     ]
+    if c.honest.skipped:
+        lines.append(f"  Could not run on half the shadows: {', '.join(c.honest.skipped)}.")
     return lines
 
 
