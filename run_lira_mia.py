@@ -23,6 +23,7 @@ from attacks.suite import (
     COMPARE,
     COMPARE_SETS,
     REFERENCES,
+    STACKED,
     WINNER,
     WINNER_CONFIGURATION,
     fields_needed,
@@ -184,7 +185,7 @@ def compare(args, options: AttackOptions) -> str:
     runs = with_shared(COMPARE, options)
     fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o)}))
     scores = {label: {} for label, _ in runs} | {AUTO: {}, AUTO_HONEST: {}}
-    notes, replicates = [], []
+    notes, replicates = [], {}
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     bar = tqdm(total=(len(runs) + 1) * n_scenarios, desc="compare", unit="run")
     for i, data in enumerate(scenarios_data(args, fields, runner_up=any(needs_runner_up(o) for _, o in runs))):
@@ -199,7 +200,9 @@ def compare(args, options: AttackOptions) -> str:
         train[AUTO], train[AUTO_HONEST], note = compare_auto(data, options, train, scores)
         notes += note
         rows = train[AUTO][0]
-        replicates.append(scoring.bootstrap_tpr(data.solutions[rows], {lb: s for lb, (_, s) in train.items()}, seed=i))
+        replicates[data.scenario] = scoring.bootstrap_tpr(
+            data.solutions[rows], {lb: s for lb, (_, s) in train.items()}, seed=i
+        )
         bar.update()
     bar.close()
     sections = ["## Auto: the attack chosen per scenario", ""] + notes + [""]
@@ -229,17 +232,24 @@ def compare_auto(data, options: AttackOptions, train: dict, scores: dict):
     return train[choice.label], honest, auto.describe(data.scenario, choice)
 
 
-def bootstrap_section(scores: dict, replicates: list) -> list[str]:
-    """report.md's standard errors: the train phase's average TPR@10%FPR of every row, paired
-    bootstrap over the train models of each scenario (resampled independently per scenario)."""
-    labels = list(replicates[0])
-    point = {lb: float(np.mean([s["train"][scoring.RANKING_KEY] for s in scores[lb].values()])) for lb in labels}
-    reps = {lb: np.mean([r[lb] for r in replicates], axis=0) for lb in labels}
+def bootstrap_section(scores: dict, replicates: dict) -> list[str]:
+    """report.md's standard errors: the train phase's average TPR@10%FPR of every row, and the
+    stacked attack against the best single attack per scenario; paired bootstrap over the train
+    models of each scenario (``replicates``: {scenario: {label: (B,)}}, resampled independently)."""
+    labels = list(next(iter(replicates.values())))
+    by_sc = {sc: {lb: scores[lb][sc]["train"][scoring.RANKING_KEY] for lb in labels} for sc in replicates}
+    point = {lb: float(np.mean([v[lb] for v in by_sc.values()])) for lb in labels}
+    reps = {lb: np.mean([r[lb] for r in replicates.values()], axis=0) for lb in labels}
     n = len(reps[labels[0]])
+    singles = [lb for lb, o in COMPARE if o.attack != "stacked"]
     return [
         f"## Standard errors (train, leave-one-out; paired bootstrap over the train models, {n} resamples)",
         "",
         *report.bootstrap_table(point, reps, BOOTSTRAP_REFERENCES),
+        "",
+        "## The stacked attack against the best single attack per scenario (train, leave-one-out)",
+        "",
+        *report.versus_best_table(by_sc, replicates, STACKED, singles),
         "",
     ]
 

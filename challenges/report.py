@@ -215,3 +215,17 @@ def bootstrap_table(point: dict, replicates: dict, references: dict, metric: str
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def versus_best_table(point: dict, replicates: dict, label: str, others) -> list[str]:
+    """Markdown table, one row per scenario: ``label``'s score against the best of ``others`` there
+    (chosen in hindsight, which flatters it), the difference ± its paired bootstrap SE.
+
+    point: {scenario: {label: score}}; replicates: {scenario: {label: (B,) replicates}}.
+    """
+    lines = [f"| scenario | {label} | best other attack | its score | Δ ± SE |", "|---|---|---|---|---|"]
+    for sc, by_label in point.items():
+        best = max(others, key=lambda lb: by_label[lb])
+        diff, se = by_label[label] - by_label[best], paired_se(replicates[sc][label], replicates[sc][best])
+        lines.append(f"| {sc} | {by_label[label]:.4f} | {best} | {by_label[best]:.4f} | {diff:+.4f} ± {se:.4f} |")
+    return lines

@@ -79,3 +79,11 @@ def test_bootstrap_table():
     assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| x", "| c", "| w"]  # ranked by score
     assert lines[2] == "| x | 0.4300 ± 0.0577 | +0.1100 ± 0.0416 | +0.1000 ± 0.0416 |"
     assert lines[3].endswith("| +0.0100 ± 0.0000 | — |")
+
+
+def test_versus_best_table():
+    point = {"inf": {"s": 0.5, "a": 0.4, "b": 0.6}, "hi": {"s": 0.3, "a": 0.2, "b": 0.1}}
+    reps = {sc: {"s": np.array([0.1, 0.3]), "a": np.array([0.1, 0.2]), "b": np.array([0.1, 0.1])} for sc in point}
+    lines = report.versus_best_table(point, reps, "s", ["a", "b"])
+    assert lines[2] == "| inf | 0.5000 | b | 0.6000 | -0.1000 ± 0.1414 |"
+    assert lines[3] == "| hi | 0.3000 | a | 0.2000 | +0.1000 ± 0.0707 |"
