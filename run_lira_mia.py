@@ -41,7 +41,7 @@ from challenges.tracks import load_params
 # AttackOptions field -> the flag that sets it (filled by build_parser), to render commands.
 OPTION_FLAGS: dict[str, str] = {}
 AUTO = "Auto (best train leave-one-out TPR@10%FPR per scenario)"
-AUTO_HONEST = "Auto, honest estimate (each half's choice made on the other half)"
+AUTO_HONEST = "Auto, honest estimate (each half scored with the choice made on the other half)"
 BOOTSTRAP_REFERENCES = {WINNER: "winner as submitted", WINNER_CONFIGURATION: "winner's configuration"}
 
 
@@ -197,11 +197,15 @@ def compare(args, options: AttackOptions) -> str:
             train[label] = results["train"]
             bar.update()
         bar.set_postfix_str(f"{data.scenario}: auto's honest estimate")
-        train[AUTO], train[AUTO_HONEST], note = compare_auto(data, options, train, scores)
+        train[AUTO], train[AUTO_HONEST], halves, note = compare_auto(data, options, train, scores)
         notes += note
         rows = train[AUTO][0]
         replicates[data.scenario] = scoring.bootstrap_tpr(
-            data.solutions[rows], {lb: s for lb, (_, s) in train.items()}, seed=i
+            data.solutions[rows],
+            {lb: s for lb, (_, s) in train.items()},
+            seed=i,
+            strata=halves,
+            by_stratum=(AUTO_HONEST,),
         )
         bar.update()
     bar.close()
@@ -217,7 +221,8 @@ def compare(args, options: AttackOptions) -> str:
 
 def compare_auto(data, options: AttackOptions, train: dict, scores: dict):
     """Auto's two rows from the line-up's results: (its train rows and scores, the honest
-    estimate's, the report's lines); ``scores`` gets both rows for this scenario."""
+    estimate's, each train model's half, the report's lines); ``scores`` gets both rows for this
+    scenario, the honest one scored half by half (attacks.auto)."""
     lineup = with_shared(AUTO_LINEUP, options)
     rows = auto.train_rows(data)
     choice = auto.choose_and_estimate(
@@ -227,9 +232,9 @@ def compare_auto(data, options: AttackOptions, train: dict, scores: dict):
         seed=options.seed,
     )
     scores[AUTO][data.scenario] = scores[choice.label][data.scenario]
-    honest = (rows, choice.honest.scores)
-    scores[AUTO_HONEST][data.scenario] = evaluation.score_results(data, {"train": honest})
-    return train[choice.label], honest, auto.describe(data.scenario, choice)
+    h = choice.honest
+    scores[AUTO_HONEST][data.scenario] = {"train": scoring.mean_over_groups(data.solutions[rows], h.scores, h.half)}
+    return train[choice.label], (rows, h.scores), h.half, auto.describe(data.scenario, choice)
 
 
 def bootstrap_section(scores: dict, replicates: dict) -> list[str]:

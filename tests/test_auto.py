@@ -71,6 +71,8 @@ def test_honest_choice_never_sees_the_half_it_scores():
     train_scores = {lb: a(data, train, train) for lb, a in lineup.items()}
     before = auto.honest_estimate(data, lineup, train_scores, seed=5)
     half = before.picks[0][0]
+    per_half = [auto.tpr_at_fpr(data.solutions[h], before.scores[np.searchsorted(train, h)]) for h, _ in before.picks]
+    assert before.tpr == np.mean(per_half) and sorted(np.bincount(before.half)) == [6, 6]
     flipped = data
     for t in half:
         flipped = _flip(flipped, t)

@@ -87,3 +87,33 @@ def test_versus_best_table():
     lines = report.versus_best_table(point, reps, "s", ["a", "b"])
     assert lines[2] == "| inf | 0.5000 | b | 0.6000 | -0.1000 ± 0.1414 |"
     assert lines[3] == "| hi | 0.3000 | a | 0.2000 | +0.1000 ± 0.0707 |"
+
+
+def test_strata_and_scores_by_stratum():
+    truth, s, _ = _challenge(M=10, seed=3)
+    strata = np.r_[np.zeros(4, int), np.ones(6, int)]
+    reps = scoring.bootstrap_tpr(
+        truth, {"pooled": s, "halves": s}, n_boot=20, seed=2, strata=strata, by_stratum=("halves",)
+    )
+    rng = np.random.default_rng(2)  # the draws, stratum by stratum as the function makes them
+    counts = np.zeros((20, 10), dtype=int)
+    for members in (np.arange(4), np.arange(4, 10)):
+        d = members[rng.integers(0, len(members), size=(20, len(members)))]
+        np.add.at(counts, (np.arange(20)[:, None], d), 1)
+    assert (counts[:, :4].sum(axis=1) == 4).all()  # each stratum keeps its size
+    pooled = [_slow(truth, s, c, 0.1) for c in counts]
+    halves = [np.mean([_slow(truth[g], s[g], c[g], 0.1) for g in (slice(0, 4), slice(4, 10))]) for c in counts]
+    np.testing.assert_allclose(reps["pooled"], pooled, atol=1e-12)
+    np.testing.assert_allclose(reps["halves"], halves, atol=1e-12)
+    with pytest.raises(ValueError, match="one group per model"):
+        scoring.bootstrap_tpr(truth, {"a": s}, strata=strata[:5])
+
+
+def test_mean_over_groups():
+    truth, s, _ = _challenge(M=10, seed=4)
+    groups = np.r_[np.zeros(5, int), np.ones(5, int)]
+    m = scoring.mean_over_groups(truth, s, groups)
+    a, b = scoring.score(truth[:5], s[:5]), scoring.score(truth[5:], s[5:])
+    for key in scoring.METRIC_KEYS:
+        assert m[key] == pytest.approx((a[key] + b[key]) / 2)
+    assert m["fpr"][0] == 0 and m["fpr"][-1] == 1 and m["tpr"][-1] == 1 and (np.diff(m["tpr"]) >= 0).all()
