@@ -3,10 +3,11 @@
 Shadow models are the scenario's train models (plus any added by train_shadows.py); their
 membership comes from their seeds. The default attack is LiRA with the runner-up's four flags;
 --attack picks another; --attack auto picks, per scenario, the --compare row with the best
-leave-one-out TPR@10%FPR on the train models and says why in <report-dir>/<track>/auto.md. --evaluate also attacks every train model leave-one-out and scores it
-against its solution.csv (and dev/final against a solutions/ tree, when present), so a
-submission's score is known before it is made. --compare ranks every attack that way and writes
-report/<track>/report.md (no prediction.csv is written then).
+leave-one-out TPR@10%FPR on the train models and says why in <report-dir>/<track>/auto.md.
+--evaluate also attacks every train model leave-one-out and scores it against its solution.csv
+(and dev/final against a solutions/ tree, when present), so a submission's score is known before
+it is made. --compare ranks every attack that way and writes report/<track>/report.md (no
+prediction.csv is written then).
 """
 
 from __future__ import annotations
