@@ -67,7 +67,15 @@ def _fit_and_score(data, base, targets, C) -> np.ndarray:
         raise ValueError("the stacked attack needs train models with known membership as shadows")
     rows = np.concatenate([fit, targets])
     exclude = np.concatenate([fit, np.full(len(targets), -1)])
-    per_attack = [attack(data, rows, exclude) for attack in base]  # each (len(rows), 2m)
+    per_attack = []  # each (len(rows), 2m)
+    for label, attack in base.items():
+        try:
+            per_attack.append(attack(data, rows, exclude))
+        except ValueError as e:
+            raise ValueError(
+                f"stacked: base attack {label} cannot run with {len(data.shadow_in)} shadows "
+                f"(a fold's fit sees 1 - 1/n_folds of them): {e}"
+            ) from None
     x = features([s.ravel() for s in per_attack])
     n_fit = fit.size * per_attack[0].shape[1]
     p = fit_predict(x[:n_fit], data.solutions[fit].ravel(), x[n_fit:], C)
@@ -77,7 +85,7 @@ def _fit_and_score(data, base, targets, C) -> np.ndarray:
 def stacked_attack(data, rows, exclude, base, *, n_folds: int = 4, seed: int = 0, C: float = 1.0) -> np.ndarray:
     """Stacked membership scores (T, 2m) in [0, 1] of the model rows ``rows`` of ``data``.
 
-    ``base``: the base attacks, each ``attack(data, rows, exclude) -> (T, 2m)`` scores in [0, 1]
+    ``base``: {label: attack}, each ``attack(data, rows, exclude) -> (T, 2m)`` scores in [0, 1]
     (attacks.suite's interface); ``exclude`` (T,): the shadow row each target must leave out, -1
     for none. Targets that are shadows are scored out of fold (module docstring): at most
     ``n_folds`` + 1 models are fitted, and each base attack runs once per fit.

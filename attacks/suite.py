@@ -201,7 +201,7 @@ def _classifier(data, rows, exclude, o):
 
 
 def _stacked(data, rows, exclude, o):
-    base = [make_attack(row) for _, row in with_shared(STACK_BASE, o)]
+    base = {label: make_attack(row) for label, row in with_shared(STACK_BASE, o)}
     return stacked.stacked_attack(data, rows, exclude, base, seed=o.seed)
 
 

@@ -9,6 +9,7 @@ from attacks import auto
 from attacks.options import AttackOptions
 from attacks.suite import AUTO_LINEUP, STACK_BASE, make_attack
 from challenges import scoring
+from production.synthetic import build_synthetic
 from tests.conftest import run_script
 from tests.fake_scenario import fake_scenario, permute_membership
 
@@ -149,3 +150,29 @@ def test_auto_end_to_end(small_copy, tmp_path, capsys):
     for row in (run_lira_mia.AUTO, run_lira_mia.AUTO_HONEST, "Stacked"):
         assert row in report
     assert "Δ vs winner's configuration ± SE" in report and " ± " in report
+
+
+@pytest.mark.slow
+def test_auto_and_stacked_on_cifar10(tmp_path, capsys):
+    """The other track: a small cifar10 scenario (6 train models, the CNN, one epoch)."""
+    data_dir, cache_dir = str(tmp_path / "data"), str(tmp_path / "cache")
+    build_synthetic(
+        data_dir,
+        "cifar10",
+        n_points=400,
+        len_training=200,
+        n_train=6,
+        n_dev=1,
+        n_final=1,
+        epochs=1,
+        seed=2,
+        scenarios=["cifar10_inf"],
+        device="cpu",
+    )
+    argv = ["--challenge", "cifar10", "--data-dir", data_dir, "--cache-dir", cache_dir]
+    assert save_preds.main(argv + ["--device", "cpu"]) == 0
+    argv += ["--report-dir", str(tmp_path / "report"), "--evaluate", "--rmia-population", "200"]
+    for attack in ("stacked", "auto"):
+        code, err = run_script(run_lira_mia.main, "run_lira_mia.py", argv + ["--attack", attack], capsys)
+        assert code == 0, err
+    assert "cifar10_inf: **" in (tmp_path / "report" / "cifar10" / "auto.md").read_text()
