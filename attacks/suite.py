@@ -20,12 +20,14 @@ from . import stacked
 from .auto import AutoAttack
 from .baselines import calibrated, confidence_attack, entropy_attack, loss_attack, loss_from_phi, prob_from_phi
 from .classifier import classifier_attack
+from .folds import held_out, split_rows
 from .lira import lira, signal_from_phi, signal_kind
 from .options import CALIBRATIONS, SIGNALS, AttackOptions
 from .rmia import rmia
 from .submitted import WINNER_CONFIG, mico_winner, reference_offline, runner_up_lira, runner_up_signal, winner_signal
 
 RMIA_A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+RMIA_A_FOLDS = 2  # --rmia-a auto for leave-one-out targets: a chosen on the other fold (x2 the cost)
 
 
 def fields_needed(o: AttackOptions, have_logits: bool = False) -> tuple:
@@ -150,8 +152,20 @@ def choose_rmia_a(data, o) -> float:
 
 
 def _rmia(data, rows, exclude, o):
-    a = choose_rmia_a(data, o) if o.rmia_a == "auto" else float(o.rmia_a)
-    return _rmia_scores(data, rows, exclude, o, a)
+    """RMIA; with ``rmia_a='auto'``, a leave-one-out target's a is chosen on the other half of
+    the shadows (attacks.folds), so its own membership never picks the a it is scored with."""
+    if o.rmia_a != "auto":
+        return _rmia_scores(data, rows, exclude, o, float(o.rmia_a))
+    out = np.full((len(rows), data.challenge.shape[1]), np.nan)
+    whole = exclude < 0
+    if whole.any():
+        out[whole] = _rmia_scores(data, rows[whole], exclude[whole], o, choose_rmia_a(data, o))
+    for fold in split_rows(np.arange(data.n_shadows), RMIA_A_FOLDS, o.seed):
+        which = np.isin(exclude, fold)
+        if which.any():
+            a = choose_rmia_a(held_out(data, fold)[0], o)
+            out[which] = _rmia_scores(data, rows[which], exclude[which], o, a)
+    return out
 
 
 def _loss(data, rows, exclude, o):

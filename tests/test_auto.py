@@ -5,7 +5,7 @@ import pytest
 
 import run_lira_mia
 import save_preds
-from attacks import auto
+from attacks import auto, suite
 from attacks.options import AttackOptions
 from attacks.suite import AUTO_LINEUP, STACK_BASE, make_attack
 from challenges import scoring
@@ -114,6 +114,20 @@ def test_a_targets_membership_never_enters_its_honest_scores():
     after = auto.honest_estimate(shuffled, CLEAN, new_scores, seed=0)
     assert after.picks[1][1] == before.picks[1][1]
     np.testing.assert_allclose(_unit(after.scores[t]), _unit(before.scores[t]), rtol=0, atol=1e-12)
+
+
+def test_rmia_a_auto_never_uses_a_targets_membership(monkeypatch):
+    """--rmia-a auto (a line-up row) picks a leave-one-out target's a without that target: every
+    choice sees fewer shadows than there are, and shuffling a target's membership leaves its scores."""
+    data = fake_scenario(n_train=8)
+    train = data.phase_rows("train")
+    seen, real = [], suite.choose_rmia_a
+    monkeypatch.setattr(suite, "choose_rmia_a", lambda d, o: seen.append(len(d.shadow_in)) or real(d, o))
+    attack = make_attack(AttackOptions(attack="rmia", rmia_a="auto"))
+    before = attack(data, train, train)
+    assert len(seen) == suite.RMIA_A_FOLDS and max(seen) < len(train)
+    after = attack(permute_membership(data, 2), train, train)
+    assert np.array_equal(before[2], after[2])
 
 
 def test_auto_needs_train_membership():
