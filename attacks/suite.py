@@ -278,7 +278,7 @@ COMPARE = (
 # --attack auto chooses among every row of the line-up.
 AUTO_LINEUP = COMPARE
 # The stacked attack's features: cheap attacks whose leave-one-out scores never use the target's
-# membership (RMIA's a is fixed: 'auto' chooses it on every train model's membership).
+# membership (RMIA's a is fixed: 'auto' would run RMIA 11 more times per fold).
 STACK_BASE = (
     ("LiRA offline", AttackOptions()),
     ("LiRA offline, global variance", AttackOptions(global_variance=True)),
