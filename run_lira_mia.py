@@ -2,31 +2,51 @@
 
 Shadow models are the scenario's train models (plus any added by train_shadows.py); their
 membership comes from their seeds. The default attack is offline LiRA, none of its four flags set;
---attack picks another. --evaluate also attacks every train model leave-one-out and scores it
-against its solution.csv (and dev/final against a solutions/ tree, when present), so a
-submission's score is known before it is made. --compare ranks every attack that way and writes
-report/<track>/report.md (no prediction.csv is written then).
+--attack picks another; --attack auto picks, per scenario, the --compare row with the best
+leave-one-out TPR@10%FPR on the train models and says why in <report-dir>/<track>/auto.md.
+--evaluate also attacks every train model leave-one-out and scores it against its solution.csv
+(and dev/final against a solutions/ tree, when present), so a submission's score is known before
+it is made. --compare ranks every attack that way and writes report/<track>/report.md (no
+prediction.csv is written then).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import sys
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from attacks import auto
 from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, OFFLINE_TESTS, SIGNALS, AttackOptions
-from attacks.suite import COMPARE, COMPARE_SETS, REFERENCES, fields_needed, make_attack, uses_logits
-from challenges import cache, cli, evaluation, layout, report, submission
+from attacks.suite import (
+    AUTO_LINEUP,
+    COMPARE,
+    COMPARE_SETS,
+    REFERENCES,
+    STACKED,
+    WINNER,
+    WINNER_CONFIGURATION,
+    fields_needed,
+    make_attack,
+    needs_runner_up,
+    uses_logits,
+    with_shared,
+)
+from challenges import cache, cli, evaluation, layout, report, scoring, submission
 from challenges.datasets import load_dataset
+from challenges.fileio import write_text
 from challenges.scenario import load_scenario, runner_up_note
 from challenges.tracks import load_params
 
 # AttackOptions field -> the flag that sets it (filled by build_parser), to render commands.
 OPTION_FLAGS: dict[str, str] = {}
+AUTO = "Auto (best train leave-one-out TPR@10%FPR per scenario)"
+AUTO_HONEST = "Auto, honest estimate (each half scored with the choice made on the other half)"
+BOOTSTRAP_REFERENCES = {WINNER: "winner as submitted", WINNER_CONFIGURATION: "winner's configuration"}
 
 
 def rmia_a_value(text: str):
@@ -173,20 +193,88 @@ def scenarios_data(args, fields, runner_up: bool = False):
 
 
 def compare(args, options: AttackOptions) -> str:
-    """Score every row of the line-up leave-one-out; write report.md; return its path."""
-    shared = {k: v for k, v in dataclasses.asdict(options).items() if k not in COMPARE_SETS}
-    runs = [(label, dataclasses.replace(row, **shared)) for label, row in COMPARE]
+    """Score every row of the line-up leave-one-out, then auto's rows and the paired bootstrap
+    standard errors; write report.md; return its path."""
+    runs = with_shared(COMPARE, options)
     fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o)}))
-    scores = {label: {} for label, _ in runs}
+    scores = {label: {} for label, _ in runs} | {AUTO: {}, AUTO_HONEST: {}}
+    notes, replicates = [], {}
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
-    bar = tqdm(total=len(runs) * n_scenarios, desc="compare", unit="run")
-    for data in scenarios_data(args, fields, runner_up=any(o.as_submitted for _, o in runs)):
+    bar = tqdm(total=(len(runs) + 1) * n_scenarios, desc="compare", unit="run")
+    for i, data in enumerate(scenarios_data(args, fields, runner_up=any(needs_runner_up(o) for _, o in runs))):
+        train = {}
         for label, o in runs:
             bar.set_postfix_str(f"{data.scenario}: {label}")
             results = evaluation.attack_scenario(data, make_attack(o), evaluate=True)
             scores[label][data.scenario] = evaluation.score_results(data, results)
+            train[label] = results["train"]
             bar.update()
+        bar.set_postfix_str(f"{data.scenario}: auto's honest estimate")
+        train[AUTO], train[AUTO_HONEST], halves, note = compare_auto(data, options, train, scores)
+        notes += note
+        rows = train[AUTO][0]
+        replicates[data.scenario] = scoring.bootstrap_tpr(
+            data.solutions[rows],
+            {lb: s for lb, (_, s) in train.items()},
+            seed=i,
+            strata=halves,
+            by_stratum=(AUTO_HONEST,),
+        )
+        bar.update()
     bar.close()
+    sections = ["## Auto: the attack chosen per scenario", ""] + notes + [""]
+    sections += bootstrap_section(scores, replicates)
+    rows = runs + with_shared(
+        [(AUTO, AttackOptions(attack="auto")), (AUTO_HONEST, AttackOptions(attack="auto"))], options
+    )
+    commands = {label: " ".join(base_command(args) + option_flags(row)) for label, row in rows}
+    return report.write_compare_report(
+        os.path.join(args.report_dir, args.challenge), scores, commands, references=REFERENCES, sections=sections
+    )
+
+
+def compare_auto(data, options: AttackOptions, train: dict, scores: dict):
+    """Auto's two rows from the line-up's results: (its train rows and scores, the honest
+    estimate's, each train model's half, the report's lines); ``scores`` gets both rows for this
+    scenario, the honest one scored half by half (attacks.auto)."""
+    lineup = with_shared(AUTO_LINEUP, options)
+    rows = auto.train_rows(data)
+    choice = auto.choose_and_estimate(
+        data,
+        {label: make_attack(o) for label, o in lineup},
+        {label: train[label][1] for label, _ in lineup},
+        seed=options.seed,
+    )
+    scores[AUTO][data.scenario] = scores[choice.label][data.scenario]
+    h = choice.honest
+    scores[AUTO_HONEST][data.scenario] = {"train": scoring.mean_over_groups(data.solutions[rows], h.scores, h.half)}
+    return train[choice.label], (rows, h.scores), h.half, auto.describe(data.scenario, choice)
+
+
+def bootstrap_section(scores: dict, replicates: dict) -> list[str]:
+    """report.md's standard errors: the train phase's average TPR@10%FPR of every row, and the
+    stacked attack against the best single attack per scenario; paired bootstrap over the train
+    models of each scenario (``replicates``: {scenario: {label: (B,)}}, resampled independently)."""
+    labels = list(next(iter(replicates.values())))
+    by_sc = {sc: {lb: scores[lb][sc]["train"][scoring.RANKING_KEY] for lb in labels} for sc in replicates}
+    point = {lb: float(np.mean([v[lb] for v in by_sc.values()])) for lb in labels}
+    reps = {lb: np.mean([r[lb] for r in replicates.values()], axis=0) for lb in labels}
+    n = len(reps[labels[0]])
+    singles = [lb for lb, o in COMPARE if o.attack != "stacked"]
+    return [
+        f"## Standard errors (train, leave-one-out; paired bootstrap over the train models, {n} resamples)",
+        "",
+        *report.bootstrap_table(point, reps, BOOTSTRAP_REFERENCES),
+        "",
+        "## The stacked attack against the best single attack per scenario (train, leave-one-out)",
+        "",
+        *report.versus_best_table(by_sc, replicates, STACKED, singles),
+        "",
+    ]
+
+
+def base_command(args) -> list[str]:
+    """The command line of a --compare row, up to its attack flags."""
     base = [
         "python run_lira_mia.py",
         "--challenge",
@@ -200,10 +288,20 @@ def compare(args, options: AttackOptions) -> str:
     ]
     if args.scenario:
         base += ["--scenario", args.scenario]
-    commands = {label: " ".join(base + ["--evaluate"] + option_flags(o)) for label, o in runs}
-    return report.write_compare_report(
-        os.path.join(args.report_dir, args.challenge), scores, commands, references=REFERENCES
-    )
+    return base + ["--evaluate"]
+
+
+def write_auto_report(args, attack: auto.AutoAttack) -> str:
+    """Print and write <report-dir>/<track>/auto.md: what --attack auto chose per scenario and why."""
+    lines = ["# --attack auto: the attack chosen per scenario", ""]
+    for scenario, choice in attack.choices.items():
+        lines += auto.describe(scenario, choice)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    path = os.path.join(args.report_dir, args.challenge, "auto.md")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_text(path, text)
+    return path
 
 
 def main(argv=None) -> int:
@@ -217,7 +315,7 @@ def main(argv=None) -> int:
     attack = make_attack(options)
     scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
-    data_iter = scenarios_data(args, cache_fields(args, options), runner_up=options.as_submitted)
+    data_iter = scenarios_data(args, cache_fields(args, options), runner_up=needs_runner_up(options))
     for data in tqdm(data_iter, desc=options.attack, unit="scenario", total=n_scenarios):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
         done.append((data.models, results))  # the signals themselves are not kept
@@ -231,6 +329,8 @@ def main(argv=None) -> int:
         f"wrote {len(run['files'])} prediction.csv files under {os.path.join(args.data_dir, args.challenge)} "
         f"(run {run['run_id']}, recorded in {submission.manifest_path(args.data_dir, args.challenge)})"
     )
+    if isinstance(attack, auto.AutoAttack):
+        print(f"auto's choices: {write_auto_report(args, attack)}")
     if args.evaluate:
         print(report.scores_text(scores))
         paths = report.save_report(os.path.join(args.report_dir, args.challenge), scores)

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-ATTACKS = ("lira", "rmia", "loss", "confidence", "calibrated", "entropy", "classifier", "mico-winner")
+ATTACKS = (
+    "lira",
+    "rmia",
+    "loss",
+    "confidence",
+    "calibrated",
+    "entropy",
+    "classifier",
+    "mico-winner",
+    "mico-winner-config",
+    "stacked",
+    "auto",
+)
 MU_CHOICES = ("mean", "median")
 OFFLINE_TESTS = ("one-sided", "reference")  # the paper's Phi(z) / the LiRA reference code's two-sided test
 SIGNALS = ("loss", "confidence")
@@ -32,6 +44,10 @@ READS = {
     "entropy": (),
     "classifier": ("seed",),
     "mico-winner": (),
+    "mico-winner-config": (),
+    # Both run a line-up of the attacks above with the options the rows do not set themselves.
+    "stacked": ("min_shadows", "rmia_gamma", "rmia_population", "seed"),
+    "auto": ("min_shadows", "rmia_gamma", "rmia_population", "seed"),
 }
 
 
@@ -41,7 +57,11 @@ class AttackOptions:
 
     LiRA takes the runner-up's four flags plus ``mu`` and ``min_shadows``; ``online_attack`` also
     selects online RMIA. ``as_submitted`` (LiRA only) runs the runner-up's code as it was released,
-    bugs included (attacks.submitted); ``attack='mico-winner'`` is the winner's submission.
+    bugs included (attacks.submitted); ``attack='mico-winner'`` is the winner's submission and
+    ``'mico-winner-config'`` its per-scenario signal and formula on our calibrated attack.
+    ``'stacked'`` fits a logistic regression over several attacks' scores (attacks.stacked);
+    ``'auto'`` runs the --compare line-up and keeps, per scenario, the attack with the best
+    leave-one-out TPR@10%FPR on the train models (attacks.auto).
     ``rmia_a`` is a number in [0, 1] or ``'auto'`` (best leave-one-out AUC on the train phase).
     ``seed`` drives sampling in RMIA and the classifier.
     """

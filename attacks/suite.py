@@ -11,30 +11,41 @@ phase ranks exactly as if it had been scaled on its own.
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from . import stacked
+from .auto import AutoAttack
 from .baselines import calibrated, confidence_attack, entropy_attack, loss_attack, loss_from_phi, prob_from_phi
 from .classifier import classifier_attack
+from .folds import held_out, split_rows
 from .lira import lira, signal_from_phi, signal_kind
-from .options import AttackOptions
+from .options import CALIBRATIONS, SIGNALS, AttackOptions
 from .rmia import rmia
 from .submitted import WINNER_CONFIG, mico_winner, reference_offline, runner_up_lira, runner_up_signal, winner_signal
 
 RMIA_A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+RMIA_A_FOLDS = 2  # --rmia-a auto for leave-one-out targets: a chosen on the other fold (x2 the cost)
 
 
 def fields_needed(o: AttackOptions, have_logits: bool = False) -> tuple:
     """Cache fields the attack of ``o`` reads; logits (where every model has them) make the
     classifier's features richer and the runner-up's as-submitted signal exact."""
     logits = ("logits",) if have_logits and uses_logits(o) else ()
-    if o.attack in ("entropy", "classifier"):
+    if o.attack in ("entropy", "classifier", "stacked", "auto"):  # stacked: entropy; auto: every row
         return ("phi", "mentr") + logits
     return ("phi",) + logits
 
 
+def needs_runner_up(o: AttackOptions) -> bool:
+    """Whether the attack of ``o`` reads the runner-up's train-model membership (runner_up_in)."""
+    return o.as_submitted or (o.attack == "auto" and any(row.as_submitted for _, row in AUTO_LINEUP))
+
+
 def uses_logits(o: AttackOptions) -> bool:
-    return o.attack == "classifier" or o.as_submitted
+    return o.attack in ("classifier", "auto") or o.as_submitted
 
 
 def _own(arr, data, rows):
@@ -90,6 +101,14 @@ def _winner(data, rows, exclude, o):
     )
 
 
+def _winner_config(data, rows, exclude, o):
+    """The winner's configuration without its submission's quirks: our calibrated attack with the
+    winner's per-scenario signal and formula, every shadow (designed ones too)."""
+    track, suffix = data.scenario.rsplit("_", 1)
+    choice = WINNER_CONFIG[track, suffix]
+    return _calibrated(data, rows, exclude, replace(o, signal=choice.metric, calibration=choice.formula))
+
+
 def _lira(data, rows, exclude, o):
     if o.as_submitted:
         return _runner_up(data, rows, exclude, o)
@@ -133,8 +152,20 @@ def choose_rmia_a(data, o) -> float:
 
 
 def _rmia(data, rows, exclude, o):
-    a = choose_rmia_a(data, o) if o.rmia_a == "auto" else float(o.rmia_a)
-    return _rmia_scores(data, rows, exclude, o, a)
+    """RMIA; with ``rmia_a='auto'``, a leave-one-out target's a is chosen on the other half of
+    the shadows (attacks.folds), so its own membership never picks the a it is scored with."""
+    if o.rmia_a != "auto":
+        return _rmia_scores(data, rows, exclude, o, float(o.rmia_a))
+    out = np.full((len(rows), data.challenge.shape[1]), np.nan)
+    whole = exclude < 0
+    if whole.any():
+        out[whole] = _rmia_scores(data, rows[whole], exclude[whole], o, choose_rmia_a(data, o))
+    for fold in split_rows(np.arange(data.n_shadows), RMIA_A_FOLDS, o.seed):
+        which = np.isin(exclude, fold)
+        if which.any():
+            a = choose_rmia_a(held_out(data, fold)[0], o)
+            out[which] = _rmia_scores(data, rows[which], exclude[which], o, a)
+    return out
 
 
 def _loss(data, rows, exclude, o):
@@ -183,6 +214,11 @@ def _classifier(data, rows, exclude, o):
     )
 
 
+def _stacked(data, rows, exclude, o):
+    base = {label: make_attack(row) for label, row in with_shared(STACK_BASE, o)}
+    return stacked.stacked_attack(data, rows, exclude, base, seed=o.seed)
+
+
 _RUN = {
     "lira": _lira,
     "rmia": _rmia,
@@ -192,6 +228,8 @@ _RUN = {
     "entropy": _entropy,
     "classifier": _classifier,
     "mico-winner": _winner,
+    "mico-winner-config": _winner_config,
+    "stacked": _stacked,
 }
 
 
@@ -199,6 +237,8 @@ def make_attack(o: AttackOptions):
     """The ``attack(data, rows, exclude)`` callable for the options ``o`` (``o.attack`` names it)."""
     if not isinstance(o, AttackOptions):
         raise TypeError(f"attack options must be an AttackOptions, got {type(o).__name__}")
+    if o.attack == "auto":  # an object: it records its choice per scenario (AutoAttack.choices)
+        return AutoAttack({label: make_attack(row) for label, row in with_shared(AUTO_LINEUP, o)}, seed=o.seed)
     run = _RUN[o.attack]
     return lambda data, rows, exclude: np.clip(run(data, rows, exclude, o), 0.0, 1.0)
 
@@ -207,9 +247,12 @@ def make_attack(o: AttackOptions):
 # probability; the two top MICO entries as submitted are the references every row is compared to.
 RUNNER_UP = "Runner-up as submitted (LiRA offline, global variance)"
 WINNER = "MICO winner as submitted (calibrated, per scenario)"
-REFERENCES = {WINNER: "winner", RUNNER_UP: "runner-up"}  # label -> short name for the report
+WINNER_CONFIGURATION = "MICO winner's configuration (calibrated, per scenario, every shadow)"
+REFERENCES = {WINNER: "winner", WINNER_CONFIGURATION: "winner's config", RUNNER_UP: "runner-up"}  # short names
+STACKED = "Stacked (logistic regression over 17 attacks' scores)"
 COMPARE = (
     (WINNER, AttackOptions(attack="mico-winner")),
+    (WINNER_CONFIGURATION, AttackOptions(attack="mico-winner-config")),
     (RUNNER_UP, AttackOptions(global_variance=True, as_submitted=True)),
     ("LiRA offline", AttackOptions()),
     ("LiRA offline, reference code's two-sided test", AttackOptions(offline_test="reference")),
@@ -230,6 +273,29 @@ COMPARE = (
     ("Modified entropy", AttackOptions(attack="entropy")),
     ("Loss (starting kit)", AttackOptions(attack="loss")),
     ("Confidence", AttackOptions(attack="confidence")),
+    (STACKED, AttackOptions(attack="stacked")),
+)
+# --attack auto chooses among every row of the line-up.
+AUTO_LINEUP = COMPARE
+# The stacked attack's features: cheap attacks whose leave-one-out scores never use the target's
+# membership (RMIA's a is fixed: 'auto' would run RMIA 11 more times per fold).
+STACK_BASE = (
+    ("LiRA offline", AttackOptions()),
+    ("LiRA offline, global variance", AttackOptions(global_variance=True)),
+    ("LiRA offline, stable logit", AttackOptions(stable_logit_scaling=True)),
+    ("LiRA online", AttackOptions(online_attack=True)),
+    ("LiRA online, global variance", AttackOptions(online_attack=True, global_variance=True)),
+    ("LiRA online, stable logit", AttackOptions(online_attack=True, stable_logit_scaling=True)),
+    ("RMIA offline", AttackOptions(attack="rmia")),
+    ("RMIA online", AttackOptions(attack="rmia", online_attack=True)),
+    *(
+        (f"Calibrated {sig} ({mode})", AttackOptions(attack="calibrated", signal=sig, calibration=mode))
+        for sig in SIGNALS
+        for mode in CALIBRATIONS
+    ),
+    ("Modified entropy", AttackOptions(attack="entropy")),
+    ("Loss", AttackOptions(attack="loss")),
+    ("Confidence", AttackOptions(attack="confidence")),
 )
 # What the rows choose; the other options (min_shadows, rmia_gamma, ...) come from the command line.
 COMPARE_SETS = (
@@ -245,3 +311,10 @@ COMPARE_SETS = (
     "signal",
     "calibration",
 )
+
+
+def with_shared(lineup, o: AttackOptions) -> list:
+    """``lineup``'s (label, options) with the options the rows do not choose (seed, rmia_gamma,
+    min_shadows, ...) taken from ``o``."""
+    shared = {k: v for k, v in asdict(o).items() if k not in COMPARE_SETS}
+    return [(label, replace(row, **shared)) for label, row in lineup]

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .fileio import atomic_path, write_text
-from .scoring import METRIC_KEYS, METRIC_LABELS, RANKING_KEY, ranking_metric
+from .scoring import METRIC_KEYS, METRIC_LABELS, RANKING_KEY, paired_se, ranking_metric
 
 PHASE_LABELS = {"train": "train (leave-one-out)", "dev": "dev", "final": "final"}
 COMPARE_COLUMNS = ("TPR_FPR_10", "TPR_FPR_100", "TPR_FPR_1000", "AUC")
@@ -148,11 +148,14 @@ def _compare_table(scores: dict, phase: str, references: dict | None = None) -> 
     return lines
 
 
-def write_compare_report(report_dir: str, scores: dict, commands: dict, references: dict | None = None) -> str:
+def write_compare_report(
+    report_dir: str, scores: dict, commands: dict, references: dict | None = None, sections=()
+) -> str:
     """report.md and one ROC overlay PNG per scenario (train phase, leave-one-out).
 
     ``scores``: {attack label: {scenario: {phase: metrics}}}; ``commands``: {label: command line};
-    ``references``: {label: short name} of the rows everything is compared against (drawn thick).
+    ``references``: {label: short name} of the rows everything is compared against (drawn thick);
+    ``sections``: more markdown lines, placed after the tables.
     """
     os.makedirs(report_dir, exist_ok=True)
     labels = list(scores)
@@ -169,6 +172,7 @@ def write_compare_report(report_dir: str, scores: dict, commands: dict, referenc
         table = _compare_table(scores, phase, references)
         if table:
             md += [f"## {PHASE_LABELS[phase]}", ""] + table + [""]
+    md += list(sections)
     md += ["## ROC curves (train, leave-one-out)", ""]
     for sc in scenarios:
         curves = {
@@ -186,7 +190,42 @@ def write_compare_report(report_dir: str, scores: dict, commands: dict, referenc
             )
             md += [f"![{sc}]({name})", ""]
     md += ["## Commands", "", "Each row, as a run that also writes the prediction.csv files:", ""]
-    md += [f"- {lb}: `{commands[lb]}`" for lb in labels]
+    md += [f"- {lb}: `{commands[lb]}`" for lb in labels if lb in commands]
     path = os.path.join(report_dir, "report.md")
     write_text(path, "\n".join(md) + "\n")
     return path
+
+
+def bootstrap_table(point: dict, replicates: dict, references: dict, metric: str = RANKING_LABEL) -> list[str]:
+    """Markdown table: each attack's score ± its bootstrap standard error and, per reference, the
+    difference ± the paired standard error (challenges.scoring.bootstrap_tpr, paired_se).
+
+    point: {label: score}; replicates: {label: (B,)} bootstrap replicates of the same score, every
+    label on the same resamples; references: {label: short name}, e.g. the winner as submitted and
+    the winner's configuration. Rows ranked by score; a reference missing from ``point`` is skipped.
+    """
+    refs = [r for r in references if r in point]
+    head = ["attack", f"{metric} ± SE"] + [f"Δ vs {references[r]} ± SE" for r in refs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in sorted(point, key=lambda lb: -point[lb]):
+        cells = [label, f"{point[label]:.4f} ± {paired_se(replicates[label]):.4f}"]
+        cells += [
+            f"{point[label] - point[r]:+.4f} ± {paired_se(replicates[label], replicates[r]):.4f}" if r != label else "—"
+            for r in refs
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def versus_best_table(point: dict, replicates: dict, label: str, others) -> list[str]:
+    """Markdown table, one row per scenario: ``label``'s score against the best of ``others`` there
+    (chosen in hindsight, which flatters it), the difference ± its paired bootstrap SE.
+
+    point: {scenario: {label: score}}; replicates: {scenario: {label: (B,) replicates}}.
+    """
+    lines = [f"| scenario | {label} | best other attack | its score | Δ ± SE |", "|---|---|---|---|---|"]
+    for sc, by_label in point.items():
+        best = max(others, key=lambda lb: by_label[lb])
+        diff, se = by_label[label] - by_label[best], paired_se(replicates[sc][label], replicates[sc][best])
+        lines.append(f"| {sc} | {by_label[label]:.4f} | {best} | {by_label[best]:.4f} | {diff:+.4f} ± {se:.4f} |")
+    return lines

@@ -91,3 +91,112 @@ def ranking_metric(scores_by_scenario: dict) -> float:
     if not scores_by_scenario:
         raise ValueError("no scenarios to rank")
     return float(np.mean([s[RANKING_KEY] for s in scores_by_scenario.values()]))
+
+
+def _weighted_tpr_at(order_truth, order_model, ends, counts, fpr: float) -> np.ndarray:
+    """TPR at ``fpr`` (strictly below, as :func:`score`) of the pooled ROC with each point weighted
+    by its model's count in each resample. order_*: (N,) the points in decreasing score order;
+    ends: (G,) last position of each group of tied scores; counts: (B, M) -> (B,)."""
+    w = counts[:, order_model].astype(np.float64)  # (B, N)
+    tp = np.cumsum(w * order_truth, axis=1)[:, ends]
+    fp = np.cumsum(w * (1 - order_truth), axis=1)[:, ends]
+    tpr = tp / tp[:, -1:]
+    fpr_ = fp / fp[:, -1:]
+    return np.where(fpr_ < fpr, tpr, 0.0).max(axis=1)  # 0: roc_curve's first point (0, 0)
+
+
+def _tpr_replicates(sol, pred, model, counts, fpr: float, chunk: int) -> np.ndarray:
+    """(B,) pooled TPR at ``fpr`` of the points (sol, pred, model: (N,)) under each resample's counts."""
+    order = np.argsort(-pred, kind="stable")
+    p = pred[order]
+    ends = np.flatnonzero(np.r_[p[1:] != p[:-1], True])
+    return np.concatenate(
+        [
+            _weighted_tpr_at(sol[order], model[order], ends, counts[b : b + chunk], fpr)
+            for b in range(0, len(counts), chunk)
+        ]
+    )
+
+
+def _draw_counts(strata, n_boot: int, seed) -> np.ndarray:
+    """(n_boot, M) times each model is drawn: with replacement, each stratum keeping its size."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_boot, len(strata)), dtype=np.int64)
+    for g in np.unique(strata):
+        members = np.flatnonzero(strata == g)
+        draws = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
+        np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1)
+    return counts
+
+
+def bootstrap_tpr(
+    truth,
+    scores: dict,
+    *,
+    fpr: float = 0.1,
+    n_boot: int = 1000,
+    seed: int = 0,
+    strata=None,
+    by_stratum=(),
+    chunk: int = 100,
+) -> dict:
+    """Paired bootstrap over target models of the pooled TPR at ``fpr``: {label: (n_boot,) replicates}.
+
+    truth: (M, K) 0/1 membership of M target models' K challenge points; scores: {label: (M, K)}
+    each attack's scores of the same points. Every replicate draws M target models with
+    replacement (the unit MICO's pooled metric averages over is the model, whose points share its
+    training run) and scores every attack on that same draw, so the replicates of two attacks
+    pair: the standard error of their difference is ``np.std(reps[a] - reps[b], ddof=1)``
+    (:func:`paired_se`). A drawn model counts as often as it is drawn (weights in one pooled ROC,
+    no copies). Values equal :func:`score`'s TPR except where sklearn's drop_intermediate removes
+    a collinear point below ``fpr``, which needs evenly spaced runs of tied scores.
+
+    strata: optional (M,) group of each model; each replicate then draws within every group,
+    keeping its size. by_stratum: labels whose score is the mean over the groups of each group's
+    own pooled TPR (as attacks.auto's honest estimate scores its halves), not one pooled TPR.
+    """
+    truth = np.asarray(truth)
+    if truth.ndim != 2 or truth.shape[0] < 2:
+        raise ValueError(f"truth must be (models, points) with at least 2 models, got shape {truth.shape}")
+    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 2:
+        raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+    M, K = truth.shape
+    strata = np.zeros(M, dtype=np.int64) if strata is None else np.asarray(strata)
+    if strata.shape != (M,):
+        raise ValueError(f"strata must give one group per model, shape {(M,)}, got {strata.shape}")
+    sol, _ = _validate(truth, np.zeros(truth.shape))
+    # every MICO model holds members and non-members, so every resample has both classes
+    if (sol.reshape(M, K).min(axis=1) == sol.reshape(M, K).max(axis=1)).any():
+        raise ValueError("every target model must hold both members and non-members")
+    counts = _draw_counts(strata, int(n_boot), seed)
+    model = np.repeat(np.arange(M), K)
+    groups = [np.repeat(strata == g, K) for g in np.unique(strata)] if by_stratum else []
+    out = {}
+    for label, s in scores.items():
+        _, pred = _validate(truth, s)
+        if label in by_stratum:
+            parts = [_tpr_replicates(sol[g], pred[g], model[g], counts, fpr, chunk) for g in groups]
+            out[label] = np.mean(parts, axis=0)
+        else:
+            out[label] = _tpr_replicates(sol, pred, model, counts, fpr, chunk)
+    return out
+
+
+def mean_over_groups(truth, scores, groups) -> dict:
+    """:func:`score`'s metrics averaged over groups of models, each group scored on its own pooled
+    ROC (truth, scores: (M, K); groups: (M,)); 'fpr'/'tpr' the groups' ROC curves averaged
+    vertically on a grid of 1001 FPRs, for plotting."""
+    truth, scores, groups = np.asarray(truth), np.asarray(scores), np.asarray(groups)
+    parts = [score(truth[groups == g], scores[groups == g]) for g in np.unique(groups)]
+    out = {k: float(np.mean([m[k] for m in parts])) for k in METRIC_KEYS}
+    grid = np.linspace(0.0, 1.0, 1001)
+    # the TPR of each curve at every grid FPR: its highest point with fpr <= the grid value
+    curves = [m["tpr"][np.searchsorted(m["fpr"], grid, side="right") - 1] for m in parts]
+    out["fpr"], out["tpr"] = grid, np.mean(curves, axis=0)
+    return out
+
+
+def paired_se(reps_a, reps_b=None) -> float:
+    """Bootstrap standard error of an attack's score (``reps_b`` None) or of the difference a - b."""
+    d = np.asarray(reps_a, dtype=np.float64) - (0.0 if reps_b is None else np.asarray(reps_b, dtype=np.float64))
+    return float(np.std(d, ddof=1))

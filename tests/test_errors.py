@@ -188,7 +188,7 @@ def test_compare_commands_carry_only_the_flags_each_row_uses():
         flags = run_lira_mia.option_flags(options)
         _, again = run_lira_mia.parse_args(["--challenge", TRACK, *flags])
         assert run_lira_mia.option_flags(again) == flags and again.unused() == []
-        assert ("--seed" in flags) == (row.attack in ("rmia", "classifier"))
+        assert ("--seed" in flags) == (row.attack in ("rmia", "classifier", "stacked", "auto"))
 
 
 @pytest.mark.parametrize(
