@@ -83,7 +83,7 @@ def test_nonprivate_equals_sequential(track):
     x, y = _data(track, c["n"])
     sets = _sets(c["n"], c["sizes"])
     recipe = recipe_for(track, "inf", **c["overrides"])
-    got = train_batched(track, recipe, x, y, sets, c["seeds"], eval_sets=sets[::-1])
+    got = train_batched(track, recipe, x, y, sets, c["seeds"], eval_sets=sets[::-1], device="cpu")
     ref = _sequential(track, recipe, x, y, sets, c["seeds"])
     _assert_same_models(got, ref, atol=1e-5)
     for g, r, ev in zip(got, ref, sets[::-1]):
@@ -103,7 +103,7 @@ def test_shuffled_equals_sequential():
     sets = _sets(64, (64, 50))
     recipe = recipe_for("purchase100", "inf", epochs=2, batch_size=16, shuffle=True)
     _assert_same_models(
-        train_batched("purchase100", recipe, x, y, sets, (1, 2)),
+        train_batched("purchase100", recipe, x, y, sets, (1, 2), device="cpu"),
         _sequential("purchase100", recipe, x, y, sets, (1, 2)),
         atol=1e-5,
     )
@@ -125,7 +125,7 @@ def test_dp_clipping_equals_opacus(no_noise, track):
     x, y = _data(track, c["n"])
     sets = _sets(c["n"], c["sizes"])
     recipe = recipe_for(track, "lo", max_grad_norm=0.5, lr=c["dp_lr"], **c["overrides"])
-    got = train_batched(track, recipe, x, y, sets, c["seeds"])
+    got = train_batched(track, recipe, x, y, sets, c["seeds"], device="cpu")
     ref = _sequential(track, recipe, x, y, sets, c["seeds"])
     _assert_same_models(got, ref, atol=1e-5)
     for g, r in zip(got, ref):
@@ -141,7 +141,7 @@ def test_dp_with_noise_equals_opacus(track):
     x, y = _data(track, c["n"])
     sets = _sets(c["n"], c["sizes"])
     recipe = recipe_for(track, "lo", lr=c["dp_lr"], **c["overrides"])
-    got = train_batched(track, recipe, x, y, sets, c["seeds"])
+    got = train_batched(track, recipe, x, y, sets, c["seeds"], device="cpu")
     ref = _sequential(track, recipe, x, y, sets, c["seeds"])
     _assert_same_models(got, ref, atol=1e-5)
     for g, r, s in zip(got, ref, sets):
@@ -157,14 +157,15 @@ def test_noise_std_per_model(monkeypatch):
     # by its expected batch size, std sqrt(steps) * sigma * C / expected per coordinate.
     def zero_grads(params, xb, yb, mask, max_grad_norm=None):
         k = len(mask)
-        return {n: torch.zeros_like(p) for n, p in params.items()}, torch.zeros(k), torch.zeros(k, dtype=torch.int64)
+        zeros = torch.zeros(k, device=mask.device)
+        return {n: torch.zeros_like(p) for n, p in params.items()}, zeros, zeros.long()
 
     monkeypatch.setitem(batched.GRADS, "purchase100", zero_grads)
     c = CASES["purchase100"]
     x, y = _data("purchase100", c["n"])
     sets, seeds = _sets(c["n"], (96, 70, 96)), (11, 12, 11)
     recipe = recipe_for("purchase100", "lo", optimizer="sgd", lr=1.0, **c["overrides"])
-    got = train_batched("purchase100", recipe, x, y, sets, seeds)
+    got = train_batched("purchase100", recipe, x, y, sets, seeds, device="cpu")
     deltas = []
     for res, s, seed in zip(got, sets, seeds):
         torch.manual_seed(seed)
@@ -187,7 +188,7 @@ def test_saved_model_loads_and_scores_like_sequential(tmp_path):
     sets = _sets(300, (300, 300))
     held_out = np.arange(300, 400)
     recipe = recipe_for("purchase100", "inf", epochs=6, batch_size=32)
-    got = train_batched("purchase100", recipe, x, y, sets, (1, 2), eval_sets=[held_out] * 2)
+    got = train_batched("purchase100", recipe, x, y, sets, (1, 2), eval_sets=[held_out] * 2, device="cpu")
     for res, s, seed in zip(got, sets, (1, 2)):
         path = tmp_path / f"model_{seed}.pt"
         torch.save(plain_state_dict(res.model), path)
@@ -233,7 +234,7 @@ def test_stacked_optimizer_matches_torch(optimizer, momentum):
         grads = {n: torch.randn(v.shape, generator=g) for n, v in stacked.items()}
         active = rng.random(3) < 0.7 if step else np.ones(3, dtype=bool)
         lr = 0.01 * 0.5 ** (step // 3)
-        opt.step(grads, lr, active)
+        opt.step(grads, lr, torch.as_tensor(active))
         for k in np.flatnonzero(active):
             for p, n in zip(refs[k], stacked):
                 p.grad = grads[n][k].clone()
@@ -254,11 +255,15 @@ def test_train_many_groups_like_one_batch():
     recipe = recipe_for("purchase100", "lo", **c["overrides"])
     calls = []
     many = list(
-        train_many("purchase100", recipe, x, y, sets, (1, 2, 3), parallel=2, progress=lambda *a: calls.append(a))
+        train_many(
+            "purchase100", recipe, x, y, sets, (1, 2, 3), parallel=2, device="cpu", progress=lambda *a: calls.append(a)
+        )
     )
     assert [i for i, _ in many] == [0, 1, 2]
     assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)] * 2  # two groups, three epochs each
-    _assert_same_models([r for _, r in many], train_batched("purchase100", recipe, x, y, sets, (1, 2, 3)), atol=1e-6)
+    _assert_same_models(
+        [r for _, r in many], train_batched("purchase100", recipe, x, y, sets, (1, 2, 3), device="cpu"), atol=1e-6
+    )
 
 
 def test_auto_parallel(monkeypatch):
@@ -275,7 +280,7 @@ def test_inputs():
     x, y = _data("purchase100", 20)
     recipe = recipe_for("purchase100", "inf", epochs=1)
     state = torch.get_rng_state()
-    res = train_batched("purchase100", recipe, x, y, [np.arange(5), [7, 8]], [1, 2], eval_sets=[[], [9]])
+    res = train_batched("purchase100", recipe, x, y, [np.arange(5), [7, 8]], [1, 2], eval_sets=[[], [9]], device="cpu")
     assert res[0].eval_accuracy is None and res[1].eval_accuracy in (0.0, 1.0)
     assert torch.equal(torch.get_rng_state(), state)  # the global random state is untouched
     with pytest.raises(ValueError, match="one seed per"):
