@@ -4,26 +4,37 @@ Every model of a group has its own training set (indices into shared ``x``/``y``
 device), its own seed and its scenario's MICO recipe (:func:`models.train.recipe_for`); the
 group's parameters are stacked (``name -> [K, *shape]``) and every step updates all K models.
 Model k's result equals ``train_model(track, recipe, x[set_k], y[set_k], seed=seed_k)`` up to
-float rounding, because it follows the same maths and, on the CPU, the same random numbers:
+float rounding, because it follows the same maths and, with exact streams (the CPU's default),
+the same random numbers; with device streams (CUDA's default) it is equal in distribution:
 
 * Initialisation: ``torch.manual_seed(seed_k); build_model(track)``.
-* Random streams: model k owns a CPU generator holding the global CPU state right after that
-  initialisation, the state train_model's Poisson sampler, shuffles and DP noise draw from. On
-  CUDA, shuffles and noise come from a CUDA generator seeded with ``seed_k``, as train_model's
-  global CUDA generator after ``torch.manual_seed``, and Poisson sampling stays on the CPU one.
+* Random streams (``streams=``). "exact" (the default on the CPU): model k owns a CPU generator
+  holding the global CPU state right after that initialisation, the state train_model's Poisson
+  sampler, shuffles and DP noise draw from, so model k's result is train_model's up to float
+  rounding; on CUDA, shuffles and noise come from a CUDA generator seeded with ``seed_k``, as
+  train_model's global CUDA generator after ``torch.manual_seed``, and Poisson batches from the
+  CPU one, copied to the device every step. "device" (the default on CUDA): no host round trip
+  in the step loop. Model k's Poisson batches and shuffles come from its own device generator
+  seeded with ``seed_k`` (a Poisson batch as a Binomial(N_k, q_k) count, drawn for the whole
+  epoch, then that many records of smallest uniform key: equal in distribution to Opacus'
+  sampler, see :func:`_device_poisson_batches`), and the group's DP noise from one device
+  generator seeded from all its seeds, in one ``torch.randn`` per step. Non-private unshuffled
+  training has no randomness after initialisation, so both streams give the same models; on
+  CUDA the shuffles are train_model's in both. Both run on any device, so the CPU tests run the
+  device streams too.
 * Non-private: each model visits its own training set in the given order (or reshuffled per
   epoch with ``Recipe.shuffle``), batches of B, last batch smaller; mean cross-entropy.
 * DP-SGD (Opacus' maths, Abadi et al. 2016, Alg. 1): ``S_k = ceil(N_k / B)`` Poisson batches per
   epoch at sample rate ``q_k = 1 / S_k``, an empty batch being a noise-only step. Each per-sample
   gradient, all parameters jointly, is scaled by ``min(1, C / (norm + 1e-6))`` (C =
-  max_grad_norm); Gaussian noise of std ``sigma_k * C`` is added to the sum, drawn per parameter
-  in parameter order as Opacus' ``DPOptimizer.add_noise``; the sum is divided by Opacus'
+  max_grad_norm); Gaussian noise of std ``sigma_k * C`` is added to the sum (exact streams: drawn
+  per parameter in parameter order as Opacus' ``DPOptimizer.add_noise``); the sum is divided by Opacus'
   expected batch size ``int(N_k * q_k)``. ``sigma_k`` comes from
   :func:`models.privacy.find_noise_multiplier` and the reported epsilon from
   :func:`models.privacy.prv_epsilon`, as in train_model.
 * Optimisers: torch.optim.SGD / Adam with default settings, applied to the stacked tensors (all
-  their state is elementwise); Adam's step count is kept per model. StepLR(step_size, gamma)
-  stepped once per epoch.
+  their state is elementwise); Adam's step count is a per-model tensor on the device.
+  StepLR(step_size, gamma) stepped once per epoch.
 
 Models of one group may have training sets of different sizes: batches are padded to the
 longest with a mask, and a model that has run its ``S_k`` steps of the epoch is not updated (its
@@ -40,9 +51,12 @@ bound by its matrix products, the same per model either way, so batching saves o
 sequential trainer's per-step overheads: about 1.2x for purchase100 without DP and 2.1x with
 DP-SGD (Opacus' ghost clipping runs two backward passes). The CNN under vmap runs as grouped
 convolutions, 0.85-1.05x the sequential speed on a CPU. The gains are meant for GPUs, where one
-model's step is mostly kernel-launch overhead (not measured here). Poisson sampling stays on the
-CPU on every device, as in train_model: about 0.7 ms per model and step for 150,000 records,
-which may then bound a GPU step when K is large.
+model's step is mostly kernel-launch overhead; docs/gpu.md says what runs on the device and how
+``make gpu-check`` measures it.
+
+Host reads with device streams: one per epoch for DP (the epoch's Poisson counts, which size its
+batches) and one per epoch for the loss and accuracy history; none inside the step loop (the
+learning rate, a Python float, is the only host value a step takes).
 """
 
 from __future__ import annotations

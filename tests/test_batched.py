@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from models import batched, build_model, load_model, plain_state_dict, train
 from models.batched import (
@@ -243,6 +244,8 @@ def test_stacked_optimizer_matches_torch(optimizer, momentum):
     for k in range(3):
         for p, n in zip(refs[k], stacked):
             assert torch.equal(stacked[n][k], p.detach())  # operation for operation
+    if optimizer == "adam":  # the step counts, a tensor, are torch's
+        assert opt.steps.tolist() == [o.state_dict()["state"][0]["step"] for o in opts]
 
 
 # ---------------------------------------------------------------- groups, memory, errors
@@ -321,3 +324,223 @@ def test_cuda_equals_sequential_cuda(suffix):
     ref = [train_model("purchase100", recipe, x[s], y[s], device="cuda", seed=seed) for s, seed in zip(sets, (1, 2))]
     assert all(next(r.model.parameters()).is_cuda for r in got)
     _assert_same_models(got, ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------- device streams, run on the CPU
+
+
+def _device_group(sizes, batch_size, seeds, private=True):
+    recipe = recipe_for("purchase100", "lo" if private else "inf", batch_size=batch_size, epochs=1)
+    sets = [torch.as_tensor(s) for s in _sets(sum(sizes), sizes)]
+    dev = torch.device("cpu")
+    return batched._make_group(recipe, sets, seeds, [None] * len(seeds), dev, "device"), recipe
+
+
+def test_device_poisson_batches_are_poisson():
+    # Two models of 130 and 60 records at B = 10: 13 and 6 steps per epoch, q = 1/13 and 1/6.
+    # Over many epochs every record joins a step's batch with probability q, independently:
+    # batch sizes have mean N q and variance N q (1 - q), records are drawn uniformly, a batch
+    # never repeats a record nor leaves the model's set, and a model past its steps is empty.
+    group, _ = _device_group((130, 60), 10, (5, 6))
+    epochs = 100
+    sizes = [[], []]
+    hits = [np.zeros(190), np.zeros(190)]
+    for _ in range(epochs):
+        n_steps = 0
+        for active, idx, mask in batched._epoch_batches(group, recipe_for("purchase100", "lo", batch_size=10)):
+            n_steps += 1
+            for k in range(2):
+                rows = idx[k][mask[k]].numpy()
+                if not active[k]:
+                    assert len(rows) == 0
+                    continue
+                assert len(np.unique(rows)) == len(rows) and np.isin(rows, group.sets[k].numpy()).all()
+                sizes[k].append(len(rows))
+                hits[k][rows] += 1
+        assert n_steps == 13
+    for k, (n, s) in enumerate([(130, 13), (60, 6)]):
+        q, m = 1 / s, np.array(sizes[k])
+        assert len(m) == epochs * s
+        assert abs(m.mean() - n * q) < 4 * np.sqrt(n * q * (1 - q) / len(m))
+        assert m.var() == pytest.approx(n * q * (1 - q), rel=0.15)
+        freq = hits[k][group.sets[k].numpy()] / (epochs * s)  # each record's inclusion rate
+        assert abs(freq.mean() - q) < 0.01 and freq.std() < 2.5 * np.sqrt(q * (1 - q) / (epochs * s))
+        assert hits[k].sum() == m.sum()
+
+
+def test_device_poisson_batches_do_not_depend_on_the_group():
+    # A model's batches come from its own generator: alone or beside another model, the same.
+    alone, _ = _device_group((130,), 10, (5,))
+    pair, _ = _device_group((130, 60), 10, (5, 6))
+    pair.sets[0], pair.padded[0, :130] = alone.sets[0], alone.sets[0]
+    recipe = recipe_for("purchase100", "lo", batch_size=10)
+    for (_, ia, ma), (_, ib, mb) in zip(batched._epoch_batches(alone, recipe), batched._epoch_batches(pair, recipe)):
+        assert torch.equal(ia[0][ma[0]], ib[0][mb[0]])
+
+
+def test_device_streams_nonprivate_equal_exact():
+    # No randomness after initialisation without shuffling: both streams give the same models.
+    c = CASES["purchase100"]
+    x, y = _data("purchase100", c["n"])
+    sets = _sets(c["n"], c["sizes"])
+    recipe = recipe_for("purchase100", "inf", **c["overrides"])
+    got = train_batched("purchase100", recipe, x, y, sets, c["seeds"], device="cpu", streams="device")
+    _assert_same_models(got, train_batched("purchase100", recipe, x, y, sets, c["seeds"], device="cpu"), atol=1e-6)
+
+
+def test_device_shuffles():
+    # Every epoch visits each model's set once in a fresh order from the model's own generator.
+    group, _ = _device_group((40, 25), 8, (1, 2), private=False)
+    recipe = recipe_for("purchase100", "inf", batch_size=8, shuffle=True)
+    orders = []
+    for _ in range(2):
+        seen = [[], []]
+        for active, idx, mask in batched._epoch_batches(group, recipe):
+            for k in range(2):
+                seen[k] += idx[k][mask[k]].tolist()
+                assert active[k] == bool(mask[k].any())
+        for k in range(2):
+            assert sorted(seen[k]) == sorted(group.sets[k].tolist())
+        orders.append(seen)
+    assert orders[0][0] != orders[1][0] and orders[0][0] != group.sets[0].tolist()
+    alone, _ = _device_group((40,), 8, (1,), private=False)
+    alone.sets[0], alone.padded[0] = group.sets[0], group.sets[0]
+    assert [i[0][m[0]].tolist() for _, i, m in batched._epoch_batches(alone, recipe)][0] == orders[0][0][:8]
+
+
+def test_device_dp_accounting_equals_sequential():
+    # Device streams change the random numbers, not the privacy: each model's noise multiplier and
+    # epsilon are train_model's (the same sizes as test_dp_with_noise_equals_opacus: cached).
+    c = CASES["purchase100"]
+    x, y = _data("purchase100", c["n"])
+    sets = _sets(c["n"], c["sizes"])
+    recipe = recipe_for("purchase100", "lo", lr=c["dp_lr"], **c["overrides"])
+    got = train_batched("purchase100", recipe, x, y, sets, c["seeds"], device="cpu", streams="device")
+    for g, s in zip(got, sets):
+        steps = -(-len(s) // recipe.batch_size)
+        sigma = find_noise_multiplier(4.0, 1e-5, 1.0 / steps, steps * recipe.epochs)
+        assert g.noise_multiplier == sigma
+        assert g.epsilon == prv_epsilon(sigma, 1.0 / steps, steps * recipe.epochs, 1e-5)
+        assert all(torch.isfinite(p).all() for p in g.model.parameters())
+    with pytest.raises(ValueError, match="streams must be"):
+        train_batched("purchase100", recipe, x, y, sets, c["seeds"], device="cpu", streams="gpu")
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts the tensor operations that read a device value on the host (each a blocking sync on
+    CUDA): item, tolist, cpu, Python conversions, nonzero and boolean-mask indexing."""
+
+    READS = {"item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS or (name == "__getitem__" and any(_is_bool_tensor(a) for a in args[1:])):
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _is_bool_tensor(a):
+    return isinstance(a, torch.Tensor) and a.dtype == torch.bool
+
+
+@pytest.mark.parametrize(
+    ("suffix", "streams", "reads"), [("inf", "device", 0), ("lo", "device", 1), ("lo", "exact", None)]
+)
+def test_no_host_reads_in_the_step_loop(monkeypatch, no_noise, suffix, streams, reads):
+    # One epoch of 6 steps: device streams read the host once per DP epoch (the Poisson counts),
+    # never per step; the exact streams' CPU Poisson sampling reads at every step.
+    x, y = _data("purchase100", 96)
+    recipe = recipe_for("purchase100", suffix, epochs=1, batch_size=16)
+    counted = []
+    original = batched._train_epoch
+
+    def counting(*args):
+        with _HostReads() as mode:
+            out = original(*args)
+        counted.append(mode.reads)
+        return out
+
+    monkeypatch.setattr(batched, "_train_epoch", counting)
+    train_batched("purchase100", recipe, x, y, _sets(96, (96, 80)), (1, 2), device="cpu", streams=streams)
+    if reads is None:
+        assert len(counted[0]) >= 6
+    else:
+        assert len(counted[0]) == reads, counted
+
+
+def test_group_noise_one_call_per_step(monkeypatch):
+    # Device streams: one torch.randn per step for the whole group, each model's coordinates with
+    # std sigma_k * C, models independent.
+    calls = []
+    randn = torch.randn
+
+    def counting(*a, **k):
+        calls.append(a)
+        return randn(*a, **k)
+
+    monkeypatch.setattr(torch, "randn", counting)
+    g = torch.Generator().manual_seed(0)
+    grads = {"w": torch.zeros(3, 200, 50), "b": torch.zeros(3, 50)}
+    stds = torch.tensor([1.0, 2.5, 0.0])
+    batched.add_group_noise(grads, g, stds)
+    assert len(calls) == 1
+    flat = torch.cat([grads["w"].flatten(1), grads["b"]], dim=1)
+    assert flat[0].std().item() == pytest.approx(1.0, rel=0.03)
+    assert flat[1].std().item() == pytest.approx(2.5, rel=0.03)
+    assert not flat[2].any()
+    assert abs(np.corrcoef(flat[0].numpy(), flat[1].numpy())[0, 1]) < 0.03
+
+
+# ---------------------------------------------------------------- out-of-memory back-off
+
+
+@pytest.fixture
+def oom_above(monkeypatch):
+    """Groups of more than the returned list's first value models raise torch's CUDA
+    out-of-memory error; the sizes of all attempted groups are recorded in it after that value."""
+    monkeypatch.setattr(batched, "_BACKED_OFF", {})
+    limit_and_sizes = [2]
+    original = batched._train_group
+
+    def train_group(track, recipe, x, y, sets, *rest):
+        limit_and_sizes.append(len(sets))
+        if len(sets) > limit_and_sizes[0]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return original(track, recipe, x, y, sets, *rest)
+
+    monkeypatch.setattr(batched, "_train_group", train_group)
+    return limit_and_sizes
+
+
+def test_out_of_memory_halves_k_and_says_so(oom_above):
+    x, y = _data("purchase100", 120)
+    sets = _sets(120, (96, 96, 70, 80, 60))
+    seeds = (1, 2, 3, 4, 5)
+    recipe = recipe_for("purchase100", "inf", epochs=2, batch_size=16)
+    with pytest.warns(batched.BackOffWarning) as record:
+        got = train_batched("purchase100", recipe, x, y, sets, seeds, device="cpu")
+    assert [str(w.message).split(":")[0] for w in record] == [
+        "out of memory training 5 purchase100 models at once on cpu",
+        "out of memory training 3 purchase100 models at once on cpu",
+    ]
+    assert "retrying as groups of at most 3; auto_parallel plans at most 3" in str(record[0].message)
+    assert oom_above[1:] == [5, 3, 2, 1, 2]
+    _assert_same_models(got, _sequential("purchase100", recipe, x, y, sets, seeds), atol=1e-5)
+    assert auto_parallel("purchase100", recipe, "cpu") == 2  # the back-off lasts
+    assert auto_parallel("purchase100", recipe_for("purchase100", "lo"), "cpu") > 2  # per (device, track, DP)
+    oom_above[0] = 0
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # one model that does not fit: nothing left to halve
+        train_batched("purchase100", recipe, x, y, sets[:1], seeds[:1], device="cpu")
+
+
+def test_train_many_keeps_the_back_off(oom_above):
+    x, y = _data("purchase100", 120)
+    recipe = recipe_for("purchase100", "inf", epochs=1, batch_size=32)
+    with pytest.warns(batched.BackOffWarning):
+        done = list(train_many("purchase100", recipe, x, y, _sets(120, (50,) * 6), range(6), parallel=4, device="cpu"))
+    assert [i for i, _ in done] == list(range(6))
+    assert oom_above[1:] == [4, 2, 2, 2]  # the second group is planned at the lowered K
