@@ -206,8 +206,9 @@ def main(argv=None) -> int:
     print(f"device {dev}, {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
     rows = []
     for case in args.cases:
-        rows.append(run_case(case, args, dev))
-        print(row_line(rows[-1]), flush=True)
+        row = run_case(case, args, dev)
+        rows.append({**row, "line": row_line(row)})
+        print(rows[-1]["line"], flush=True)
         if args.json:
             write_json(args.json, rows)
     return 0
