@@ -42,15 +42,20 @@ optimiser state included) until the next epoch starts.
 
 Gradients: the purchase100 MLP has a hand-written batched forward and backward (:func:`mlp_grads`:
 ``torch.baddbmm`` over stacked weights; per-sample norms by the ghost-clipping identity, so no
-per-sample gradient is materialised); any architecture can use :func:`func_grads` (torch.func:
-``vmap`` over models of ``grad``, and for DP of ``vmap`` over samples of ``grad``), which the
-cifar10 CNN does and which the tests use as the slow obvious reference for the MLP.
+per-sample gradient is materialised); the cifar10 CNN runs as grouped convolutions with one
+backward pass (:func:`cnn_grads`: per-sample norms from the layers' inputs and output gradients,
+ghost norms for the wide convolutions, the clipped sum by the book-keeping method). Any
+architecture can use :func:`func_grads` (torch.func: ``vmap`` over models of ``grad``, and for DP
+of ``vmap`` over samples of ``grad``, which materialises per-sample gradients), which the tests
+use as the slow obvious reference for both.
 
 Speed (bench/bench_train.py, 2 CPU cores, 8 MLPs or 4 CNNs at once): on a CPU the MLP's step is
 bound by its matrix products, the same per model either way, so batching saves only the
 sequential trainer's per-step overheads: about 1.2x for purchase100 without DP and 2.1x with
-DP-SGD (Opacus' ghost clipping runs two backward passes). The CNN under vmap runs as grouped
-convolutions, 0.85-1.05x the sequential speed on a CPU. The gains are meant for GPUs, where one
+DP-SGD (Opacus' ghost clipping runs two backward passes). The CNN under func_grads ran at
+0.85-1.05x the sequential speed on a CPU; cnn_grads, which replaced it, took 0.55x (non-private)
+and 0.75x (DP) of func_grads' time per step (4 models x 64 images, one thread, a loaded machine).
+The gains are meant for GPUs, where one
 model's step is mostly kernel-launch overhead; docs/gpu.md says what runs on the device and how
 ``make gpu-check`` measures it.
 
@@ -203,7 +208,95 @@ def func_grads(
     return summed, loss, correct
 
 
-GRADS: dict[str, GradFn] = {"purchase100": mlp_grads, "cifar10": functools.partial(func_grads, "cifar10")}
+# The cifar10 CNN's layers (models/cnn.py): name, output channels, kernel, stride, padding.
+CNN_CONVS = (("cnn.0", 128, 8, 2, 3), ("cnn.3", 256, 3, 1, 0), ("cnn.5", 256, 3, 1, 0))
+GHOST_CHUNK = 32  # samples per model per norm computation in cnn_grads (bounds the unfolded inputs)
+
+
+def _cnn_forward(params: Params, xb: torch.Tensor) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """K stacked CNNs on xb ``[K, B, 3, 32, 32]`` as grouped convolutions over ``[B, K * C, H, W]``.
+
+    Returns the convolutions' (input, output) pairs, the linear layer's input ``[K, B, 6400]`` and
+    the logits ``[K, B, 10]``; the outputs require grad, so the loss's gradients reach them."""
+    K, B = xb.shape[:2]
+    h = xb.transpose(0, 1).reshape(B, K * 3, 32, 32)
+    convs = []
+    for i, (name, _, _, stride, pad) in enumerate(CNN_CONVS):
+        w, b = params[f"{name}.weight"], params[f"{name}.bias"]
+        out = F.conv2d(h, w.flatten(0, 1), b.flatten(), stride=stride, padding=pad, groups=K)
+        if i == 0:
+            out.requires_grad_()  # the graph starts here: no parameter requires grad
+        convs.append((h, out))
+        h = torch.tanh(out)
+        h = F.max_pool2d(h, 3, stride=1) if i == 0 else h
+    a9 = F.avg_pool2d(h, 2, 2).view(B, K, 6400).transpose(0, 1)
+    z = torch.baddbmm(params["cnn.9.bias"].unsqueeze(1), a9, params["cnn.9.weight"].transpose(1, 2))
+    return convs, a9, z
+
+
+def _conv_sq_norms(a: torch.Tensor, d: torch.Tensor, K: int, kernel: int, stride: int, pad: int) -> torch.Tensor:
+    """Squared norms ``[B, K]`` of a convolution's per-sample weight and bias gradients, from its
+    input a ``[B, K * C_in, H, W]`` and the gradient d ``[B, K * C_out, H', W']`` at its output.
+
+    The weight's per-sample gradient is ``D_i A_i^T`` (A_i: the unfolded input ``[C_in k^2, P]``,
+    D_i: ``[C_out, P]``, P output positions). When ``2 P^2 < C_out C_in k^2`` its norm comes from
+    the P x P Gram matrices, ``|D_i A_i^T|^2 = <A_i^T A_i, D_i^T D_i>`` (ghost norm, Li et al.
+    2022; the "mixed" rule of Bu et al. 2023's book-keeping), else from the gradient itself; the
+    bias's is ``|D_i 1|^2``."""
+    B, P = a.shape[0], d.shape[2] * d.shape[3]
+    cols = F.unfold(a, kernel, padding=pad, stride=stride).view(B, K, -1, P)
+    dd = d.reshape(B, K, -1, P)
+    if 2 * P * P < dd.shape[2] * cols.shape[2]:
+        weight = (cols.transpose(2, 3) @ cols).mul_(dd.transpose(2, 3) @ dd).sum((2, 3))
+    else:
+        weight = (dd @ cols.transpose(2, 3)).square().sum((2, 3))
+    return weight + dd.sum(3).square().sum(2)
+
+
+def cnn_grads(
+    params: Params, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor, max_grad_norm: float | None = None
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
+    """:func:`mlp_grads`' contract for K cifar10 CNNs (xb ``[K, B, 3, 32, 32]``), with no
+    per-sample gradient materialised.
+
+    One backward pass of the summed per-sample losses gives every layer's output gradient per
+    sample (d); DP takes each sample's norm from d and the layer inputs (:func:`_conv_sq_norms`,
+    the linear layer's ``|d_i| |a_i|``), GHOST_CHUNK samples at a time. The weighted sum of
+    per-sample gradients (weights: 1/n_k, or clip factors) is then each layer's weight gradient of
+    the weighted d, as the "book-keeping" method (Bu et al. 2023) does: no second backward pass.
+    """
+    K, B = xb.shape[:2]
+    with torch.enable_grad():
+        convs, a9, z = _cnn_forward(params, xb)
+        logp = torch.log_softmax(z, dim=2)
+        nll = -logp.gather(2, yb.unsqueeze(2)).squeeze(2)  # [K, B]
+        outs = [out for _, out in convs]
+        *ds, d9 = torch.autograd.grad(nll.sum(), [*outs, z])
+    nll, correct = nll.detach(), ((z.detach().argmax(dim=2) == yb) & mask).sum(1)
+    if max_grad_norm is None:
+        weight = _mean_weights(mask)
+    else:
+        sq = torch.linalg.vector_norm(d9, dim=2).square() * (torch.linalg.vector_norm(a9, dim=2).square() + 1)
+        for lo in range(0, B, GHOST_CHUNK):
+            part = slice(lo, lo + GHOST_CHUNK)
+            for (a, _), d, (_, _, kernel, stride, pad) in zip(convs, ds, CNN_CONVS):
+                sq[:, part] += _conv_sq_norms(a[part].detach(), d[part], K, kernel, stride, pad).T
+        weight = _clip_factor(sq.sqrt(), max_grad_norm) * mask
+    grads = {}
+    for (a, _), d, (name, c_out, _, stride, pad) in zip(convs, ds, CNN_CONVS):
+        dw = d * weight.T.repeat_interleave(c_out, dim=1).view(B, K * c_out, 1, 1)
+        w = params[f"{name}.weight"]
+        grads[f"{name}.weight"] = torch.nn.grad.conv2d_weight(
+            a.detach(), w.flatten(0, 1).shape, dw, stride=stride, padding=pad, groups=K
+        ).view(w.shape)
+        grads[f"{name}.bias"] = dw.sum((0, 2, 3)).view(K, c_out)
+    d9 = d9 * weight.unsqueeze(2)
+    grads["cnn.9.weight"] = torch.bmm(d9.transpose(1, 2), a9.detach())
+    grads["cnn.9.bias"] = d9.sum(1)
+    return grads, (nll * mask).sum(1), correct
+
+
+GRADS: dict[str, GradFn] = {"purchase100": mlp_grads, "cifar10": cnn_grads}
 
 
 def logits(track: str, params: Params, xb: torch.Tensor) -> torch.Tensor:
@@ -713,6 +806,7 @@ def free_memory(dev: torch.device) -> int:
 # Floats alive per sample of a step (layer outputs and their gradients, log-softmax, masks), by
 # track: estimates with about 2x headroom over the layer outputs of models/mlp.py and cnn.py.
 ACTIVATION_FLOATS = {"purchase100": 2_000, "cifar10": 600_000}
+GHOST_FLOATS = 1_000_000  # per sample of a chunk in cnn_grads' DP norms (unfolded inputs: ~0.45M)
 
 # Largest K known to run out of memory, halved: (device, track, private) -> K. Filled by
 # train_batched's back-off, read by auto_parallel, for the life of the process.
@@ -748,13 +842,17 @@ def auto_parallel(track: str, recipe: Recipe, device="auto", n_train: int | None
         n = n_train or batch
         expected = n / math.ceil(n / batch)
         batch = int(expected + 4 * math.sqrt(expected)) + 1
-    # func_grads' DP path holds PSG_CHUNK samples' activations and per-sample gradients at a time.
-    per_sample_grads = recipe.private and GRADS[track] is not mlp_grads
-    live = min(batch, PSG_CHUNK) if per_sample_grads else batch
+    if not recipe.private or GRADS[track] is mlp_grads:
+        extra = 0
+    elif GRADS[track] is cnn_grads:  # GHOST_CHUNK samples' unfolded inputs and Gram matrices
+        extra = min(batch, GHOST_CHUNK) * GHOST_FLOATS
+    else:  # func_grads: PSG_CHUNK samples' per-sample gradients
+        extra = min(batch, PSG_CHUNK) * 2 * n_params
     floats = (
         8 * n_params  # parameters, gradients, optimiser state, noise, temporaries
         + batch * math.prod(TRACKS[track].input_shape)  # the gathered batch
-        + live * (ACTIVATION_FLOATS[track] + 2 * n_params * per_sample_grads)
+        + batch * ACTIVATION_FLOATS[track]
+        + extra
     )
     k = int(MEMORY_SHARE * free_memory(dev) // (4 * floats))
     return max(1, _capped(track, recipe, dev, min(k, MAX_PARALLEL.get(dev.type, 1))))

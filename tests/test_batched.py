@@ -11,6 +11,7 @@ from models import batched, build_model, load_model, plain_state_dict, train
 from models.batched import (
     StackedOptimizer,
     auto_parallel,
+    cnn_grads,
     func_grads,
     mlp_grads,
     train_batched,
@@ -215,6 +216,63 @@ def test_mlp_grads_match_torch_func(max_grad_norm):
     slow = func_grads("purchase100", params, xb, yb, mask, max_grad_norm)
     for n in params:
         torch.testing.assert_close(fast[0][n], slow[0][n], rtol=1e-4, atol=1e-6)
+        assert not fast[0][n][2].any()
+    torch.testing.assert_close(fast[1], slow[1])
+    assert torch.equal(fast[2], slow[2])
+
+
+def _cnn_case(k=3, b=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = {n: 0.3 * torch.randn(k, *p.shape, generator=g) for n, p in build_model("cifar10").named_parameters()}
+    xb = torch.randn(k, b, 3, 32, 32, generator=g)
+    yb = torch.randint(0, 10, (k, b), generator=g)
+    return params, xb, yb
+
+
+def _per_sample_norms(params, xb, yb):
+    """Norms ``[K, B]`` of materialised per-sample gradients (torch.func), all layers jointly."""
+    per_layer, module = {}, batched._skeleton("cifar10")  # built outside vmap
+    for k in range(len(xb)):
+        p = {n: v[k] for n, v in params.items()}
+
+        def loss(p, xi, yi):
+            out = torch.func.functional_call(module, p, (xi.unsqueeze(0),))
+            return torch.nn.functional.cross_entropy(out, yi.unsqueeze(0))
+
+        g = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(p, xb[k], yb[k])
+        for n, v in g.items():
+            per_layer.setdefault(n, []).append(v.flatten(1).square().sum(1))
+    return {n: torch.stack(v) for n, v in per_layer.items()}
+
+
+def test_conv_norms_match_materialised_per_sample_gradients():
+    # Every convolution's per-sample squared norm (weight and bias), by the Gram identity for the
+    # wide ones (cnn.3, cnn.5) and from the gradient for cnn.0, against torch.func's gradients.
+    params, xb, yb = _cnn_case(k=2, b=4)
+    ref = _per_sample_norms(params, xb, yb)
+    with torch.enable_grad():
+        convs, _, z = batched._cnn_forward(params, xb)
+        nll = torch.nn.functional.cross_entropy(z.flatten(0, 1), yb.flatten(), reduction="none")
+        ds = torch.autograd.grad(nll.sum(), [out for _, out in convs])
+    for (a, _), d, (name, _, kernel, stride, pad) in zip(convs, ds, batched.CNN_CONVS):
+        got = batched._conv_sq_norms(a.detach(), d, 2, kernel, stride, pad).T  # [K, B]
+        want = ref[f"{name}.weight"] + ref[f"{name}.bias"]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("clip", [None, "median"])
+def test_cnn_grads_match_torch_func(clip):
+    # Padding, a model with an empty batch, and a clipping norm that clips half the samples.
+    params, xb, yb = _cnn_case()
+    mask = torch.arange(5) < torch.tensor([[5], [3], [0]])
+    if clip == "median":
+        norms = sum(_per_sample_norms(params, xb, yb).values()).sqrt()
+        clip = norms[mask].median().item()
+    fast = cnn_grads(params, xb, yb, mask, clip)
+    slow = func_grads("cifar10", params, xb, yb, mask, clip)
+    for n in params:  # float32 rounding, relative to each gradient's scale
+        scale = slow[0][n].abs().max().item()
+        torch.testing.assert_close(fast[0][n], slow[0][n], rtol=1e-4, atol=1e-5 * scale)
         assert not fast[0][n][2].any()
     torch.testing.assert_close(fast[1], slow[1])
     assert torch.equal(fast[2], slow[2])

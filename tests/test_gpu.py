@@ -157,6 +157,25 @@ def test_no_sync_in_the_step_loop_on_cuda(monkeypatch, suffix):
     assert len(syncs) <= 8, syncs
 
 
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_cnn_grads_match_func_grads_on_cuda(clip):
+    # Grouped convolutions, ghost norms and book-keeping on CUDA against torch.func's
+    # materialised per-sample gradients.
+    g = torch.Generator().manual_seed(0)
+    params = {
+        n: 0.1 * torch.randn(3, *p.shape, generator=g).cuda() for n, p in build_model("cifar10").named_parameters()
+    }
+    xb = torch.randn(3, 40, 3, 32, 32, generator=g).cuda()
+    yb = torch.randint(0, 10, (3, 40), generator=g).cuda()
+    mask = (torch.arange(40) < torch.tensor([[40], [17], [0]])).cuda()
+    fast = batched.cnn_grads(params, xb, yb, mask, clip)
+    slow = batched.func_grads("cifar10", params, xb, yb, mask, clip)
+    for n in params:
+        scale = slow[0][n].abs().max().item()
+        torch.testing.assert_close(fast[0][n], slow[0][n], rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(fast[1], slow[1], rtol=1e-5, atol=1e-5)
+
+
 def test_train_many_and_auto_parallel_on_cuda():
     for track, suffix in [("purchase100", "inf"), ("purchase100", "lo"), ("cifar10", "inf"), ("cifar10", "lo")]:
         k = auto_parallel(track, recipe_for(track, suffix), "cuda", n_train=50_000)
