@@ -678,7 +678,8 @@ def train_batched(
     the means over the group of the models' running loss and accuracy. The global random state
     is left untouched. Out of memory with K > 1: a warning, then the two halves of the group one
     after the other (each model's result does not depend on its group, DP noise apart with device
-    streams), and :func:`auto_parallel` plans at most K / 2 from then on.
+    streams); from then on, in this process, :func:`auto_parallel` plans at most K / 2 and a
+    larger group is trained in parts of that size without another try.
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
@@ -696,25 +697,27 @@ def train_batched(
         if eval_sets is None
         else [_as_index(s, len(x), f"evaluation set {k}", allow_empty=True) for k, s in enumerate(eval_sets)]
     )
-    try:
-        return _train_group(track, recipe, x, y, sets, list(seeds), evals, streams, progress)
-    except torch.OutOfMemoryError:
-        if len(sets) == 1:
-            raise
-    # Outside the handler: the failed attempt's tensors, held by the traceback, are free again.
-    half = (len(sets) + 1) // 2
-    _back_off(track, recipe, dev, len(sets), half)
-    return [
+    k = _capped(track, recipe, dev, len(sets))
+    if k == len(sets):
+        try:
+            return _train_group(track, recipe, x, y, sets, list(seeds), evals, streams, progress)
+        except torch.OutOfMemoryError:
+            if k == 1:
+                raise
+        # Outside the handler: the failed attempt's tensors, held by the traceback, are free again.
+        k = (k + 1) // 2
+        _back_off(track, recipe, dev, len(sets), k)
+    return [  # groups of at most k, one after the other
         r
-        for lo, hi in ((0, half), (half, len(sets)))
+        for lo in range(0, len(sets), k)
         for r in train_batched(
             track,
             recipe,
             x,
             y,
-            sets[lo:hi],
-            seeds[lo:hi],
-            eval_sets=None if evals is None else evals[lo:hi],
+            sets[lo : lo + k],
+            seeds[lo : lo + k],
+            eval_sets=None if evals is None else evals[lo : lo + k],
             device=dev,
             streams=streams,
             progress=progress,

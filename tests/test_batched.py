@@ -589,6 +589,9 @@ def test_out_of_memory_halves_k_and_says_so(oom_above):
     assert oom_above[1:] == [5, 3, 2, 1, 2]
     _assert_same_models(got, _sequential("purchase100", recipe, x, y, sets, seeds), atol=1e-5)
     assert auto_parallel("purchase100", recipe, "cpu") == 2  # the back-off lasts
+    del oom_above[1:]
+    train_batched("purchase100", recipe, x, y, sets[:4], seeds[:4], device="cpu")
+    assert oom_above[1:] == [2, 2]  # a group larger than the lowered K is split before it is tried
     assert auto_parallel("purchase100", recipe_for("purchase100", "lo"), "cpu") > 2  # per (device, track, DP)
     oom_above[0] = 0
     with pytest.raises(torch.cuda.OutOfMemoryError):  # one model that does not fit: nothing left to halve

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow  # four Python processes that import torch: about 20 CPU-seconds
 def test_gpu_check_runs_to_its_end_on_cpu(tmp_path):
     out = tmp_path / "gpu_check"
     cmd = [sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--device", "cpu", "--tiny", "--out", str(out)]
