@@ -701,7 +701,7 @@ def train_batched(
     if k == len(sets):
         try:
             return _train_group(track, recipe, x, y, sets, list(seeds), evals, streams, progress)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # torch 2.2's name; later an alias of torch.OutOfMemoryError
             if k == 1:
                 raise
         # Outside the handler: the failed attempt's tensors, held by the traceback, are free again.
