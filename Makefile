@@ -12,7 +12,7 @@ THREADS_FLAG := $(if $(THREADS),--threads $(THREADS))
 DEV_TOOLS ?= pytest ruff
 DEPS := .make/deps
 
-.PHONY: install demo compare test test-slow lint format bench clean
+.PHONY: install demo compare test test-slow lint format bench gpu-check clean
 
 # Installs only when requirements.txt changed since the last install (or never ran here).
 $(DEPS): requirements.txt
@@ -48,6 +48,12 @@ format: $(DEPS)
 
 bench: $(DEPS)
 	$(PYTHON) bench/bench_lira.py
+
+# The prepared GPU check (docs/gpu.md): CUDA tests, bench_train at MICO's sizes, save_preds
+# throughput; one results file in report/gpu_check/. GPU_CHECK_ARGS="--device cpu --tiny" rehearses it.
+GPU_CHECK_ARGS ?=
+gpu-check: $(DEPS)
+	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(DATA) $(CACHE) $(REPORT)

@@ -15,16 +15,22 @@ cache), so the times are those of training and the final train-accuracy pass; ea
 
 Models trained by both are compared: the trainers follow the same maths and, on the CPU, draw
 the same random numbers, so the largest parameter difference shows float rounding only (DP-SGD
-over many epochs can amplify it). The last lines are, per case,
-``<case>: sequential <s> s/model, batched <s> s/model, speedup <r>x (K=<k>, <device>)``.
+over many epochs can amplify it); with device streams (CUDA's default, see models/batched.py)
+DP models draw other random numbers, so no difference is reported for them. Each case prints a
+detail line and then, as soon as it is measured, its row
+``<case>: sequential <s> s/model, batched <s> s/model, speedup <r>x (K=<k>, <device>)``;
+``--json PATH`` also writes the rows (and models per minute, also scaled to the recipe's full
+epochs when ``--epochs`` cut them) to PATH.
 
     python bench/bench_train.py [--device cpu] [--epochs N] [--cases purchase100_inf ...]
     python bench/bench_train.py --device cuda --full
+    python bench/bench_train.py --device cuda --full --cases cifar10_lo --epochs 1 --json row.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -34,7 +40,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.batched import auto_parallel, train_many
+from challenges.fileio import write_text
+from models.batched import auto_parallel, resolve_streams, train_many
 from models.loading import resolve_device
 from models.privacy import find_noise_multiplier
 from models.train import recipe_for, train_model
@@ -70,13 +77,14 @@ def warm_up(track: str, recipe, x, y, dev: torch.device) -> None:
     list(train_many(track, small, x, y, [np.arange(16)] * 2, [0, 1], device=dev))
 
 
-def run_case(case: str, args, dev: torch.device) -> tuple[float, float, int]:
-    """Seconds per model, sequential and batched, and the group size K."""
+def run_case(case: str, args, dev: torch.device) -> dict:
+    """One case's row: seconds per model, sequential and batched, the group size K and the rest."""
     track, suffix = case.rsplit("_", 1)
     n_points, n_train, n_models, epochs = (FULL if args.full else SMALL)[track]
     n_models = args.models or n_models
     epochs = args.epochs or epochs
     recipe = recipe_for(track, suffix, **({"epochs": epochs} if epochs else {}))
+    full_epochs = recipe_for(track, suffix).epochs
     x, y, sets = make_data(track, n_points, n_train, n_models)
     x, y = x.to(dev), y.to(dev)
     seeds = list(range(1, n_models + 1))
@@ -106,21 +114,71 @@ def run_case(case: str, args, dev: torch.device) -> tuple[float, float, int]:
         )
         t_seq = min(t_seq, t)
         t, res = timed(
-            lambda: [r for _, r in train_many(track, recipe, x, y, sets, seeds, parallel=k, device=dev)], n_models
+            lambda: [
+                r for _, r in train_many(track, recipe, x, y, sets, seeds, parallel=k, device=dev, streams=args.streams)
+            ],
+            n_models,
         )
         t_batched = min(t_batched, t)
 
-    diff = max(
-        (a - b).abs().max().item() for r, s in zip(res, seq) for a, b in zip(r.model.parameters(), s.model.parameters())
+    same_numbers = not recipe.private or resolve_streams(args.streams, dev) == "exact"
+    diff = (
+        max(
+            (a - b).abs().max().item()
+            for r, s in zip(res, seq)
+            for a, b in zip(r.model.parameters(), s.model.parameters())
+        )
+        if same_numbers
+        else None
     )
     acc = np.mean([r.train_accuracy for r in res[:n_seq]]), np.mean([s.train_accuracy for s in seq])
+    shown = f"{diff:.2e}" if same_numbers else "not compared (device streams: other random numbers)"
     print(
-        f"  {case}: {n_models} models x {n_train} records, {recipe.epochs} epochs; largest parameter "
-        f"difference {diff:.2e} over {n_seq} models; train accuracy {acc[0]:.3f} batched, "
+        f"  {case}: {n_models} models x {n_train} records, {recipe.epochs} of {full_epochs} epochs; largest "
+        f"parameter difference {shown} over {n_seq} models; train accuracy {acc[0]:.3f} batched, "
         f"{acc[1]:.3f} sequential; load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    return t_seq, t_batched, k
+    scale = full_epochs / recipe.epochs  # per-model time grows linearly with the epochs
+    return dict(
+        case=case,
+        device=str(dev),
+        models=n_models,
+        records=n_points,
+        train_size=n_train,
+        epochs=recipe.epochs,
+        recipe_epochs=full_epochs,
+        parallel=k,
+        sequential_models=n_seq,
+        sequential_s_per_model=t_seq,
+        batched_s_per_model=t_batched,
+        speedup=t_seq / t_batched,
+        batched_models_per_minute=60 / t_batched,
+        batched_models_per_minute_full_epochs=60 / (t_batched * scale),
+        sequential_models_per_minute_full_epochs=60 / (t_seq * scale),
+        largest_parameter_difference=diff,
+        train_accuracy_batched=float(acc[0]),
+        train_accuracy_sequential=float(acc[1]),
+        load_average=os.getloadavg()[0],
+    )
+
+
+def row_line(row: dict) -> str:
+    line = (
+        f"{row['case']}: sequential {row['sequential_s_per_model']:.3f} s/model, batched "
+        f"{row['batched_s_per_model']:.3f} s/model, speedup {row['speedup']:.2f}x "
+        f"(K={row['parallel']}, {row['device'].split(':')[0]})"
+    )
+    if row["epochs"] != row["recipe_epochs"]:
+        line += (
+            f"; {row['epochs']} of {row['recipe_epochs']} epochs: "
+            f"{row['batched_models_per_minute_full_epochs']:.1f} models/min at full epochs"
+        )
+    return line
+
+
+def write_json(path: str, rows: list[dict]) -> None:
+    write_text(path, json.dumps(rows, indent=1) + "\n")
 
 
 def main(argv=None) -> int:
@@ -139,19 +197,20 @@ def main(argv=None) -> int:
     )
     p.add_argument("--parallel", type=int, default=None, help="models per group (default: auto_parallel)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--streams", default="auto", help="batched trainer's random streams: auto, exact or device")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     print(f"device {dev}, {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
-    lines = []
+    rows = []
     for case in args.cases:
-        t_seq, t_batched, k = run_case(case, args, dev)
-        lines.append(
-            f"{case}: sequential {t_seq:.3f} s/model, batched {t_batched:.3f} s/model, "
-            f"speedup {t_seq / t_batched:.2f}x (K={k}, {dev.type})"
-        )
-    print("\n".join(lines))
+        row = run_case(case, args, dev)
+        rows.append({**row, "line": row_line(row)})
+        print(rows[-1]["line"], flush=True)
+        if args.json:
+            write_json(args.json, rows)
     return 0
 
 
