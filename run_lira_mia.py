@@ -17,7 +17,7 @@ import os
 from tqdm.auto import tqdm
 
 from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, OFFLINE_TESTS, SIGNALS, AttackOptions
-from attacks.suite import COMPARE, COMPARE_SETS, REFERENCES, fields_needed, make_attack, uses_logits
+from attacks.suite import COMPARE, COMPARE_SETS, REFERENCES, fields_needed, make_attack, target_reads, uses_logits
 from challenges import cache, cli, evaluation, layout, report
 from challenges.datasets import load_dataset
 from challenges.scenario import load_scenario
@@ -148,13 +148,22 @@ def cache_fields(args, options: AttackOptions) -> tuple:
     return fields_needed(options, bool(mds) and all(cache.has_field(args.cache_dir, md, "logits") for md in mds))
 
 
-def scenarios_data(args, fields, runner_up: bool = False):
-    """Yield each scenario's arrays, loaded once (``runner_up``: with the runner-up's membership)."""
+def scenarios_data(args, fields, runs, runner_up: bool = False):
+    """Yield each scenario's arrays for the attacks of ``runs``, loaded once (``runner_up``: with the
+    runner-up's membership)."""
     params = load_params(args.data_dir, args.challenge)
     n_points = len(load_dataset(params)) if params.n_points is None else params.n_points
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
         data = load_scenario(
-            args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields, runner_up=runner_up
+            args.data_dir,
+            args.cache_dir,
+            args.challenge,
+            scenario,
+            params,
+            n_points,
+            fields,
+            runner_up=runner_up,
+            reads=target_reads(runs),
         )
         if data.n_shadows == 0:
             raise layout.LayoutError(f"{args.data_dir}/{args.challenge}/{scenario}/train: no shadow models")
@@ -170,7 +179,8 @@ def compare(args, options: AttackOptions) -> str:
     scores = {label: {} for label, _ in runs}
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     bar = tqdm(total=len(runs) * n_scenarios, desc="compare", unit="run")
-    for data in scenarios_data(args, fields, runner_up=any(o.as_submitted for _, o in runs)):
+    rows = [o for _, o in runs]
+    for data in scenarios_data(args, fields, rows, runner_up=any(o.as_submitted for o in rows)):
         for label, o in runs:
             bar.set_postfix_str(f"{data.scenario}: {label}")
             results = evaluation.attack_scenario(data, make_attack(o), evaluate=True)
@@ -207,7 +217,7 @@ def main(argv=None) -> int:
     attack = make_attack(options)
     scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
-    data_iter = scenarios_data(args, cache_fields(args, options), runner_up=options.as_submitted)
+    data_iter = scenarios_data(args, cache_fields(args, options), [options], runner_up=options.as_submitted)
     for data in tqdm(data_iter, desc=options.attack, unit="scenario", total=n_scenarios):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
         done.append((data.models, results))  # the signals themselves are not kept

@@ -20,7 +20,6 @@ $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), and concurrent runs on one scenar
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from challenges import cli
@@ -29,16 +28,6 @@ from challenges.tracks import SHADOW_PHASE, load_params, scenario_suffix
 from models.train import recipe_for
 from production.design import designed_jobs, mico_jobs
 from production.folders import train_with_progress
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
-    return i, n
 
 
 def parse_args(argv=None):
@@ -64,7 +53,7 @@ def parse_args(argv=None):
         help="--design mico: id of the first extra model (MICO's own ids are 0-199)",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds and designs are drawn from (seed, scenario)")
-    p.add_argument("--shard", type=parse_shard, default="0/1", help="i/n: train only models with index %% n == i")
+    p.add_argument("--shard", type=cli.parse_shard, default="0/1", help="i/n: train only models with index %% n == i")
     p.add_argument(
         "--parallel",
         type=int,

@@ -11,6 +11,8 @@ phase ranks exactly as if it had been scaled on its own.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -18,7 +20,7 @@ from .baselines import calibrated, confidence_attack, entropy_attack, loss_attac
 from .classifier import classifier_attack
 from .lira import lira, signal_from_phi, signal_kind
 from .options import AttackOptions
-from .rmia import rmia
+from .rmia import population, rmia
 from .submitted import WINNER_CONFIG, mico_winner, reference_offline, runner_up_lira, runner_up_signal, winner_signal
 
 RMIA_A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
@@ -35,6 +37,23 @@ def fields_needed(o: AttackOptions, have_logits: bool = False) -> tuple:
 
 def uses_logits(o: AttackOptions) -> bool:
     return o.attack == "classifier" or o.as_submitted
+
+
+def target_reads(runs):
+    """What the attacks of ``runs`` (AttackOptions) read of a dev/final target besides its own
+    challenge points: ``reads(n_pool, own) -> pool positions``, RMIA's population (a superset of
+    the target's row of :func:`attacks.rmia.population` in any call); None when nothing else.
+    save_preds.py caches these points, run_lira_mia.py requires them."""
+    pops = sorted({(o.rmia_population, o.seed) for o in runs if o.attack == "rmia"})
+    if not pops:
+        return None
+
+    def reads(n_pool: int, own: np.ndarray) -> np.ndarray:
+        if n_pool <= len(np.unique(own)):
+            return np.empty(0, dtype=np.intp)
+        return functools.reduce(np.union1d, [population(own[None], n_pool, n, seed)[0] for n, seed in pops])
+
+    return reads
 
 
 def _own(arr, data, rows):
