@@ -171,7 +171,7 @@ def _signal(phi, name):
 
 def _calibrated(data, rows, exclude, o):
     return calibrated(
-        _own(_signal(data.phi, o.signal), data, rows),
+        _signal(_own(data.phi, data, rows), o.signal),
         _signal(data.phi[: data.n_shadows], o.signal),
         data.shadow_in,
         data.challenge[rows],
