@@ -35,6 +35,7 @@ import numpy as np
 
 from .fileio import atomic_path, file_digest, remove_leftovers, try_lock, write_error
 from .layout import ModelDir
+from .tracks import TARGET_PHASES
 
 KEY = ("model_size", "model_mtime_ns", "model_inode", "model_ctime_ns")
 REQUIRED = ("points", "views", "phi", "mentr", "model_size", "model_mtime_ns", "model_sha256")
@@ -188,15 +189,16 @@ def _positions(path: str, entry: dict, points: np.ndarray, required: np.ndarray,
     """Row of each of ``points`` in the entry, -1 where it holds none; CacheError if it lacks one of
     ``required``."""
     held = entry["points"]
-    pos = np.minimum(np.searchsorted(held, points), len(held) - 1)
-    pos = np.where(held[pos] == points, pos, -1)
+    pos = np.searchsorted(held, points)
+    found = pos < len(held)
+    found[found] = held[pos[found]] == points[found]
     missing = np.setdiff1d(required, held, assume_unique=True)
     if len(missing):
         raise CacheError(
             f"{path}: lacks {len(missing)} of the {len(required)} points the attack reads of this model "
-            f"(e.g. point {missing[0]}); {rerun} (with the same --rmia-population and --seed for RMIA)"
+            f"(e.g. point {missing[0]}); {rerun}"
         )
-    return pos
+    return np.where(found, pos, -1)
 
 
 def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",), required=None) -> dict:
@@ -217,7 +219,10 @@ def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",
         if source_stamp(entry, md.model_file) is None:
             raise CacheError(f"{path}: stale, {md.model_file} is not the model it was computed from; {rerun}")
         need = points if required is None or required[k] is None else required[k]
-        pos = _positions(path, entry, points, need, rerun)
+        target = md.phase in TARGET_PHASES
+        pos = _positions(
+            path, entry, points, need, rerun + (" with the same --rmia-population and --seed" if target else "")
+        )
         for field in fields:
             if field not in entry:
                 raise CacheError(f"{path}: has no {field!r}; {rerun}" + (" --save-logits" if field == "logits" else ""))

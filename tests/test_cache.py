@@ -18,6 +18,7 @@ import save_preds
 from attacks.options import AttackOptions
 from attacks.rmia import rmia
 from attacks.suite import COMPARE, make_attack, target_reads
+from bench import bench_save_preds
 from challenges import cache, evaluation, layout
 from challenges.datasets import load_dataset, to_tensor
 from challenges.fileio import atomic_path, locked, try_lock
@@ -407,3 +408,10 @@ def test_rmia_reads_only_own_and_population_points():
     partial[0, 0] = np.nan
     with pytest.raises(ValueError, match="own or population points"):
         rmia(partial, shadow, member, own, **args)
+
+
+def test_bench_save_preds_smoke(single_thread):
+    """The benchmark behind docs/slurm.md's caching times, at a tiny size."""
+    out = bench_save_preds.main(["--models", "1", "--union", "260", "--dataset", "300", "--population", "30"])
+    whole, pop, bare = out["per_model_s"].values()
+    assert min(whole, pop, bare) > 0 and out["before_s"] > out["after_s"]["--rmia-population 0"] > 0

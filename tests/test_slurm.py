@@ -85,9 +85,17 @@ def test_job_scripts_dry_run(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+DAEMONS = ("munged", "slurmctld", "slurmd")
+
+
+def _which(name: str):
+    """A program's path; daemons live in /usr/sbin, which a non-login PATH may lack."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
 def _install_slurm() -> None:
     """slurm-wlm and munge from apt when missing; skip only where apt-get (or root) is unavailable."""
-    if all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")):
+    if all(_which(b) for b in DAEMONS + ("sbatch",)):
         return
     if shutil.which("apt-get") is None:
         pytest.skip("SLURM is not installed and apt-get is unavailable to install slurm-wlm and munge")
@@ -98,6 +106,9 @@ def _install_slurm() -> None:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
         if r.returncode != 0:
             pytest.fail(f"{' '.join(cmd)} failed: {r.stdout[-800:]} {r.stderr[-800:]}")
+    missing = [b for b in DAEMONS + ("sbatch",) if not _which(b)]
+    if missing:
+        pytest.fail(f"apt-get installed slurm-wlm and munge, but {', '.join(missing)} is not on PATH or in /usr/sbin")
 
 
 def _free_port() -> int:
@@ -160,12 +171,12 @@ class Cluster:
         m = os.path.join(self.root, "munge")
         self._spawn(
             "munged",
-            ["munged", "-F", "-f", f"--socket={m}/socket", f"--key-file={m}/munge.key", f"--pid-file={m}/pid"]
+            [_which("munged"), "-F", "-f", f"--socket={m}/socket", f"--key-file={m}/munge.key", f"--pid-file={m}/pid"]
             + [f"--seed-file={m}/seed", f"--log-file={self.root}/log/munged.log"],
         )
         self._wait(lambda: os.path.exists(f"{m}/socket"), "munged's socket")
-        self._spawn("slurmctld", ["slurmctld", "-D", "-i"])
-        self._spawn("slurmd", ["slurmd", "-D"])
+        self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i"])
+        self._spawn("slurmd", [_which("slurmd"), "-D"])
         self._wait(lambda: self.run("sinfo", "-h", "-o", "%t", check=False).strip() == "idle", "an idle node")
 
     def _spawn(self, name, argv) -> None:
