@@ -55,6 +55,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", type=int, default=2, help="models timed per kind (the sample)")
     p.add_argument("--union", type=int, default=40_000, help="points in a scenario's union (MICO cifar10: ~40,000)")
+    p.add_argument("--own", type=int, default=MICO["own"], help="challenge points per dev/final model (MICO: 200)")
     p.add_argument("--population", type=int, default=AttackOptions().rmia_population, help="RMIA's population")
     p.add_argument("--dataset", type=int, default=MICO["dataset"], help="images in the base dataset (CIFAR-10: 60,000)")
     p.add_argument("--seed", type=int, default=0)
@@ -65,7 +66,7 @@ def main(argv=None) -> dict:
         x=rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), y=rng.integers(0, 10, n).astype(np.int64)
     )
     union = np.sort(rng.choice(n, args.union, replace=False))
-    own = [np.sort(rng.choice(args.union, MICO["own"], replace=False)) for _ in range(args.models)]
+    own = [np.sort(rng.choice(args.union, args.own, replace=False)) for _ in range(args.models)]
     reads = target_reads([AttackOptions(attack="rmia", rmia_population=args.population, seed=args.seed)])
     with tempfile.TemporaryDirectory() as tmp:
         files = []
@@ -80,10 +81,10 @@ def main(argv=None) -> dict:
         print(f"union inputs ({args.union} images) built once per scenario: {setup:.1f} s", flush=True)
         rows = {
             "whole union (train models; dev/final before)": lambda k: union,
-            f"own {MICO['own']} + RMIA population {args.population} (dev/final, default)": lambda k: union[
+            f"own {args.own} + RMIA population {args.population} (dev/final, default)": lambda k: union[
                 np.union1d(own[k], reads(len(union), own[k]))
             ],
-            f"own {MICO['own']} only (dev/final, --rmia-population 0)": lambda k: union[own[k]],
+            f"own {args.own} only (dev/final, --rmia-population 0)": lambda k: union[own[k]],
         }
         per_model = {}
         for label, points_of in rows.items():

@@ -386,7 +386,7 @@ def test_a_model_another_run_holds_is_left_for_last(cached_small):
         assert cache.update(first, mds[0].model_file, entry["points"], ["orig"], True, None, wait=False) == "busy"
     shutil.rmtree(cache_dir)
     holder = try_lock(cache.lock_file(first))
-    threading.Timer(3.0, holder.close).start()
+    threading.Timer(1.0, holder.close).start()
     assert _save_preds(data_dir, cache_dir) == 0
     mtimes = [os.stat(cache.cache_file(cache_dir, md)).st_mtime_ns for md in mds]
     assert mtimes[0] == max(mtimes)
@@ -412,6 +412,8 @@ def test_rmia_reads_only_own_and_population_points():
 
 def test_bench_save_preds_smoke(single_thread):
     """The benchmark behind docs/slurm.md's caching times, at a tiny size."""
-    out = bench_save_preds.main(["--models", "1", "--union", "260", "--dataset", "300", "--population", "30"])
+    out = bench_save_preds.main(
+        ["--models", "1", "--union", "60", "--own", "8", "--population", "10", "--dataset", "80"]
+    )
     whole, pop, bare = out["per_model_s"].values()
     assert min(whole, pop, bare) > 0 and out["before_s"] > out["after_s"]["--rmia-population 0"] > 0
