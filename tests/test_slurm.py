@@ -205,16 +205,35 @@ class Cluster:
         return r.stdout
 
     def state(self, job: str) -> dict:
-        """{job id (array tasks as <id>_<i>): state} of every job or task of ``job``."""
-        out = self.run("squeue", "-h", "-j", job, "-t", "all", "-o", "%i %T", check=False)
-        return dict(line.split() for line in out.splitlines() if line.strip())
+        """{job id (array tasks as <id>_<i>): state} of every job or task of ``job``; asks again
+        while slurmctld does not answer (a busy machine)."""
+        deadline = time.monotonic() + 120
+        while True:
+            argv = ["squeue", "-h", "-j", job, "-t", "all", "-o", "%i %T"]
+            r = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
+            if r.returncode == 0:
+                return dict(line.split() for line in r.stdout.splitlines() if line.strip())
+            if time.monotonic() > deadline:
+                pytest.fail(f"squeue -j {job}: rc {r.returncode}: {r.stderr.strip()}; {self.logs()}")
+            time.sleep(1.0)
+
+    def wait_for(self, task: str, state: str, timeout=120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (now := self.state(task.split("_")[0]).get(task)) != state:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{task} is {now}, not {state}, after {timeout:.0f} s; {self.logs()}")
+            time.sleep(0.2)
 
     def wait_done(self, jobs, timeout=600.0) -> None:
         """Until every job of ``jobs`` has ended; fails unless all COMPLETED."""
         deadline = time.monotonic() + timeout
         while True:
-            states = {k: v for j in jobs for k, v in self.state(j).items()}
-            if states and all(v not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING") for v in states.values()):
+            per_job = [self.state(j) for j in jobs]
+            states = {k: v for s in per_job for k, v in s.items()}
+            ended = all(
+                v not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED") for v in states.values()
+            )
+            if all(per_job) and ended:
                 break
             if time.monotonic() > deadline:
                 pytest.fail(f"SLURM jobs still not done after {timeout:.0f} s: {states}")
@@ -312,18 +331,22 @@ def _leftovers(data_dir, cache_dir) -> list:
     return found
 
 
-SLOW_SAVEZ = """\
+HELD_SAVEZ = """\
 #!/bin/bash
-# The interpreter with a pause after each cache file's temporary copy is written, before it is
-# renamed: a task killed now is killed mid-write.
+# The interpreter, where in array task 1's first attempt a cache file's second write stops for
+# good once its temporary copy is written, before it is renamed: a task killed then is killed
+# mid-write, whatever the machine's load.
 exec {python} -c '
-import runpy, sys, time
+import os, runpy, sys, time
 import numpy as np
-savez = np.savez
-def slow(*a, **k):
+savez, calls = np.savez, []
+def held(*a, **k):
     savez(*a, **k)
-    time.sleep(2.0)
-np.savez = slow
+    calls.append(1)
+    first = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
+    if first and os.environ.get("SLURM_ARRAY_TASK_ID") == "1" and len(calls) == 2:
+        time.sleep(3600)
+np.savez = held
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 ' "$@"
@@ -351,8 +374,8 @@ def test_slurm_pipeline_equals_a_single_machine_run(cluster, small_challenge, tm
 
     # A caching task killed mid-write and requeued, on a fresh cache of the trained tree.
     killed_cache = str(tmp_path / "killed_cache")
-    wrapper = tmp_path / "slow_python"
-    wrapper.write_text(SLOW_SAVEZ.format(python=sys.executable))
+    wrapper = tmp_path / "held_python"
+    wrapper.write_text(HELD_SAVEZ.format(python=sys.executable))
     wrapper.chmod(0o755)
     env = _job_env(f"{run}/data", killed_cache, tmp_path, PYTHON=str(wrapper))
     out = cluster.run(
@@ -379,15 +402,11 @@ def test_slurm_pipeline_equals_a_single_machine_run(cluster, small_challenge, tm
         assert time.monotonic() < deadline, f"task 1 never got part-way: {cluster.state(job)}; {cluster.logs()}"
         time.sleep(0.1)
     cluster.run("scancel", f"{job}_1")
-    while cluster.state(job).get(f"{job}_1") not in ("CANCELLED", None):
-        time.sleep(0.2)
+    cluster.wait_for(f"{job}_1", "CANCELLED")
     done = [os.path.exists(p) for p in mine]
-    assert done[0] and not all(done) and _leftovers(f"{run}/data", killed_cache), done  # killed mid-write
+    assert done == [True] + [False] * (len(mine) - 1) and _leftovers(f"{run}/data", killed_cache)  # mid-write
     cluster.run("scontrol", "requeue", f"{job}_1")
-    deadline = time.monotonic() + 60
-    while cluster.state(job).get(f"{job}_1") != "PENDING":
-        assert time.monotonic() < deadline, cluster.state(job)
-        time.sleep(0.5)
+    cluster.wait_for(f"{job}_1", "PENDING")
     cluster.run("scontrol", "update", f"jobid={job}_1", "StartTime=now")  # requeued jobs wait ~2 min otherwise
     cluster.wait_done([job])
     assert _leftovers(f"{run}/data", killed_cache) == []
