@@ -33,6 +33,7 @@ from attacks.suite import (
     fields_needed,
     make_attack,
     needs_runner_up,
+    target_reads,
     uses_logits,
     with_shared,
 )
@@ -177,15 +178,24 @@ def cache_fields(args, options: AttackOptions) -> tuple:
     return fields_needed(options, bool(mds) and all(cache.has_field(args.cache_dir, md, "logits") for md in mds))
 
 
-def scenarios_data(args, fields, runner_up: bool = False):
-    """Yield each scenario's arrays, loaded once (``runner_up``: with the runner-up's membership)."""
+def scenarios_data(args, fields, runs, runner_up: bool = False):
+    """Yield each scenario's arrays for the attacks of ``runs``, loaded once (``runner_up``: with the
+    runner-up's membership)."""
     params = load_params(args.data_dir, args.challenge)
     n_points = len(load_dataset(params)) if params.n_points is None else params.n_points
     if runner_up:
         print(runner_up_note(params, n_points))
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
         data = load_scenario(
-            args.data_dir, args.cache_dir, args.challenge, scenario, params, n_points, fields, runner_up=runner_up
+            args.data_dir,
+            args.cache_dir,
+            args.challenge,
+            scenario,
+            params,
+            n_points,
+            fields,
+            runner_up=runner_up,
+            reads=target_reads(runs),
         )
         if data.n_shadows == 0:
             raise layout.LayoutError(f"{args.data_dir}/{args.challenge}/{scenario}/train: no shadow models")
@@ -201,7 +211,8 @@ def compare(args, options: AttackOptions) -> str:
     notes, replicates = [], {}
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     bar = tqdm(total=(len(runs) + 1) * n_scenarios, desc="compare", unit="run")
-    for i, data in enumerate(scenarios_data(args, fields, runner_up=any(needs_runner_up(o) for _, o in runs))):
+    rows = [o for _, o in runs]
+    for i, data in enumerate(scenarios_data(args, fields, rows, runner_up=any(needs_runner_up(o) for o in rows))):
         train = {}
         for label, o in runs:
             bar.set_postfix_str(f"{data.scenario}: {label}")
@@ -315,7 +326,7 @@ def main(argv=None) -> int:
     attack = make_attack(options)
     scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
-    data_iter = scenarios_data(args, cache_fields(args, options), runner_up=needs_runner_up(options))
+    data_iter = scenarios_data(args, cache_fields(args, options), [options], runner_up=needs_runner_up(options))
     for data in tqdm(data_iter, desc=options.attack, unit="scenario", total=n_scenarios):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
         done.append((data.models, results))  # the signals themselves are not kept

@@ -1,9 +1,13 @@
-"""Cache every model's outputs on its scenario's challenge points (see README: cache format).
+"""Cache every model's outputs on its scenario's challenge points (format: challenges/cache.py).
 
-Each model (train, dev, final) runs once over the union of the scenario's challenge points, in
-large batches, on CUDA when present. Reruns skip models whose cache is current and only add the
-points that new shadow models brought; an unreadable cache file, or one from another model.pt, is
-recomputed. Runs sharing a cache wait for each other model by model and never redo each other's work.
+Shadow models (train, designed shadows) run once over the union of the scenario's challenge
+points; dev and final models only over the points the attacks read of them: their own challenge
+points and RMIA's population (--rmia-population, --seed: as run_lira_mia.py's; 0 for none). Large
+batches, on CUDA when present. Reruns skip models whose cache is current and only add the points
+a new need brought (new shadow models, another population); an unreadable cache file, or one from
+another model.pt, is recomputed. --shard i/n caches only every n-th model of each scenario (SLURM:
+--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); shards never touch the same file, and runs
+sharing a cache split the models between them (one another run holds is left for last).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from attacks.options import AttackOptions
+from attacks.suite import target_reads
 from challenges import cache, cli, layout
 from challenges.datasets import load_dataset, to_tensor
-from challenges.scenario import scenario_points
+from challenges.scenario import cached_points, scenario_points
 from challenges.tracks import load_params
 from models import load_model, resolve_device, set_threads
 from models.query import query, view_names
@@ -36,7 +42,17 @@ def parse_args(argv=None):
     )
     p.add_argument("--augment", action="store_true", help="cifar10: add query views (horizontal flip, shifts)")
     p.add_argument("--shifts", type=int, default=0, help="with --augment: pixel shifts up to k (reflect padding)")
+    p.add_argument(
+        "--rmia-population",
+        type=int,
+        default=AttackOptions().rmia_population,
+        help="dev/final models: also cache RMIA's population points (as run_lira_mia.py's flag; 0: own points only)",
+    )
+    p.add_argument("--seed", type=int, default=AttackOptions().seed, help="RMIA's population seed (run_lira_mia.py's)")
+    p.add_argument("--shard", type=cli.parse_shard, default="0/1", help="i/n: cache only models with index %% n == i")
     args = p.parse_args(argv)
+    if args.rmia_population < 0:
+        p.error("--rmia-population takes a non-negative count")
     if args.shifts < 0 or (args.shifts and not args.augment):
         p.error("--shifts takes a non-negative k and needs --augment")
     if args.augment and args.challenge != "cifar10":
@@ -48,8 +64,9 @@ class UnionQuery:
     """Model outputs on a scenario's union of challenge points; the inputs for the whole union are
     built and moved to the device once, when the first model needs them."""
 
-    def __init__(self, args, dataset, union: np.ndarray, views: list[str], device):
-        self.args, self.dataset, self.union, self.views, self.device = args, dataset, union, views, device
+    def __init__(self, args, dataset, scenario: str, union: np.ndarray, views: list[str], device):
+        self.args, self.dataset, self.scenario, self.union = args, dataset, scenario, union
+        self.views, self.device = views, device
         self.x = self.y = None
 
     def __call__(self, md, todo: np.ndarray, keep_logits: bool) -> dict:
@@ -62,6 +79,28 @@ class UnionQuery:
         return {k: v.numpy() for k, v in out.items()}
 
 
+def cache_models(args, outputs: UnionQuery, work: list) -> collections.Counter:
+    """Bring each (model, points) of ``work`` up to date; a model another run holds is left for
+    last, then waited for. Returns the count of each outcome ('computed', 'current', ...)."""
+    done, busy = collections.Counter(), []
+    points = sum(len(p) for _, p in work)
+    bar = tqdm(
+        total=len(work), desc=f"{outputs.scenario}: {points} model-points x {len(outputs.views)} views", unit="model"
+    )
+    for wait, todo in ((False, work), (True, busy)):
+        for md, need in todo:
+            path = cache.cache_file(args.cache_dir, md)
+            views, logits = outputs.views, args.save_logits
+            outcome = cache.update(path, md.model_file, need, views, logits, functools.partial(outputs, md), wait)
+            if outcome == "busy":
+                busy.append((md, need))
+                continue
+            done[outcome] += 1
+            bar.update()
+    bar.close()
+    return done
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     views = view_names(args.augment, args.shifts)
@@ -69,16 +108,17 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     params = load_params(args.data_dir, args.challenge)
     dataset = load_dataset(params)
+    rmia = [AttackOptions(attack="rmia", rmia_population=args.rmia_population, seed=args.seed)]
+    reads = target_reads(rmia) if args.rmia_population else None
+    shard, n_shards = args.shard
     for scenario in layout.scenarios(args.data_dir, args.challenge, args.scenario):
-        mds, _, union = scenario_points(args.data_dir, args.challenge, scenario, params, len(dataset))
-        outputs = UnionQuery(args, dataset, union, views, device)
-        done = collections.Counter()
-        for md in tqdm(mds, desc=f"{scenario}: {len(union)} points x {len(views)} views", unit="model"):
-            path = cache.cache_file(args.cache_dir, md)
-            done[cache.update(path, md.model_file, union, views, args.save_logits, functools.partial(outputs, md))] += 1
+        mds, splits, union = scenario_points(args.data_dir, args.challenge, scenario, params, len(dataset))
+        work = [(md, cached_points(md, s, union, reads)) for md, s in zip(mds, splits)][shard::n_shards]
+        outputs = UnionQuery(args, dataset, scenario, union, views, device)
+        done = cache_models(args, outputs, work)
         restamped = f", {done['restamped']} stamp(s) refreshed" if done["restamped"] else ""
         print(
-            f"{scenario}: {done['computed']} model(s) queried, {len(mds) - done['computed']} already cached{restamped}"
+            f"{scenario}: {done['computed']} model(s) queried, {len(work) - done['computed']} already cached{restamped}"
         )
     return 0
 

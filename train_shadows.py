@@ -22,7 +22,6 @@ split the work.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from challenges import cli
@@ -34,16 +33,6 @@ from production.design import designed_jobs, mico_jobs, requested_in_count
 from production.folders import complete, train_with_progress
 
 DEFAULT_FIRST_ID = 1000  # MICO's own ids are 0-199
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
-    return i, n
 
 
 def parse_args(argv=None):
@@ -72,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--seed", type=cli.non_negative_int, default=0, help="seeds and designs are drawn from (seed, scenario)"
     )
-    p.add_argument("--shard", type=parse_shard, default="0/1", help="i/n: train only models with index %% n == i")
+    p.add_argument("--shard", type=cli.parse_shard, default="0/1", help="i/n: train only models with index %% n == i")
     p.add_argument(
         "--parallel",
         type=cli.positive_int,

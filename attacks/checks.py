@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def check_array(a, name: str, ndim: int, *, floating: bool = False, unit_interval: bool = False) -> np.ndarray:
+def check_array(
+    a, name: str, ndim: int, *, floating: bool = False, unit_interval: bool = False, finite: bool = True
+) -> np.ndarray:
     """``a`` as an array, checked: ``ndim`` dimensions, non-empty, real numbers (floats if
-    ``floating``), all finite, and within [0, 1] if ``unit_interval``. Raises ValueError naming ``name``."""
+    ``floating``), all finite (if ``finite``: else the caller checks the entries it reads), and
+    within [0, 1] if ``unit_interval``. Raises ValueError naming ``name``."""
     a = np.asarray(a)
     if a.ndim != ndim:
         raise ValueError(
@@ -18,9 +21,9 @@ def check_array(a, name: str, ndim: int, *, floating: bool = False, unit_interva
     kind = np.floating if floating else np.number
     if a.dtype == bool or not np.issubdtype(a.dtype, kind):
         raise ValueError(f"{name} must be {'a float' if floating else 'a numeric'} array, got dtype {a.dtype}")
-    if not np.isfinite(a).all():
+    if finite and not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    if unit_interval and (a.min() < 0 or a.max() > 1):
+    if unit_interval and (np.nanmin(a) < 0 or np.nanmax(a) > 1):
         raise ValueError(f"{name} must hold probabilities in [0, 1]")
     return a
 

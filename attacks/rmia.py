@@ -186,7 +186,9 @@ def _fraction_below(lr_x, thr_z):
 
 def _check_inputs(target_prob, shadow_prob, shadow_in, target_index, exclude, from_phi: bool):
     """Validated (target, shadow, membership, target_index, exclude) arrays."""
-    tgt = check_array(target_prob, "target_prob", 3, floating=True, unit_interval=not from_phi)
+    # Only the entries read (own and population points) must be finite: a dev/final target's
+    # cache holds no others (save_preds.py), and they arrive as NaN.
+    tgt = check_array(target_prob, "target_prob", 3, floating=True, unit_interval=not from_phi, finite=False)
     shd = check_array(shadow_prob, "shadow_prob", 3, floating=True, unit_interval=not from_phi)
     T, P, V = tgt.shape
     S = shd.shape[0]
@@ -234,8 +236,9 @@ def rmia(
     Parameters
     ----------
     target_prob : (T, P, V) float
-        Each target model's true-class probability p on the WHOLE pool
-        (population points need it too), V query views.  float32 is fine
+        Each target model's true-class probability p on the pool, V query
+        views; only its own and population points are read (others may be
+        NaN).  float32 is fine
         (only the entries used are widened).
     shadow_prob : (S, P, V) float
         Every shadow's probability on the pool.
@@ -288,6 +291,8 @@ def rmia(
     T, P, V = tgt.shape
     Z = population(idx, P, int(n_population), seed)  # (T, n)
     rows = np.arange(T)[:, None]
+    if not (np.isfinite(tgt[rows, idx]).all() and np.isfinite(tgt[rows, Z]).all()):
+        raise ValueError("target_prob contains NaN or infinite values at a target's own or population points")
 
     def prob(arr):
         arr = np.asarray(arr, dtype=np.float64)

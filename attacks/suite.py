@@ -11,6 +11,7 @@ phase ranks exactly as if it had been scaled on its own.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -23,7 +24,7 @@ from .classifier import classifier_attack
 from .folds import held_out, split_rows
 from .lira import lira, signal_from_phi, signal_kind
 from .options import CALIBRATIONS, SIGNALS, AttackOptions
-from .rmia import rmia
+from .rmia import population, rmia
 from .submitted import WINNER_CONFIG, mico_winner, reference_offline, runner_up_lira, runner_up_signal, winner_signal
 
 RMIA_A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
@@ -46,6 +47,36 @@ def needs_runner_up(o: AttackOptions) -> bool:
 
 def uses_logits(o: AttackOptions) -> bool:
     return o.attack in ("classifier", "auto") or o.as_submitted
+
+
+def target_reads(runs):
+    """What the attacks of ``runs`` (AttackOptions) read of a dev/final target besides its own
+    challenge points: ``reads(n_pool, own) -> pool positions``, RMIA's population (a superset of
+    the target's row of :func:`attacks.rmia.population` in any call); None when nothing else.
+    save_preds.py caches these points, run_lira_mia.py requires them."""
+    pops = sorted({(o.rmia_population, o.seed) for o in _expand(runs) if o.attack == "rmia"})
+    if not pops:
+        return None
+
+    def reads(n_pool: int, own: np.ndarray) -> np.ndarray:
+        if n_pool <= len(np.unique(own)):
+            return np.empty(0, dtype=np.intp)
+        return functools.reduce(np.union1d, [population(own[None], n_pool, n, seed)[0] for n, seed in pops])
+
+    return reads
+
+
+def _expand(runs) -> list[AttackOptions]:
+    """``runs`` with auto and stacked replaced by the attacks they run (their line-ups)."""
+    out = []
+    for o in runs:
+        if o.attack == "auto":
+            out += _expand([row for _, row in with_shared(AUTO_LINEUP, o)])
+        elif o.attack == "stacked":
+            out += _expand([row for _, row in with_shared(STACK_BASE, o)])
+        else:
+            out.append(o)
+    return out
 
 
 def _own(arr, data, rows):
@@ -183,7 +214,7 @@ def _signal(phi, name):
 
 def _calibrated(data, rows, exclude, o):
     return calibrated(
-        _own(_signal(data.phi, o.signal), data, rows),
+        _signal(_own(data.phi, data, rows), o.signal),
         _signal(data.phi[: data.n_shadows], o.signal),
         data.shadow_in,
         data.challenge[rows],

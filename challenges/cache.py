@@ -2,8 +2,11 @@
 
 One file per model, ``<cache-dir>/<track>/<scenario>/<phase>/model_<id>.npz``, holding:
 
-- ``points``  int64 [P]: dataset indices, sorted ascending (the union of the scenario's
-  challenge points when it was written);
+- ``points``  int64 [P]: the dataset indices this file holds, sorted ascending. A shadow (train
+  or designed) holds the union of the scenario's challenge points; a dev or final model holds
+  only what the attacks read of it: its own challenge points and, where RMIA is run, its
+  population points (``save_preds.py --rmia-population``). A later need for more points (new
+  shadows widen the union, another RMIA population) adds them to the file;
 - ``views``   str [V]: query view names, view 0 = ``orig`` (see ``models.query.view_names``);
 - ``phi``     float32 [P, V]: z_y - logsumexp_{j != y} z_j (the true-class probability is
   sigmoid(phi));
@@ -16,12 +19,13 @@ Every read checks an entry against its model.pt. The key is the fast path: a cop
 rsync, an archive) keeps size and mtime but never inode and ctime, and a rewrite in place
 changes ctime. When the key differs the sha256 decides, so a copied tree, or an entry written
 before the key had inode and ctime, is still used. A file is reused by save_preds.py only if
-it came from this model.pt and its views match; points missing from it (new shadow models widen
-the union) are computed and merged. Files are written under a unique temporary name and
-renamed, while holding the advisory lock of their folder (``.lock``), so a killed run leaves
-either the old file or the new one and concurrent runs wait for each other model by model; they
-are flushed to the disk before the rename (:func:`challenges.fileio.place`), so a power loss
-does too. A read-only cache with nothing to write needs no lock.
+it came from this model.pt and its views match; points missing from it are computed and merged.
+Files are written under a unique temporary name and renamed, while holding the file's own advisory
+lock (``.locks/<name>``), so a killed run leaves either the old file or the new one, runs on
+different models (``--shard``) never wait for each other, and concurrent runs on the same models
+split them (a model another run holds is left for last). Files are flushed to the disk before the
+rename (:func:`challenges.fileio.place`), so a power loss leaves the old or the new file too. A
+read-only cache with nothing to write needs no lock.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ import numpy as np
 
 from .fileio import atomic_path, file_digest, remove_leftovers, try_lock, write_error
 from .layout import ModelDir
+from .tracks import TARGET_PHASES
 
 KEY = ("model_size", "model_mtime_ns", "model_inode", "model_ctime_ns")
 REQUIRED = ("points", "views", "phi", "mentr", "model_size", "model_mtime_ns", "model_sha256")
-LOCK = ".lock"
+LOCKS = ".locks"
 
 
 class CacheError(ValueError):
@@ -45,6 +50,11 @@ class CacheError(ValueError):
 
 def cache_file(cache_dir: str, md: ModelDir) -> str:
     return os.path.join(cache_dir, md.track, md.scenario, md.phase, md.name + ".npz")
+
+
+def lock_file(path: str) -> str:
+    """The advisory lock of one cache file (a separate file: the cache file itself is replaced)."""
+    return os.path.join(os.path.dirname(path), LOCKS, os.path.basename(path))
 
 
 def sha256(path: str) -> str:
@@ -150,7 +160,7 @@ def merge(entry: dict | None, points: np.ndarray, arrays: dict) -> tuple[np.ndar
     return allp[order], {k: np.concatenate([entry[k], v])[order] for k, v in arrays.items()}
 
 
-def _plan(path: str, model_file: str, union: np.ndarray, views: list[str], need_logits: bool):
+def _plan(path: str, model_file: str, points: np.ndarray, views: list[str], need_logits: bool):
     """(entry to extend or None, the model's stamp, the points still to compute) for one file."""
     try:
         entry = read(path)
@@ -159,7 +169,7 @@ def _plan(path: str, model_file: str, union: np.ndarray, views: list[str], need_
     stamp = None if entry is None else source_stamp(entry, model_file)
     if stamp is None or list(entry["views"]) != list(views) or (need_logits and "logits" not in entry):
         entry, stamp = None, model_stamp(model_file)  # taken before the model is loaded
-    todo = union if entry is None else np.setdiff1d(union, entry["points"], assume_unique=True)
+    todo = points if entry is None else np.setdiff1d(points, entry["points"], assume_unique=True)
     return entry, stamp, todo
 
 
@@ -170,29 +180,34 @@ def _current(entry: dict | None, stamp: dict, todo: np.ndarray) -> bool:
 def update(
     path: str,
     model_file: str,
-    union: np.ndarray,
+    points: np.ndarray,
     views: list[str],
     need_logits: bool,
     compute: Callable[[np.ndarray, bool], dict],
+    wait: bool = True,
 ) -> str:
-    """Bring one model's cache file up to date; returns 'current', 'restamped' or 'computed'.
+    """Make one model's cache file hold ``points`` (sorted dataset indices) for ``views``; returns
+    'current', 'restamped', 'computed', or 'busy' when ``wait`` is False and another run holds the
+    file's lock (it is computing this very file).
 
-    ``compute(points, keep_logits)`` returns {field: array [len(points), V(, C)]} for the points
-    still missing. The file is checked and written under its folder's lock, so that a concurrent
-    run sees the result and does not redo it, or redoes it when it asks for more (logits). An
-    unreadable file, or one computed from another model.pt, is recomputed from scratch. A cache
-    that cannot be written (read-only) is fine as long as it is current: reading needs no lock,
-    since a file only ever appears whole, by rename.
+    ``compute(todo, keep_logits)`` returns {field: array [len(todo), V(, C)]} for the points
+    still missing. The file is checked and written under its lock, so that a concurrent run sees
+    the result and does not redo it, or redoes it when it asks for more (logits, points). An
+    unreadable file, or one computed from another model.pt, is recomputed from scratch; points the
+    file holds beyond ``points`` are kept. A cache that cannot be written (read-only) is fine as
+    long as it is current: reading needs no lock, since a file only ever appears whole, by rename.
     """
     try:
-        lock = try_lock(os.path.join(os.path.dirname(path), LOCK), wait=True)
+        lock = try_lock(lock_file(path), wait=wait)
     except OSError:
-        if _current(*_plan(path, model_file, union, views, need_logits)):
+        if _current(*_plan(path, model_file, points, views, need_logits)):
             return "current"
         raise
+    if lock is None:
+        return "busy"
     with lock:  # closing the file releases the lock
         remove_leftovers(path)
-        entry, stamp, todo = _plan(path, model_file, union, views, need_logits)
+        entry, stamp, todo = _plan(path, model_file, points, views, need_logits)
         if len(todo) == 0:
             if _current(entry, stamp, todo):
                 return "current"
@@ -201,16 +216,34 @@ def update(
             return "restamped"
         # An entry that already holds logits keeps them, so merged rows stay complete.
         arrays = compute(todo, need_logits or (entry is not None and "logits" in entry))
-        points, arrays = merge(entry, todo, arrays)
-        write(path, points, views, stamp, arrays)
+        held, arrays = merge(entry, todo, arrays)
+        write(path, held, views, stamp, arrays)
         return "computed"
 
 
-def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",)) -> dict:
+def _positions(path: str, entry: dict, points: np.ndarray, required: np.ndarray, rerun: str) -> np.ndarray:
+    """Row of each of ``points`` in the entry, -1 where it holds none; CacheError if it lacks one of
+    ``required``."""
+    held = entry["points"]
+    pos = np.searchsorted(held, points)
+    found = pos < len(held)
+    found[found] = held[pos[found]] == points[found]
+    missing = np.setdiff1d(required, held, assume_unique=True)
+    if len(missing):
+        raise CacheError(
+            f"{path}: lacks {len(missing)} of the {len(required)} points the attack reads of this model "
+            f"(e.g. point {missing[0]}); {rerun}"
+        )
+    return np.where(found, pos, -1)
+
+
+def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",), required=None) -> dict:
     """{field: float32 [n_models, len(points), V(, C)]} for every model on ``points``.
 
-    Raises CacheError naming the first model whose cache is missing, corrupt, computed from
-    another model.pt, or lacks a field or a point.
+    ``required``: per model, the sorted points its file must hold (None: all of ``points``, also
+    for a None entry); points a file does not hold are NaN. Raises CacheError naming the first
+    model whose cache is missing, corrupt, computed from another model.pt, or lacks a field or a
+    required point.
     """
     out = {}
     for k, md in enumerate(mds):
@@ -221,13 +254,15 @@ def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",
             raise CacheError(f"{path}: missing; run save_preds.py --challenge {md.track} first")
         if source_stamp(entry, md.model_file) is None:
             raise CacheError(f"{path}: stale, {md.model_file} is not the model it was computed from; {rerun}")
-        pos = np.minimum(np.searchsorted(entry["points"], points), len(entry["points"]) - 1)
-        if not np.array_equal(entry["points"][pos], points):
-            raise CacheError(f"{path}: does not cover every challenge point; {rerun}")
+        need = points if required is None or required[k] is None else required[k]
+        target = md.phase in TARGET_PHASES
+        pos = _positions(
+            path, entry, points, need, rerun + (" with the same --rmia-population and --seed" if target else "")
+        )
         for field in fields:
             if field not in entry:
                 raise CacheError(f"{path}: has no {field!r}; {rerun}" + (" --save-logits" if field == "logits" else ""))
-            arr = entry[field][pos]
+            arr = np.where((pos >= 0).reshape((-1,) + (1,) * (entry[field].ndim - 1)), entry[field][pos], np.nan)
             if field not in out:
                 out[field] = np.empty((len(mds),) + arr.shape, dtype=np.float32)
             elif arr.shape != out[field].shape[1:]:

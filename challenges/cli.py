@@ -129,6 +129,18 @@ def refuse_unused(p: argparse.ArgumentParser, given: dict, why: str) -> None:
         p.error(f"{why} {', '.join(extra)}; drop {'it' if len(extra) == 1 else 'them'}")
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """argparse type of ``--shard i/n`` (train_shadows.py, save_preds.py): this run does the items
+    with index % n == i (SLURM: ``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
 def run(main, name: str) -> None:
     """Run a script's ``main()`` and exit with its code; an expected failure (ValueError, OSError)
     becomes one line on stderr naming the script, as does a :class:`LayoutWarning`, and Ctrl-C says

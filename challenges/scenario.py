@@ -13,7 +13,7 @@ import numpy as np
 
 from . import cache, layout
 from .splits import RUNNER_UP_LEN_TRAINING, membership_matrix, runner_up_membership, runner_up_train_positions
-from .tracks import ChallengeParams
+from .tracks import TARGET_PHASES, ChallengeParams
 
 
 @dataclass
@@ -58,6 +58,18 @@ def scenario_points(
         md.check_model_file()
     splits = [None if md.designed else md.splits(params, n_points) for md in mds]
     return mds, splits, np.unique(np.concatenate([s.challenge for s in splits if s is not None]))
+
+
+def cached_points(md, split, union: np.ndarray, reads=None) -> np.ndarray:
+    """Sorted dataset indices ``md``'s cache file holds: the scenario's whole ``union`` for a shadow
+    (train or designed); for a dev/final target only what the attacks read of it, its own challenge
+    points plus ``reads(len(union), own)`` (pool positions, e.g. RMIA's population, for its own
+    positions ``own`` in ``union``; see ``attacks.suite.target_reads``)."""
+    if md.phase not in TARGET_PHASES:
+        return union
+    own = np.searchsorted(union, split.challenge)
+    extra = reads(len(union), own) if reads is not None else own
+    return union[np.union1d(own, extra)]
 
 
 def challenge_pool(data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int) -> np.ndarray:
@@ -148,8 +160,12 @@ def load_scenario(
     n_points: int,
     fields=("phi",),
     runner_up: bool = False,
+    reads=None,
 ) -> ScenarioData:
-    """The scenario's arrays; ``runner_up``: also the runner-up's (wrong) train-model membership."""
+    """The scenario's arrays; ``runner_up``: also the runner-up's (wrong) train-model membership.
+
+    A dev/final model's signals are NaN outside its own challenge points and ``reads`` (see
+    :func:`cached_points`): its cache file holds only those."""
     mds, splits, points = scenario_points(data_dir, track, scenario, params, n_points)
     m2 = 2 * params.len_challenge
     challenge = np.stack([np.full(m2, -1) if s is None else np.searchsorted(points, s.challenge) for s in splits])
@@ -177,5 +193,6 @@ def load_scenario(
         ]
         quirky = runner_up_membership(points, positions)
     solutions = _solutions(mds, splits, m2)  # checked before the (slower) cache is read
-    arrays = cache.load(cache_dir, mds, points, fields)
+    required = [cached_points(md, s, points, reads) for md, s in zip(mds, splits)]
+    arrays = cache.load(cache_dir, mds, points, fields, required)
     return ScenarioData(scenario, mds, points, arrays, challenge, member, solutions, quirky)

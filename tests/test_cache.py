@@ -2,10 +2,12 @@
 names and the per-folder lock."""
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +16,17 @@ import torch
 
 import run_lira_mia
 import save_preds
-from challenges import cache, layout
+from attacks.options import AttackOptions
+from attacks.rmia import rmia
+from attacks.suite import COMPARE, make_attack, target_reads
+from bench import bench_save_preds
+from challenges import cache, evaluation, layout
 from challenges.datasets import load_dataset, to_tensor
-from challenges.fileio import atomic_path, locked
+from challenges.fileio import atomic_path, locked, try_lock
+from challenges.scenario import load_scenario, scenario_points
 from challenges.tracks import load_params
 from models import load_model
+from models.query import query
 from tests.conftest import run_script
 
 TRACK, SCENARIO = "purchase100", "purchase100_inf"
@@ -269,3 +277,186 @@ def test_signals_still_match_a_direct_forward(cached_small):
         logits = load_model(TRACK, md.model_file)(to_tensor(TRACK, ds.x[pts])).double()
     p = torch.softmax(logits, 1)[torch.arange(40), torch.from_numpy(ds.y[pts])]
     np.testing.assert_allclose(entry["phi"][:40, 0], torch.log(p / (1 - p)).numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Shards, and dev/final models queried only on the points the attacks read
+# ---------------------------------------------------------------------------------------------
+
+
+def _arrays(cache_dir, mds):
+    """Every array of every model's cache file (the stamps included: same model files)."""
+    return [cache.read(cache.cache_file(cache_dir, md)) for md in mds]
+
+
+def _assert_same(got, want):
+    for g, w in zip(got, want):
+        assert sorted(g) == sorted(w)
+        for k in w:
+            np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+
+
+def test_save_preds_shards_split_the_models_and_equal_one_run(small_copy, tmp_path, capsys):
+    """Like train_shadows.py --shard: shard 1/2 caches only models 1, 3, 5 of the scenario, shard
+    0/2 the others, and together they leave the cache a single run leaves."""
+    data_dir, cache_dir = small_copy
+    mds = _models(data_dir)
+    assert _save_preds(data_dir, cache_dir, "--shard", "1/2") == 0
+    present = [os.path.exists(cache.cache_file(cache_dir, md)) for md in mds]
+    assert present == [i % 2 == 1 for i in range(len(mds))]
+    assert _save_preds(data_dir, cache_dir, "--shard", "0/2") == 0
+    capsys.readouterr()
+    assert _save_preds(data_dir, cache_dir) == 0
+    assert f"0 model(s) queried, {len(mds)} already cached\n" in capsys.readouterr().out
+    single = str(tmp_path / "single")
+    assert _save_preds(data_dir, single) == 0
+    _assert_same(_arrays(cache_dir, mds), _arrays(single, mds))
+
+
+@pytest.mark.parametrize("bad", [["--shard", "2/2"], ["--shard", "1"], ["--rmia-population", "-1"]])
+def test_save_preds_bad_shard_or_population_is_a_usage_error(small_challenge, tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        _save_preds(small_challenge, str(tmp_path / "cache"), *bad)
+    assert e.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def _full_cache(data_dir, cache_dir):
+    """Every model on the whole union, as save_preds.py cached dev and final models before."""
+    params = load_params(data_dir, TRACK)
+    ds = load_dataset(params)
+    mds, _, union = scenario_points(data_dir, TRACK, SCENARIO, params, len(ds))
+    x, y = to_tensor(TRACK, ds.x[union]), torch.from_numpy(ds.y[union])
+    for md in mds:
+
+        def compute(todo, keep_logits, md=md):
+            rows = torch.from_numpy(np.searchsorted(union, todo))
+            out = query(load_model(TRACK, md.model_file), x[rows], y[rows], ["orig"], keep_logits=keep_logits)
+            return {k: v.numpy() for k, v in out.items()}
+
+        cache.update(cache.cache_file(cache_dir, md), md.model_file, union, ["orig"], False, compute)
+    return union
+
+
+def _scores(data_dir, cache_dir, runs):
+    """{label: scores on dev, final and train (leave-one-out)} of every attack of ``runs``."""
+    params = load_params(data_dir, TRACK)
+    data = load_scenario(
+        data_dir,
+        cache_dir,
+        TRACK,
+        SCENARIO,
+        params,
+        params.n_points,
+        ("phi", "mentr"),
+        runner_up=True,
+        reads=target_reads([o for _, o in runs]),
+    )
+    return {label: evaluation.attack_scenario(data, make_attack(o), True) for label, o in runs}
+
+
+def test_dev_final_cache_only_what_the_attacks_read(small_copy, tmp_path):
+    """With a population smaller than the pool, dev and final files hold their own challenge
+    points and RMIA's population only, train files the union; every attack of the comparison
+    scores exactly as from a cache holding every point of every model."""
+    data_dir, cache_dir = small_copy
+    n_pop = "40"
+    assert _save_preds(data_dir, cache_dir, "--rmia-population", n_pop, "--seed", "5") == 0
+    full = str(tmp_path / "full")
+    union = _full_cache(data_dir, full)
+    params = load_params(data_dir, TRACK)
+    for md in _models(data_dir):
+        held = cache.read(cache.cache_file(cache_dir, md))["points"]
+        if md.phase == "train":
+            np.testing.assert_array_equal(held, union)
+        else:
+            own = md.splits(params, params.n_points).challenge
+            assert np.isin(own, held).all() and len(own) < len(held) <= len(own) + int(n_pop) < len(union)
+    runs = [(label, dataclasses.replace(o, rmia_population=int(n_pop), seed=5)) for label, o in COMPARE]
+    got, want = _scores(data_dir, cache_dir, runs), _scores(data_dir, full, runs)
+    for label, _ in runs:
+        assert sorted(got[label]) == sorted(want[label]) == ["dev", "final", "train"], label
+        for phase, (rows, scores) in want[label].items():
+            np.testing.assert_array_equal(got[label][phase][0], rows)
+            # exact but for the classifier's last bit: ExtraTrees sums its trees over 2 threads
+            np.testing.assert_allclose(got[label][phase][1], scores, rtol=0, atol=1e-12, err_msg=f"{label} {phase}")
+
+
+def test_a_later_population_is_added_incrementally(small_copy, tmp_path, capsys):
+    """A cache of own points only refuses RMIA with a one-line error naming the fix; the fix
+    queries only the dev and final models and only on the points they lack."""
+    data_dir, cache_dir = small_copy
+    assert _save_preds(data_dir, cache_dir, "--rmia-population", "0") == 0
+    mds = _models(data_dir)
+    params = load_params(data_dir, TRACK)
+    before = _arrays(cache_dir, mds)
+    for md, entry in zip(mds, before):
+        if md.phase != "train":
+            np.testing.assert_array_equal(entry["points"], np.sort(md.splits(params, params.n_points).challenge))
+    assert _lira(data_dir, cache_dir, tmp_path) == 0  # LiRA reads nothing else
+    rmia = ["--attack", "rmia", "--rmia-population", "30", "--seed", "2"]
+    with pytest.raises(cache.CacheError) as ei:
+        run_lira_mia.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, *rmia])
+    msg = str(ei.value)
+    assert "\n" not in msg and "/dev/" in msg and "save_preds.py" in msg and "--rmia-population" in msg
+    calls = []
+    update = cache.update
+
+    def counting(path, model_file, points, *args):
+        entry = cache.read(path)
+        calls.append(len(np.setdiff1d(points, entry["points"])))
+        return update(path, model_file, points, *args)
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cache, "update", counting)
+        assert _save_preds(data_dir, cache_dir, "--rmia-population", "30", "--seed", "2") == 0
+    assert "2 model(s) queried, 4 already cached" in capsys.readouterr().out
+    assert calls[:4] == [0] * 4 and 0 < min(calls[4:]) and max(calls[4:]) <= 30
+    for old, new in zip(before, _arrays(cache_dir, mds)):
+        pos = np.searchsorted(new["points"], old["points"])
+        np.testing.assert_array_equal(new["phi"][pos], old["phi"])  # the points held are kept
+    assert run_lira_mia.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, *rmia]) == 0
+
+
+def test_a_model_another_run_holds_is_left_for_last(cached_small):
+    """update(wait=False) answers 'busy' for a file whose lock is held; save_preds.py does every
+    other model first, then waits for it."""
+    data_dir, cache_dir = cached_small
+    mds = _models(data_dir)
+    first = cache.cache_file(cache_dir, mds[0])
+    entry = cache.read(first)
+    with try_lock(cache.lock_file(first)):
+        assert cache.update(first, mds[0].model_file, entry["points"], ["orig"], True, None, wait=False) == "busy"
+    shutil.rmtree(cache_dir)
+    holder = try_lock(cache.lock_file(first))
+    threading.Timer(1.0, holder.close).start()
+    assert _save_preds(data_dir, cache_dir) == 0
+    mtimes = [os.stat(cache.cache_file(cache_dir, md)).st_mtime_ns for md in mds]
+    assert mtimes[0] == max(mtimes)
+
+
+def test_rmia_reads_only_own_and_population_points():
+    """NaN where a dev/final cache holds nothing is never read; NaN at a point RMIA reads is refused."""
+    rng = np.random.default_rng(0)
+    shadow, target = rng.normal(size=(6, 30, 1)), rng.normal(size=(2, 30, 1))
+    member, own = rng.random((6, 30)) < 0.5, np.array([[0, 1, 2], [3, 4, 5]])
+    reads = target_reads([AttackOptions(attack="rmia", rmia_population=8)])
+    partial = np.full_like(target, np.nan)
+    for t in range(2):
+        kept = np.union1d(own[t], reads(30, own[t]))
+        assert len(kept) == 3 + 8
+        partial[t, kept] = target[t, kept]
+    args = dict(n_population=8, from_phi=True)
+    np.testing.assert_array_equal(rmia(partial, shadow, member, own, **args), rmia(target, shadow, member, own, **args))
+    partial[0, 0] = np.nan
+    with pytest.raises(ValueError, match="own or population points"):
+        rmia(partial, shadow, member, own, **args)
+
+
+def test_bench_save_preds_smoke(single_thread):
+    """The benchmark behind docs/slurm.md's caching times, at a tiny size."""
+    out = bench_save_preds.main(
+        ["--models", "1", "--union", "60", "--own", "8", "--population", "10", "--dataset", "80"]
+    )
+    whole, pop, bare = out["per_model_s"].values()
+    assert min(whole, pop, bare) > 0 and out["before_s"] > out["after_s"]["--rmia-population 0"] > 0

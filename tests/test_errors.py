@@ -76,7 +76,7 @@ def test_disk_full_writing_the_cache(small_copy, monkeypatch):
         _save_preds(data_dir, cache_dir)
     first = cache.cache_file(cache_dir, layout.models(data_dir, TRACK, SCENARIO)[0])
     _one_line(str(ei.value), first, "No space left on device", "free some space")
-    assert os.listdir(os.path.dirname(first)) == [".lock"]  # no temporary file, no half file
+    assert os.listdir(os.path.dirname(first)) == [".locks"]  # no temporary file, no half file
 
 
 class _FullFile:

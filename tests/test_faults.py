@@ -73,7 +73,7 @@ def _leftovers(cache_dir):
         p
         for p in glob.glob(os.path.join(cache_dir, TRACK, SCENARIO, "*", "*"))
         + glob.glob(os.path.join(cache_dir, TRACK, SCENARIO, "*", ".*"))
-        if not re.fullmatch(r"model_\d+\.npz|\.lock", os.path.basename(p))
+        if not re.fullmatch(r"model_\d+\.npz|\.locks", os.path.basename(p))
     ]
 
 
