@@ -251,7 +251,7 @@ def test_read_only_cache_with_nothing_to_do(cached_small, capsys):
         assert code == 0
         code, lines = run_script(save_preds.main, "save_preds.py", [*argv, "--save-logits"], capsys)
     assert code != 0 and not any("Traceback" in line for line in lines)
-    assert lines[-1].startswith("save_preds.py: ") and ".lock: cannot write" in lines[-1]
+    assert lines[-1].startswith("save_preds.py: ") and "/.locks/" in lines[-1] and ": cannot write" in lines[-1]
     assert "make its folder writable" in lines[-1]
 
 
@@ -460,3 +460,14 @@ def test_bench_save_preds_smoke(single_thread):
     )
     whole, pop, bare = out["per_model_s"].values()
     assert min(whole, pop, bare) > 0 and out["before_s"] > out["after_s"]["--rmia-population 0"] > 0
+
+
+@pytest.mark.parametrize("attack", ["auto", "stacked"])
+def test_auto_and_stacked_read_rmias_population(attack):
+    """Both run RMIA inside their line-ups, so a dev/final cache must hold its population too."""
+    own = np.arange(10)
+    combined = target_reads([AttackOptions(attack=attack, rmia_population=8)])
+    alone = target_reads([AttackOptions(attack="rmia", rmia_population=8)])
+    assert combined is not None
+    np.testing.assert_array_equal(combined(100, own), alone(100, own))
+    assert target_reads([AttackOptions(attack="loss")]) is None
