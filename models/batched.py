@@ -284,7 +284,9 @@ def cnn_grads(
         weight = _clip_factor(sq.sqrt(), max_grad_norm) * mask
     grads = {}
     for (a, _), d, (name, c_out, _, stride, pad) in zip(convs, ds, CNN_CONVS):
-        dw = d * weight.T.repeat_interleave(c_out, dim=1).view(B, K * c_out, 1, 1)
+        # Each model's c_out channels times its samples' weights, by broadcasting: repeat_interleave
+        # synchronises with the host on CUDA in some torch versions.
+        dw = (d.reshape(B, K, c_out, *d.shape[2:]) * weight.T.reshape(B, K, 1, 1, 1)).reshape(d.shape)
         w = params[f"{name}.weight"]
         grads[f"{name}.weight"] = torch.nn.grad.conv2d_weight(
             a.detach(), w.flatten(0, 1).shape, dw, stride=stride, padding=pad, groups=K

@@ -486,9 +486,12 @@ def test_device_dp_accounting_equals_sequential():
 
 class _HostReads(TorchFunctionMode):
     """Counts the tensor operations that read a device value on the host (each a blocking sync on
-    CUDA): item, tolist, cpu, Python conversions, nonzero and boolean-mask indexing."""
+    CUDA): item, tolist, cpu, Python conversions, nonzero and boolean-mask indexing, and those
+    whose output size comes from device data (masked_select, unique, argwhere), repeat_interleave
+    among them (a sync on CUDA even with an int count in older torch versions)."""
 
     READS = {"item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+    READS |= {"masked_select", "unique", "argwhere", "repeat_interleave"}
 
     def __init__(self):
         super().__init__()
@@ -506,13 +509,20 @@ def _is_bool_tensor(a):
 
 
 @pytest.mark.parametrize(
-    ("suffix", "streams", "reads"), [("inf", "device", 0), ("lo", "device", 1), ("lo", "exact", None)]
+    ("track", "suffix", "streams", "reads"),
+    [
+        ("purchase100", "inf", "device", 0),
+        ("purchase100", "lo", "device", 1),
+        ("purchase100", "lo", "exact", None),
+        ("cifar10", "inf", "device", 0),
+        ("cifar10", "lo", "device", 1),
+    ],
 )
-def test_no_host_reads_in_the_step_loop(monkeypatch, no_noise, suffix, streams, reads):
+def test_no_host_reads_in_the_step_loop(monkeypatch, no_noise, track, suffix, streams, reads):
     # One epoch of 6 steps: device streams read the host once per DP epoch (the Poisson counts),
     # never per step; the exact streams' CPU Poisson sampling reads at every step.
-    x, y = _data("purchase100", 96)
-    recipe = recipe_for("purchase100", suffix, epochs=1, batch_size=16)
+    x, y = _data(track, 96)
+    recipe = recipe_for(track, suffix, epochs=1, batch_size=16)
     counted = []
     original = batched._train_epoch
 
@@ -523,7 +533,7 @@ def test_no_host_reads_in_the_step_loop(monkeypatch, no_noise, suffix, streams, 
         return out
 
     monkeypatch.setattr(batched, "_train_epoch", counting)
-    train_batched("purchase100", recipe, x, y, _sets(96, (96, 80)), (1, 2), device="cpu", streams=streams)
+    train_batched(track, recipe, x, y, _sets(96, (96, 80)), (1, 2), device="cpu", streams=streams)
     if reads is None:
         assert len(counted[0]) >= 6
     else:
