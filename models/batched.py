@@ -703,8 +703,8 @@ def train_batched(
     if k == len(sets):
         try:
             return _train_group(track, recipe, x, y, sets, list(seeds), evals, streams, progress)
-        except torch.cuda.OutOfMemoryError:  # torch 2.2's name; later an alias of torch.OutOfMemoryError
-            if k == 1:
+        except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+            if k == 1 or not _is_oom(e):
                 raise
         # Outside the handler: the failed attempt's tensors, held by the traceback, are free again.
         k = (k + 1) // 2
@@ -797,9 +797,12 @@ def _results(
 
 
 def free_memory(dev: torch.device) -> int:
-    """Bytes free on ``dev``: CUDA's free memory, or the host's available memory for the CPU."""
+    """Bytes free on ``dev``: CUDA's free memory, with what torch's caching allocator holds but does
+    not use (an earlier group's, free to this process though not to the driver), or the host's
+    available memory for the CPU."""
     if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0])
+        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        return int(torch.cuda.mem_get_info(dev)[0]) + max(0, int(cached))
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
@@ -816,6 +819,15 @@ GHOST_FLOATS = 1_000_000  # per sample of a chunk in cnn_grads' DP norms (unfold
 # Largest K known to run out of memory, halved: (device, track, private) -> K. Filled by
 # train_batched's back-off, read by auto_parallel, for the life of the process.
 _BACKED_OFF: dict[tuple[str, str, bool], int] = {}
+
+
+# Out of memory as cuBLAS and cuDNN report it: a plain RuntimeError, not torch's OutOfMemoryError
+# (a library's own allocation failed, e.g. cuBLAS' handle or workspace on a nearly full device).
+OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or any(m in str(e) for m in OOM_MESSAGES)
 
 
 class BackOffWarning(UserWarning):

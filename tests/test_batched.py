@@ -615,3 +615,42 @@ def test_train_many_keeps_the_back_off(oom_above):
         done = list(train_many("purchase100", recipe, x, y, _sets(120, (50,) * 6), range(6), parallel=4, device="cpu"))
     assert [i for i, _ in done] == list(range(6))
     assert oom_above[1:] == [4, 2, 2, 2]  # the second group is planned at the lowered K
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "CUDA error: out of memory",
+    ],
+)
+def test_library_out_of_memory_backs_off_too(monkeypatch, message):
+    # cuBLAS and cuDNN report their own failed allocations as plain RuntimeErrors; any other
+    # RuntimeError is raised as it is.
+    monkeypatch.setattr(batched, "_BACKED_OFF", {})
+    original = batched._train_group
+
+    def train_group(track, recipe, x, y, sets, *rest):
+        if len(sets) > 1:
+            raise RuntimeError(message)
+        return original(track, recipe, x, y, sets, *rest)
+
+    monkeypatch.setattr(batched, "_train_group", train_group)
+    x, y = _data("purchase100", 40)
+    recipe = recipe_for("purchase100", "inf", epochs=1, batch_size=16)
+    with pytest.warns(batched.BackOffWarning):
+        assert len(train_batched("purchase100", recipe, x, y, _sets(40, (30, 30)), (1, 2), device="cpu")) == 2
+    monkeypatch.setattr(batched, "_BACKED_OFF", {})
+    monkeypatch.setattr(batched, "_train_group", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        train_batched("purchase100", recipe, x, y, _sets(40, (30, 30)), (1, 2), device="cpu")
+
+
+def test_free_cuda_memory_counts_the_allocators_cache(monkeypatch):
+    # Memory torch's caching allocator reserved for an earlier group but no longer uses is free to
+    # the next group, though the driver's free figure does not include it.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (10 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 30 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 5 << 30)
+    assert batched.free_memory(torch.device("cuda")) == 35 << 30
