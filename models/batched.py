@@ -67,6 +67,7 @@ learning rate, a Python float, is the only host value a step takes).
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import os
 import warnings
@@ -837,8 +838,9 @@ class BackOffWarning(UserWarning):
 def _back_off(track: str, recipe: Recipe, dev: torch.device, k: int, half: int) -> None:
     key = (str(dev), track, recipe.private)
     _BACKED_OFF[key] = min(half, _BACKED_OFF.get(key, half))
+    gc.collect()  # the failed attempt's tensors caught in reference cycles, before the retry
     if dev.type == "cuda":
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # and its cached blocks back to the driver (free_memory, cuBLAS)
     warnings.warn(
         f"out of memory training {k} {track} models at once on {dev}: retrying as groups of at most "
         f"{half}; auto_parallel plans at most {_BACKED_OFF[key]} from now on",

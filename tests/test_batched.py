@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -654,3 +657,32 @@ def test_free_cuda_memory_counts_the_allocators_cache(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 30 << 30)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 5 << 30)
     assert batched.free_memory(torch.device("cuda")) == 35 << 30
+
+
+def test_back_off_frees_the_failed_attempts_tensors_before_the_retry(monkeypatch):
+    # The failed group's tensors, even those caught in a reference cycle (which only the cyclic
+    # collector frees), are gone when the halves start: on CUDA they would take the retry's memory.
+    monkeypatch.setattr(batched, "_BACKED_OFF", {})
+    original, seen = batched._train_group, []
+
+    class Cycle:
+        def __init__(self):
+            self.me, self.big = self, torch.zeros(1000)
+
+    def train_group(track, recipe, x, y, sets, *rest):
+        if len(sets) > 1:
+            cycle = Cycle()
+            seen.append(weakref.ref(cycle))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        assert seen[0]() is None, "the failed attempt's tensors are still alive"
+        return original(track, recipe, x, y, sets, *rest)
+
+    monkeypatch.setattr(batched, "_train_group", train_group)
+    x, y = _data("purchase100", 40)
+    recipe = recipe_for("purchase100", "inf", epochs=1, batch_size=16)
+    gc.disable()  # no automatic collection by chance in between
+    try:
+        with pytest.warns(batched.BackOffWarning):
+            train_batched("purchase100", recipe, x, y, _sets(40, (30, 30)), (1, 2), device="cpu")
+    finally:
+        gc.enable()
