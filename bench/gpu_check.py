@@ -34,6 +34,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -273,17 +274,18 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=470.0, help="seconds for all stages together")
     p.add_argument(
         "--work",
-        default=os.path.join("report", "gpu_check_work"),
-        help="scratch folder (benchmark rows, the ~1 GB save_preds scenario): kept out of --out, which may be "
-        "a folder whose every file is sent back",
+        default=None,
+        help="scratch folder (benchmark rows, the ~1 GB save_preds scenario), kept out of --out, which may be "
+        "a folder whose every file is sent back (default: a fresh temporary folder, removed at the end)",
     )
     args = p.parse_args(argv)
-    args.work = os.path.abspath(args.work)
-    os.makedirs(args.work, exist_ok=True)
     try:
         dev = resolve_device(args.device)
     except ValueError as e:
         sys.exit(f"gpu_check.py: --device: {e}")
+    scratch = args.work is None
+    args.work = tempfile.mkdtemp(prefix="gpu_check_") if scratch else os.path.abspath(args.work)
+    os.makedirs(args.work, exist_ok=True)
     res = Results(os.path.abspath(args.out), args, dev)
     res.save()
     open(res.log, "w").close()  # this run's output only
@@ -296,10 +298,14 @@ def main(argv=None) -> int:
             "MICO's data sizes; where a benchmark row says 'N of M epochs' the epochs were cut for the time "
             "budget and its models/min at full epochs are scaled linearly; its model count is in the row"
         )
-    run_tests(res)
-    res.save()
-    run_bench(res, args)
-    run_save_preds(res, args)
+    try:
+        run_tests(res)
+        res.save()
+        run_bench(res, args)
+        run_save_preds(res, args)
+    finally:
+        if scratch:
+            shutil.rmtree(args.work, ignore_errors=True)
     res.data["complete"] = True
     res.save()
     print(render(res.data), end="")
