@@ -15,8 +15,10 @@ Three stages, each under its own time limit inside a total budget (default 470 s
    (``--tiny``: a purchase100 one of 4 models).
 
 Results go to ``<out>/gpu_check.json`` and ``<out>/gpu_check.txt``, rewritten after every stage
-with ``"complete": false`` until the last one ends. ``--tiny`` shrinks everything to seconds, so
-that ``--device cpu --tiny`` runs the whole check on a CPU (tests/test_gpu_check.py does).
+with ``"complete": false`` until the last one ends, and every stage's whole output to
+``<out>/gpu_check.log``; scratch files go to ``--work``, never to ``<out>``. ``--tiny`` shrinks
+everything to seconds, so that ``--device cpu --tiny`` runs the whole check on a CPU
+(tests/test_gpu_check.py does).
 
     python bench/gpu_check.py                      # on the GPU machine: make gpu-check
     python bench/gpu_check.py --device cpu --tiny  # the same steps on a CPU, in seconds
@@ -25,12 +27,14 @@ that ``--device cpu --tiny`` runs the whole check on a CPU (tests/test_gpu_check
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -39,6 +43,13 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# The GPU machine's image has torch, numpy, scipy, pandas, pytest... but not opacus, which our
+# models import: say so at once, not after a stage's traceback (docs/gpu.md: carry it).
+if importlib.util.find_spec("opacus") is None:
+    sys.exit(
+        "gpu_check.py: opacus is not installed here: carry its wheel in .whl/ and pip-install it with "
+        "--target before the check (docs/gpu.md, 'Running it on the device machine')"
+    )
 
 from challenges.fileio import write_text
 from challenges.layout import ModelDir
@@ -64,19 +75,25 @@ FULL_CACHE = ("cifar10", 60_000, 50_000, (100, 50, 50))
 TINY_CACHE = ("purchase100", 400, 200, (2, 1, 1))
 TESTS_LIMIT = 150  # s
 SAVE_PREDS_RESERVE = 100  # s kept for the last stage while the benchmark runs
+SAVE_PREDS_MIN = 30  # s: with less left, the last stage is skipped (building its scenario takes ~12 s)
 
 
-def run_streaming(cmd: list[str], limit: float) -> dict:
-    """Run ``cmd`` from the repository root, echoing its output lines as they come; stop it after
-    ``limit`` seconds. Returns rc (None if stopped), seconds and the output lines."""
+def run_streaming(cmd: list[str], limit: float, log: str | None = None) -> dict:
+    """Run ``cmd`` from the repository root, echoing its output lines as they come (and appending
+    them to the file ``log``); stop it after ``limit`` seconds. Returns rc (None if stopped),
+    seconds and the output lines."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
+    sink = open(log, "a") if log else None
 
     def pump():
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
             print("    " + lines[-1], flush=True)
+            if sink:
+                sink.write(line)
+                sink.flush()
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -87,6 +104,9 @@ def run_streaming(cmd: list[str], limit: float) -> dict:
         proc.wait()
         rc = None
     reader.join(timeout=5)
+    if sink and not reader.is_alive():  # else the reader still writes; the file closes with it
+        sink.write(f"[{' '.join(cmd)}: exit status {rc}, {time.perf_counter() - start:.1f} s]\n")
+        sink.close()
     return {"rc": rc, "seconds": round(time.perf_counter() - start, 2), "lines": lines}
 
 
@@ -95,6 +115,7 @@ class Results:
 
     def __init__(self, out_dir: str, args, dev: torch.device) -> None:
         self.out_dir, self.start = out_dir, time.perf_counter()
+        self.log = os.path.join(out_dir, "gpu_check.log")  # every stage's whole output
         self.data = {
             "complete": False,
             "device": str(dev),
@@ -149,8 +170,9 @@ def render(d: dict) -> str:
 def run_tests(res: Results) -> None:
     print("== CUDA tests (tests/test_gpu.py)", flush=True)
     r = run_streaming(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+        [sys.executable, "-m", "pytest", "-q", "-rfEs", "--tb=short", "-p", "no:cacheprovider", "tests/test_gpu.py"],
         min(TESTS_LIMIT, res.left()),
+        res.log,
     )
     summary = next((line.strip("= ") for line in reversed(r["lines"]) if " in " in line), "no summary")
     if r["rc"] is None:
@@ -168,12 +190,12 @@ def run_bench(res: Results, args) -> None:
         if limit < 20:
             res.data["bench"].append({"case": case, "error": "skipped: out of time budget"})
             continue
-        rows_file = os.path.join(res.out_dir, f".bench_{case}.json")
+        rows_file = os.path.join(args.work, f".bench_{case}.json")
         cmd = [sys.executable, "bench/bench_train.py", "--device", args.device, "--cases", case]
         cmd += ["--models", str(models), "--seq-models", "1", "--repeats", "1", "--json", rows_file]
         cmd += ["--epochs", str(epochs)] if epochs else []
         cmd += [] if args.tiny else ["--full"]
-        r = run_streaming(cmd, limit)
+        r = run_streaming(cmd, limit, res.log)
         if r["rc"] == 0 and os.path.exists(rows_file):
             with open(rows_file) as f:
                 row = json.load(f)[0]
@@ -214,16 +236,19 @@ def build_cache_scenario(data_dir: str, track: str, n_points: int, len_training:
 
 def run_save_preds(res: Results, args) -> None:
     print("== save_preds.py throughput", flush=True)
+    if res.left() < SAVE_PREDS_MIN:  # building the scenario alone takes seconds: stay inside the budget
+        res.data["save_preds"] = {"error": f"skipped: {max(0, res.left()):.0f} s of the budget left"}
+        return
     track, n_points, len_training, counts = TINY_CACHE if args.tiny else FULL_CACHE
-    data_dir = os.path.join(res.out_dir, "cache_check", "data")
-    cache_dir = os.path.join(res.out_dir, "cache_check", "cache")
+    data_dir = os.path.join(args.work, "cache_check", "data")
+    cache_dir = os.path.join(args.work, "cache_check", "cache")
     start = time.perf_counter()
     scenario = build_cache_scenario(data_dir, track, n_points, len_training, counts)
     built = round(time.perf_counter() - start, 1)
     shutil.rmtree(cache_dir, ignore_errors=True)  # a rerun measures a full pass again
     cmd = [sys.executable, "save_preds.py", "--challenge", track, "--data-dir", data_dir]
     cmd += ["--cache-dir", cache_dir, "--scenario", scenario, "--device", args.device]
-    r = run_streaming(cmd, max(1.0, res.left()))
+    r = run_streaming(cmd, max(1.0, res.left()), res.log)
     if r["rc"] != 0:
         why = f"stopped after {r['seconds']} s (budget)" if r["rc"] is None else f"exit status {r['rc']}"
         res.data["save_preds"] = {"error": why, "tail": r["lines"][-15:]}
@@ -247,13 +272,23 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny sizes: the whole check in seconds")
     p.add_argument("--out", default=os.path.join("report", "gpu_check"), help="where the results files go")
     p.add_argument("--budget", type=float, default=470.0, help="seconds for all stages together")
+    p.add_argument(
+        "--work",
+        default=None,
+        help="scratch folder (benchmark rows, the ~1 GB save_preds scenario), kept out of --out, which may be "
+        "a folder whose every file is sent back (default: a fresh temporary folder, removed at the end)",
+    )
     args = p.parse_args(argv)
     try:
         dev = resolve_device(args.device)
     except ValueError as e:
         sys.exit(f"gpu_check.py: --device: {e}")
+    scratch = args.work is None
+    args.work = tempfile.mkdtemp(prefix="gpu_check_") if scratch else os.path.abspath(args.work)
+    os.makedirs(args.work, exist_ok=True)
     res = Results(os.path.abspath(args.out), args, dev)
     res.save()
+    open(res.log, "w").close()  # this run's output only
     if args.tiny:
         res.data["notes"].append("tiny sizes: a rehearsal of the steps, not a measurement")
     if dev.type != "cuda":
@@ -263,14 +298,18 @@ def main(argv=None) -> int:
             "MICO's data sizes; where a benchmark row says 'N of M epochs' the epochs were cut for the time "
             "budget and its models/min at full epochs are scaled linearly; its model count is in the row"
         )
-    run_tests(res)
-    res.save()
-    run_bench(res, args)
-    run_save_preds(res, args)
+    try:
+        run_tests(res)
+        res.save()
+        run_bench(res, args)
+        run_save_preds(res, args)
+    finally:
+        if scratch:
+            shutil.rmtree(args.work, ignore_errors=True)
     res.data["complete"] = True
     res.save()
     print(render(res.data), end="")
-    print(f"results: {os.path.join(res.out_dir, 'gpu_check.json')} and gpu_check.txt beside it")
+    print(f"results: {os.path.join(res.out_dir, 'gpu_check.json')}, gpu_check.txt and gpu_check.log beside it")
     return 0
 
 

@@ -67,6 +67,7 @@ learning rate, a Python float, is the only host value a step takes).
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import os
 import warnings
@@ -284,7 +285,9 @@ def cnn_grads(
         weight = _clip_factor(sq.sqrt(), max_grad_norm) * mask
     grads = {}
     for (a, _), d, (name, c_out, _, stride, pad) in zip(convs, ds, CNN_CONVS):
-        dw = d * weight.T.repeat_interleave(c_out, dim=1).view(B, K * c_out, 1, 1)
+        # Each model's c_out channels times its samples' weights, by broadcasting: repeat_interleave
+        # synchronises with the host on CUDA in some torch versions.
+        dw = (d.reshape(B, K, c_out, *d.shape[2:]) * weight.T.reshape(B, K, 1, 1, 1)).reshape(d.shape)
         w = params[f"{name}.weight"]
         grads[f"{name}.weight"] = torch.nn.grad.conv2d_weight(
             a.detach(), w.flatten(0, 1).shape, dw, stride=stride, padding=pad, groups=K
@@ -701,8 +704,8 @@ def train_batched(
     if k == len(sets):
         try:
             return _train_group(track, recipe, x, y, sets, list(seeds), evals, streams, progress)
-        except torch.cuda.OutOfMemoryError:  # torch 2.2's name; later an alias of torch.OutOfMemoryError
-            if k == 1:
+        except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+            if k == 1 or not _is_oom(e):
                 raise
         # Outside the handler: the failed attempt's tensors, held by the traceback, are free again.
         k = (k + 1) // 2
@@ -795,9 +798,12 @@ def _results(
 
 
 def free_memory(dev: torch.device) -> int:
-    """Bytes free on ``dev``: CUDA's free memory, or the host's available memory for the CPU."""
+    """Bytes free on ``dev``: CUDA's free memory, with what torch's caching allocator holds but does
+    not use (an earlier group's, free to this process though not to the driver), or the host's
+    available memory for the CPU."""
     if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0])
+        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        return int(torch.cuda.mem_get_info(dev)[0]) + max(0, int(cached))
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
@@ -816,6 +822,15 @@ GHOST_FLOATS = 1_000_000  # per sample of a chunk in cnn_grads' DP norms (unfold
 _BACKED_OFF: dict[tuple[str, str, bool], int] = {}
 
 
+# Out of memory as cuBLAS and cuDNN report it: a plain RuntimeError, not torch's OutOfMemoryError
+# (a library's own allocation failed, e.g. cuBLAS' handle or workspace on a nearly full device).
+OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or any(m in str(e) for m in OOM_MESSAGES)
+
+
 class BackOffWarning(UserWarning):
     """A group ran out of memory and is retried as two halves."""
 
@@ -823,8 +838,9 @@ class BackOffWarning(UserWarning):
 def _back_off(track: str, recipe: Recipe, dev: torch.device, k: int, half: int) -> None:
     key = (str(dev), track, recipe.private)
     _BACKED_OFF[key] = min(half, _BACKED_OFF.get(key, half))
+    gc.collect()  # the failed attempt's tensors caught in reference cycles, before the retry
     if dev.type == "cuda":
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # and its cached blocks back to the driver (free_memory, cuBLAS)
     warnings.warn(
         f"out of memory training {k} {track} models at once on {dev}: retrying as groups of at most "
         f"{half}; auto_parallel plans at most {_BACKED_OFF[key]} from now on",

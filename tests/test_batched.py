@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -486,9 +489,12 @@ def test_device_dp_accounting_equals_sequential():
 
 class _HostReads(TorchFunctionMode):
     """Counts the tensor operations that read a device value on the host (each a blocking sync on
-    CUDA): item, tolist, cpu, Python conversions, nonzero and boolean-mask indexing."""
+    CUDA): item, tolist, cpu, Python conversions, nonzero and boolean-mask indexing, and those
+    whose output size comes from device data (masked_select, unique, argwhere), repeat_interleave
+    among them (a sync on CUDA even with an int count in older torch versions)."""
 
     READS = {"item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+    READS |= {"masked_select", "unique", "argwhere", "repeat_interleave"}
 
     def __init__(self):
         super().__init__()
@@ -506,13 +512,20 @@ def _is_bool_tensor(a):
 
 
 @pytest.mark.parametrize(
-    ("suffix", "streams", "reads"), [("inf", "device", 0), ("lo", "device", 1), ("lo", "exact", None)]
+    ("track", "suffix", "streams", "reads"),
+    [
+        ("purchase100", "inf", "device", 0),
+        ("purchase100", "lo", "device", 1),
+        ("purchase100", "lo", "exact", None),
+        ("cifar10", "lo", "device", 1),  # cnn_grads (its weighting is DP's and non-DP's alike)
+    ],
 )
-def test_no_host_reads_in_the_step_loop(monkeypatch, no_noise, suffix, streams, reads):
+def test_no_host_reads_in_the_step_loop(monkeypatch, no_noise, track, suffix, streams, reads):
     # One epoch of 6 steps: device streams read the host once per DP epoch (the Poisson counts),
     # never per step; the exact streams' CPU Poisson sampling reads at every step.
-    x, y = _data("purchase100", 96)
-    recipe = recipe_for("purchase100", suffix, epochs=1, batch_size=16)
+    n, batch = (96, 16) if track == "purchase100" else (24, 4)  # the CNN: fewer, smaller steps
+    x, y = _data(track, n)
+    recipe = recipe_for(track, suffix, epochs=1, batch_size=batch)
     counted = []
     original = batched._train_epoch
 
@@ -523,7 +536,7 @@ def test_no_host_reads_in_the_step_loop(monkeypatch, no_noise, suffix, streams, 
         return out
 
     monkeypatch.setattr(batched, "_train_epoch", counting)
-    train_batched("purchase100", recipe, x, y, _sets(96, (96, 80)), (1, 2), device="cpu", streams=streams)
+    train_batched(track, recipe, x, y, _sets(n, (n, n * 5 // 6)), (1, 2), device="cpu", streams=streams)
     if reads is None:
         assert len(counted[0]) >= 6
     else:
@@ -605,3 +618,71 @@ def test_train_many_keeps_the_back_off(oom_above):
         done = list(train_many("purchase100", recipe, x, y, _sets(120, (50,) * 6), range(6), parallel=4, device="cpu"))
     assert [i for i, _ in done] == list(range(6))
     assert oom_above[1:] == [4, 2, 2, 2]  # the second group is planned at the lowered K
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "CUDA error: out of memory",
+    ],
+)
+def test_library_out_of_memory_backs_off_too(monkeypatch, message):
+    # cuBLAS and cuDNN report their own failed allocations as plain RuntimeErrors; any other
+    # RuntimeError is raised as it is.
+    monkeypatch.setattr(batched, "_BACKED_OFF", {})
+    original = batched._train_group
+
+    def train_group(track, recipe, x, y, sets, *rest):
+        if len(sets) > 1:
+            raise RuntimeError(message)
+        return original(track, recipe, x, y, sets, *rest)
+
+    monkeypatch.setattr(batched, "_train_group", train_group)
+    x, y = _data("purchase100", 40)
+    recipe = recipe_for("purchase100", "inf", epochs=1, batch_size=16)
+    with pytest.warns(batched.BackOffWarning):
+        assert len(train_batched("purchase100", recipe, x, y, _sets(40, (30, 30)), (1, 2), device="cpu")) == 2
+    monkeypatch.setattr(batched, "_BACKED_OFF", {})
+    monkeypatch.setattr(batched, "_train_group", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        train_batched("purchase100", recipe, x, y, _sets(40, (30, 30)), (1, 2), device="cpu")
+
+
+def test_free_cuda_memory_counts_the_allocators_cache(monkeypatch):
+    # Memory torch's caching allocator reserved for an earlier group but no longer uses is free to
+    # the next group, though the driver's free figure does not include it.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (10 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 30 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 5 << 30)
+    assert batched.free_memory(torch.device("cuda")) == 35 << 30
+
+
+def test_back_off_frees_the_failed_attempts_tensors_before_the_retry(monkeypatch):
+    # The failed group's tensors, even those caught in a reference cycle (which only the cyclic
+    # collector frees), are gone when the halves start: on CUDA they would take the retry's memory.
+    monkeypatch.setattr(batched, "_BACKED_OFF", {})
+    original, seen = batched._train_group, []
+
+    class Cycle:
+        def __init__(self):
+            self.me, self.big = self, torch.zeros(1000)
+
+    def train_group(track, recipe, x, y, sets, *rest):
+        if len(sets) > 1:
+            cycle = Cycle()
+            seen.append(weakref.ref(cycle))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        assert seen[0]() is None, "the failed attempt's tensors are still alive"
+        return original(track, recipe, x, y, sets, *rest)
+
+    monkeypatch.setattr(batched, "_train_group", train_group)
+    x, y = _data("purchase100", 40)
+    recipe = recipe_for("purchase100", "inf", epochs=1, batch_size=16)
+    gc.disable()  # no automatic collection by chance in between
+    try:
+        with pytest.warns(batched.BackOffWarning):
+            train_batched("purchase100", recipe, x, y, _sets(40, (30, 30)), (1, 2), device="cpu")
+    finally:
+        gc.enable()

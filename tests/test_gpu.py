@@ -3,10 +3,15 @@ the one-model trainer or the CPU. Skipped without CUDA (``make gpu-check`` runs 
 
 TF32 is switched off for these tests: cuDNN's default TF32 convolutions round to 10 mantissa
 bits, which the two trainers (grouped against plain convolutions) would not round alike.
+
+Rehearsal without a GPU: ``MICO_GPU_TEST_DEVICE=cpu python -m pytest tests/test_gpu.py`` runs
+every test with "cpu" in place of "cuda" (the sync count is then not checked: CUDA's sync debug
+mode needs CUDA), which catches the tests' own mistakes before a GPU is at hand.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -22,8 +27,9 @@ from models.privacy import find_noise_multiplier, prv_epsilon
 from models.train import recipe_for, train_model
 from tests.test_batched import CASES, _assert_same_models, _data, _sets
 
+DEV = os.environ.get("MICO_GPU_TEST_DEVICE", "cuda")  # "cpu": a rehearsal (module docstring)
 pytestmark = [
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.skipif(DEV == "cuda" and not torch.cuda.is_available(), reason="needs CUDA"),
     pytest.mark.usefixtures("single_thread", "no_tf32"),
 ]
 ATOL = 1e-4  # CUDA reductions (atomics, other kernels than the CPU's) round differently
@@ -38,7 +44,7 @@ def no_tf32():
 
 
 def _on_cuda(track, recipe, x, y, sets, seeds):
-    return [train_model(track, recipe, x[s], y[s], device="cuda", seed=seed) for s, seed in zip(sets, seeds)]
+    return [train_model(track, recipe, x[s], y[s], device=DEV, seed=seed) for s, seed in zip(sets, seeds)]
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -50,8 +56,8 @@ def test_nonprivate_equals_train_model_on_cuda(track, shuffle):
     x, y = _data(track, c["n"])
     sets = _sets(c["n"], c["sizes"])
     recipe = recipe_for(track, "inf", shuffle=shuffle, **c["overrides"])
-    got = train_batched(track, recipe, x, y, sets, c["seeds"], device="cuda")
-    assert all(next(r.model.parameters()).is_cuda for r in got)
+    got = train_batched(track, recipe, x, y, sets, c["seeds"], device=DEV)
+    assert all(next(r.model.parameters()).device.type == DEV for r in got)
     ref = _on_cuda(track, recipe, x, y, sets, c["seeds"])
     _assert_same_models(got, ref, atol=ATOL)
     for g, r in zip(got, ref):
@@ -66,7 +72,7 @@ def test_exact_streams_dp_equal_train_model_on_cuda(track):
     x, y = _data(track, c["n"])
     sets = _sets(c["n"], c["sizes"])
     recipe = recipe_for(track, "lo", lr=c["dp_lr"], **c["overrides"])
-    got = train_batched(track, recipe, x, y, sets, c["seeds"], device="cuda", streams="exact")
+    got = train_batched(track, recipe, x, y, sets, c["seeds"], device=DEV, streams="exact")
     _assert_same_models(got, _on_cuda(track, recipe, x, y, sets, c["seeds"]), atol=ATOL)
 
 
@@ -78,7 +84,7 @@ def test_device_streams_dp_accounting_on_cuda(track):
     x, y = _data(track, c["n"])
     sets = _sets(c["n"], c["sizes"])
     recipe = recipe_for(track, "lo", lr=c["dp_lr"], **c["overrides"])
-    got = train_batched(track, recipe, x, y, sets, c["seeds"], device="cuda")
+    got = train_batched(track, recipe, x, y, sets, c["seeds"], device=DEV, streams="device")
     ref = _on_cuda(track, recipe, x, y, sets[:1], c["seeds"][:1])[0]
     assert got[0].noise_multiplier == ref.noise_multiplier and got[0].epsilon == ref.epsilon
     for g, s in zip(got, sets):
@@ -101,7 +107,7 @@ def test_device_noise_std_on_cuda(monkeypatch):
     x, y = _data("purchase100", c["n"])
     sets, seeds = _sets(c["n"], (96, 70, 96)), (11, 12, 13)
     recipe = recipe_for("purchase100", "lo", optimizer="sgd", lr=1.0, **c["overrides"])
-    got = train_batched("purchase100", recipe, x, y, sets, seeds, device="cuda")
+    got = train_batched("purchase100", recipe, x, y, sets, seeds, device=DEV, streams="device")
     deltas = []
     for res, s, seed in zip(got, sets, seeds):
         torch.manual_seed(seed)
@@ -119,11 +125,11 @@ def test_device_poisson_batches_on_cuda():
     # The device sampler on CUDA: batch sizes of mean N q, records of the model's own set only.
     recipe = recipe_for("purchase100", "lo", batch_size=10, epochs=1)
     sets = [torch.as_tensor(s) for s in _sets(190, (130, 60))]
-    group = batched._make_group(recipe, sets, (5, 6), [None, None], torch.device("cuda"), "device")
+    group = batched._make_group(recipe, sets, (5, 6), [None, None], torch.device(DEV), "device")
     sizes = [[], []]
     for _ in range(60):
         for active, idx, mask in batched._epoch_batches(group, recipe):
-            assert idx.is_cuda and mask.is_cuda
+            assert idx.device.type == mask.device.type == DEV
             for k in range(2):
                 rows = idx[k][mask[k]].cpu().numpy()
                 assert np.isin(rows, sets[k].numpy()).all() and len(np.unique(rows)) == len(rows)
@@ -143,6 +149,8 @@ def test_no_sync_in_the_step_loop_on_cuda(monkeypatch, suffix):
     original = batched._train_epoch
 
     def watched(*args):
+        if DEV != "cuda":  # a rehearsal: the sync debug mode needs CUDA
+            return original(*args)
         torch.cuda.set_sync_debug_mode("warn")
         try:
             return original(*args)
@@ -152,7 +160,7 @@ def test_no_sync_in_the_step_loop_on_cuda(monkeypatch, suffix):
     monkeypatch.setattr(batched, "_train_epoch", watched)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_batched("purchase100", recipe, x, y, _sets(320, (320, 300)), (1, 2), device="cuda")
+        train_batched("purchase100", recipe, x, y, _sets(320, (320, 300)), (1, 2), device=DEV, streams="device")
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
     assert len(syncs) <= 8, syncs
 
@@ -163,11 +171,11 @@ def test_cnn_grads_match_func_grads_on_cuda(clip):
     # materialised per-sample gradients.
     g = torch.Generator().manual_seed(0)
     params = {
-        n: 0.1 * torch.randn(3, *p.shape, generator=g).cuda() for n, p in build_model("cifar10").named_parameters()
+        n: 0.1 * torch.randn(3, *p.shape, generator=g).to(DEV) for n, p in build_model("cifar10").named_parameters()
     }
-    xb = torch.randn(3, 40, 3, 32, 32, generator=g).cuda()
-    yb = torch.randint(0, 10, (3, 40), generator=g).cuda()
-    mask = (torch.arange(40) < torch.tensor([[40], [17], [0]])).cuda()
+    xb = torch.randn(3, 40, 3, 32, 32, generator=g).to(DEV)
+    yb = torch.randint(0, 10, (3, 40), generator=g).to(DEV)
+    mask = (torch.arange(40) < torch.tensor([[40], [17], [0]])).to(DEV)
     fast = batched.cnn_grads(params, xb, yb, mask, clip)
     slow = batched.func_grads("cifar10", params, xb, yb, mask, clip)
     for n in params:
@@ -178,21 +186,21 @@ def test_cnn_grads_match_func_grads_on_cuda(clip):
 
 def test_train_many_and_auto_parallel_on_cuda():
     for track, suffix in [("purchase100", "inf"), ("purchase100", "lo"), ("cifar10", "inf"), ("cifar10", "lo")]:
-        k = auto_parallel(track, recipe_for(track, suffix), "cuda", n_train=50_000)
-        assert 1 <= k <= batched.MAX_PARALLEL["cuda"]
+        k = auto_parallel(track, recipe_for(track, suffix), DEV, n_train=50_000)
+        assert 1 <= k <= batched.MAX_PARALLEL[DEV]
     c = CASES["purchase100"]
     x, y = _data("purchase100", c["n"])
     sets = _sets(c["n"], (96, 70, 96))
     recipe = recipe_for("purchase100", "inf", shuffle=True, **c["overrides"])
-    many = [r for _, r in train_many("purchase100", recipe, x, y, sets, (1, 2, 3), parallel=2, device="cuda")]
-    _assert_same_models(many, train_batched("purchase100", recipe, x, y, sets, (1, 2, 3), device="cuda"), atol=ATOL)
+    many = [r for _, r in train_many("purchase100", recipe, x, y, sets, (1, 2, 3), parallel=2, device=DEV)]
+    _assert_same_models(many, train_batched("purchase100", recipe, x, y, sets, (1, 2, 3), device=DEV), atol=ATOL)
 
 
 @pytest.mark.parametrize("track", ["purchase100", "cifar10"])
 def test_save_preds_cuda_equals_cpu(tiny_copy, tmp_path, track):
     scenario = f"{track}_inf"
     signals = {}
-    for dev in ("cpu", "cuda"):
+    for dev in ("cpu", DEV):
         cache_dir = str(tmp_path / dev)
         argv = ["--challenge", track, "--data-dir", tiny_copy, "--cache-dir", cache_dir, "--scenario", scenario]
         assert save_preds.main([*argv, "--device", dev, "--save-logits"]) == 0
@@ -200,17 +208,17 @@ def test_save_preds_cuda_equals_cpu(tiny_copy, tmp_path, track):
         entries = [cache.read(cache.cache_file(cache_dir, md)) for md in mds]
         signals[dev] = {f: np.stack([e[f] for e in entries]) for f in ("phi", "mentr", "logits")}
     for f in ("phi", "mentr", "logits"):
-        np.testing.assert_allclose(signals["cuda"][f], signals["cpu"][f], rtol=1e-4, atol=1e-4, err_msg=f)
+        np.testing.assert_allclose(signals[DEV][f], signals["cpu"][f], rtol=1e-4, atol=1e-4, err_msg=f)
 
 
 def test_train_shadows_on_cuda(small_copy):
     data_dir, cache_dir = small_copy
     argv = ["--challenge", "purchase100", "--scenario", "purchase100_inf", "--data-dir", data_dir]
-    assert train_shadows.main([*argv, "--design", "balanced", "--n", "4", "--epochs", "1", "--device", "cuda"]) == 0
+    assert train_shadows.main([*argv, "--design", "balanced", "--n", "4", "--epochs", "1", "--device", DEV]) == 0
     shadows = layout.models(data_dir, "purchase100", "purchase100_inf", ("shadow",))
     assert len(shadows) == 4
     for md in shadows:
         model = load_model("purchase100", md.model_file, "cpu")
         assert all(torch.isfinite(p).all() for p in model.parameters())
-    save = ["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", "cuda"]
+    save = ["--challenge", "purchase100", "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", DEV]
     assert save_preds.main(save) == 0
