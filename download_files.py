@@ -143,13 +143,17 @@ def print_difficulty(data_dir: str, cache_dir: str, track: str, scenarios) -> No
     accuracy, next to the real challenge's range (PRESET_RANGES)."""
     params = load_params(data_dir, track)
     for scenario in scenarios:
-        save_preds.main(["--challenge", track, "--data-dir", data_dir, "--cache-dir", cache_dir, "--scenario", scenario])
+        save_preds.main(
+            ["--challenge", track, "--data-dir", data_dir, "--cache-dir", cache_dir, "--scenario", scenario]
+        )
         data = load_scenario(data_dir, cache_dir, track, scenario, params, params.n_points, ("phi", "mentr"))
         rows = np.concatenate([data.phase_rows("dev"), data.phase_rows("final")])
         scores = make_attack(AttackOptions(attack="mico-winner"))(data, rows, np.full(len(rows), -1))
         tpr, se = bootstrap_tpr(data.solutions[rows], scores)
         lo, hi = PRESET_RANGES[scenario_suffix(scenario)]
-        accs = [float(open(os.path.join(md.path, "accuracy")).read()) for md in layout.models(data_dir, track, scenario)]
+        accs = [
+            float(open(os.path.join(md.path, "accuracy")).read()) for md in layout.models(data_dir, track, scenario)
+        ]
         verdict = "in" if lo <= tpr <= hi else "OUTSIDE"
         print(
             f"{scenario}: MICO winner as submitted, dev+final ({len(rows)} targets): TPR@10%FPR {tpr:.3f} "
@@ -169,7 +173,9 @@ def main(argv=None) -> int:
                 args.data_dir, args.challenge, epochs=args.epochs, scenarios=scenarios, preset=args.preset, **options
             )
             if args.preset:
-                print_difficulty(args.data_dir, args.cache_dir, args.challenge, scenarios or scenario_names(args.challenge))
+                print_difficulty(
+                    args.data_dir, args.cache_dir, args.challenge, scenarios or scenario_names(args.challenge)
+                )
         else:
             fetch(args)
     except (download.DownloadError, ValueError) as e:  # ValueError: synthetic sizes or another challenge in place

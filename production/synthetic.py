@@ -7,6 +7,12 @@ reveal their seeds and solution.csv as in MICO; dev/final ground truth goes to a
 ``<data-dir>/<track>/solutions/`` tree so the local scorer can grade a submission as the
 competition did. The parameters are recorded in ``<data-dir>/<track>/challenge.json``.
 
+Private targets, as MICO's: every model trains with a torch seed derived from a secret drawn from
+``os.urandom`` and kept in ``solutions/training_secret`` (MICO's unpublished ``--train_seed``), and
+a dev/final model's training and membership seeds come from it too; nothing published (the
+folder, challenge.json, the dataset) regenerates a target or its ground truth. A rerun reads the
+secret back, so an interrupted build resumes with the same models; a fresh build differs.
+
 Purchase-100-like data: class c has feature logits ``base_d + 0.6 * g_cd`` (``base_d`` uniform in
 [-4, -1.5], ``g`` standard normal), so classes overlap and the MLP overfits as on the real data.
 CIFAR-10-like data: per-class smooth colour templates plus pixel noise, stored as uint8.
@@ -253,6 +259,16 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> tuple
     return want, secret
 
 
+def _split_seeds(seed: int, secret: bytes, si: int, md: ModelDir) -> tuple[int, int, int]:
+    """A model's (challenge, training, membership) seeds. Train models' come from the run seed
+    (challenge.json), as they are published anyway; a dev/final model's training and membership
+    seeds come from the secret, so challenge.json and seed_challenge do not give its ground truth."""
+    sc, st, sm = model_seeds(seed, 1 + si, md.model_id)
+    if md.phase != "train":
+        st, sm = (private_seed(secret, md.scenario, md.model_id, part) % 2**32 for part in ("training", "membership"))
+    return sc, st, sm
+
+
 def build_synthetic(
     data_dir: str,
     track: str,
@@ -294,7 +310,7 @@ def build_synthetic(
                 md,
                 params,
                 len(dataset),
-                model_seeds(seed, 1 + si, md.model_id),
+                _split_seeds(seed, secret, si, md),
                 reveal=md.phase == "train",
                 torch_seed=private_seed(secret, scenario, md.model_id),
             )
