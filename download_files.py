@@ -2,8 +2,9 @@
 """Fetch a MICO challenge (models and seeds) and its base dataset into <data-dir>/<track>/.
 
 By default the challenge comes from the public Hugging Face mirror; --url takes an original
-competition archive instead; --synthetic builds a small offline challenge. Rerunning skips what
-is already in place. See challenges/download.py for the guarantees.
+competition archive instead; --synthetic builds a small offline challenge, and --synthetic
+--preset mico one in the real challenge's regime (docs/faithful_challenge.md), then prints the MICO
+winner's TPR@10%FPR on its dev and final models. Rerunning skips what is already in place. See challenges/download.py for the guarantees.
 """
 
 from __future__ import annotations
@@ -124,17 +125,20 @@ def fetch(args) -> None:
             )
 
 
-def bootstrap_tpr(truth: np.ndarray, scores: np.ndarray, n_boot: int = 200, seed: int = 0) -> tuple[float, float]:
-    """TPR@10%FPR over every target model's challenge points, and its bootstrap standard error
-    over target models (``n_boot`` resamples of the T models with replacement).
-    truth: 0/1 [T, P]; scores: [T, P]."""
-    tpr = scoring.score(truth.ravel(), scores.ravel())[scoring.RANKING_KEY]
+def bootstrap_scores(truth: np.ndarray, scores: np.ndarray, n_boot: int = 200, seed: int = 0) -> dict:
+    """MICO's metrics over every target model's challenge points, each with its bootstrap standard
+    error over target models (``n_boot`` resamples of the T models with replacement): {key: (value,
+    se)} for the TPR@FPR keys and AUC. truth: 0/1 [T, P]; scores: [T, P]."""
+    keys = [k for k in scoring.TPR_KEYS] + ["AUC"]
+    full = scoring.score(truth.ravel(), scores.ravel())
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
         rows = rng.integers(0, len(truth), len(truth))
-        boots.append(scoring.score(truth[rows].ravel(), scores[rows].ravel())[scoring.RANKING_KEY])
-    return tpr, float(np.std(boots, ddof=1))
+        m = scoring.score(truth[rows].ravel(), scores[rows].ravel())
+        boots.append([m[k] for k in keys])
+    se = np.std(np.array(boots), axis=0, ddof=1)
+    return {k: (full[k], float(e)) for k, e in zip(keys, se)}
 
 
 def print_difficulty(data_dir: str, cache_dir: str, track: str, scenarios) -> None:
@@ -149,7 +153,7 @@ def print_difficulty(data_dir: str, cache_dir: str, track: str, scenarios) -> No
         data = load_scenario(data_dir, cache_dir, track, scenario, params, params.n_points, ("phi", "mentr"))
         rows = np.concatenate([data.phase_rows("dev"), data.phase_rows("final")])
         scores = make_attack(AttackOptions(attack="mico-winner"))(data, rows, np.full(len(rows), -1))
-        tpr, se = bootstrap_tpr(data.solutions[rows], scores)
+        tpr, se = bootstrap_scores(data.solutions[rows], scores)[scoring.RANKING_KEY]
         lo, hi = PRESET_RANGES[scenario_suffix(scenario)]
         accs = [
             float(open(os.path.join(md.path, "accuracy")).read()) for md in layout.models(data_dir, track, scenario)

@@ -13,8 +13,10 @@ a dev/final model's training and membership seeds come from it too; nothing publ
 folder, challenge.json, the dataset) regenerates a target or its ground truth. A rerun reads the
 secret back, so an interrupted build resumes with the same models; a fresh build differs.
 
-Purchase-100-like data: class c has feature logits ``base_d + 0.6 * g_cd`` (``base_d`` uniform in
-[-4, -1.5], ``g`` standard normal), so classes overlap and the MLP overfits as on the real data.
+Purchase-100-like data, two generators: the demo's (class c has feature logits ``base_d + 0.6 *
+g_cd``, ``base_d`` uniform in [-4, -1.5], ``g`` standard normal; quick, but its classes are easy to
+memorise) and ``--preset mico``'s :func:`make_purchase_shoppers` (binary purchase vectors of
+shoppers labelled by k-means into 100 clusters, as Purchase-100 itself was made).
 CIFAR-10-like data: per-class smooth colour templates plus pixel noise, stored as uint8.
 """
 
