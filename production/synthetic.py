@@ -73,7 +73,8 @@ PRESETS = {
         "purchase100": SyntheticSize(
             n_points=30_000, len_training=22_800, n_train=100, n_dev=25, n_final=25, generator="shoppers"
         ),
-        "cifar10": SyntheticSize(n_points=3_000, len_training=1_500, n_train=100, n_dev=25, n_final=25),
+        # MICO's own sizes (60,000 images, 50,000 per training set, 50 epochs): a GPU's work.
+        "cifar10": SyntheticSize(n_points=60_000, len_training=50_000, n_train=100, n_dev=25, n_final=25),
     }
 }
 # Where the preset puts the MICO winner as submitted (TPR@10%FPR on dev+final): the real
@@ -91,9 +92,9 @@ def make_purchase_like(n: int, rng: np.random.Generator, n_classes: int = 100, n
 
 
 # The shoppers of make_purchase_shoppers (see its docstring for what each knob means).
-SHOPPER_PROFILES = 40
-SHOPPER_ALPHA = 0.15
-SHOPPER_CONTRAST = 1.5
+SHOPPER_PROFILES = 100
+SHOPPER_ALPHA = 0.02
+SHOPPER_CONTRAST = 4.0
 SHOPPER_POPULARITY = (-5.0, -1.5)
 
 
@@ -102,8 +103,8 @@ def make_purchase_shoppers(
     rng: np.random.Generator,
     n_classes: int = 100,
     n_features: int = PURCHASE_FEATURES,
-    n_profiles: int = SHOPPER_PROFILES,
-    alpha: float = SHOPPER_ALPHA,
+    n_profiles: int | None = None,
+    alpha: float | None = None,
 ):
     """Purchase-100 made the way Shokri et al. (2017, Sec. V) made it from the Kaggle "Acquire
     Valued Shoppers" logs: one binary vector per shopper (bought product d or not), then the
@@ -113,7 +114,10 @@ def make_purchase_shoppers(
     ``sigmoid(pop_d + c * t_jd)`` (``pop_d`` uniform in SHOPPER_POPULARITY, ``t`` standard normal,
     c = SHOPPER_CONTRAST); a shopper mixes the profiles with Dirichlet(alpha) weights ``w`` (small
     alpha: mostly one or two profiles) and buys product d with probability ``sum_j w_j p_jd``.
+    ``n_profiles`` and ``alpha`` default to SHOPPER_PROFILES and SHOPPER_ALPHA.
     Returns (x uint8 [n, n_features] 0/1, y int64 [n] in 0..n_classes-1, largest cluster 0)."""
+    n_profiles = SHOPPER_PROFILES if n_profiles is None else n_profiles
+    alpha = SHOPPER_ALPHA if alpha is None else alpha
     pop = rng.uniform(*SHOPPER_POPULARITY, size=n_features)
     profiles = 1.0 / (1.0 + np.exp(-(pop + SHOPPER_CONTRAST * rng.standard_normal((n_profiles, n_features)))))
     x = np.empty((n, n_features), dtype=np.uint8)
