@@ -4,7 +4,8 @@
 By default the challenge comes from the public Hugging Face mirror; --url takes an original
 competition archive instead; --synthetic builds a small offline challenge, and --synthetic
 --preset mico one in the real challenge's regime (docs/faithful_challenge.md), then prints the MICO
-winner's TPR@10%FPR on its dev and final models. Rerunning skips what is already in place. See challenges/download.py for the guarantees.
+winner's TPR@10%FPR on its dev and final models. Rerunning skips what is already in place. See
+challenges/download.py for the guarantees.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def print_difficulty(data_dir: str, cache_dir: str, track: str, scenarios) -> No
         verdict = "in" if lo <= tpr <= hi else "OUTSIDE"
         print(
             f"{scenario}: MICO winner as submitted, dev+final ({len(rows)} targets): TPR@10%FPR {tpr:.3f} "
-            f"+- {se:.3f} ({verdict} the real challenge's [{lo:.2f}, {hi:.2f}]); held-out accuracy "
+            f"± {se:.3f} ({verdict} the real challenge's [{lo:.2f}, {hi:.2f}]); held-out accuracy "
             f"{np.mean(accs):.3f} (mean of {len(accs)} models, min {min(accs):.3f}, max {max(accs):.3f})",
             flush=True,
         )
