@@ -93,7 +93,7 @@ def make_purchase_like(n: int, rng: np.random.Generator, n_classes: int = 100, n
 
 # The shoppers of make_purchase_shoppers (see its docstring for what each knob means).
 SHOPPER_PROFILES = 100
-SHOPPER_ALPHA = 0.02
+SHOPPER_ALPHA = 0.005
 SHOPPER_CONTRAST = 4.0
 SHOPPER_POPULARITY = (-5.0, -1.5)
 
