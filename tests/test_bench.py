@@ -30,7 +30,22 @@ def test_bench_lira(capsys, single_thread, monkeypatch):
 
 def test_bench_attack_power(tmp_path, capsys, single_thread):
     out = tmp_path / "power"
-    argv = ["--out", str(out), "--device", "cpu", "--n-points", "400", "--len-challenge", "5", "--epochs", "1"]
+    argv = [
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--size",
+        "small",
+        "--bootstrap",
+        "5",
+        "--n-points",
+        "400",
+        "--len-challenge",
+        "5",
+        "--epochs",
+        "1",
+    ]
     argv += ["--shadows", "0,2", "--train-models", "4", "--target-models", "1", "--scenarios", "purchase100_inf"]
     assert _bench("bench_attack_power").main(argv) == 0
     table = (out / "attack_power.md").read_text().splitlines()
