@@ -88,6 +88,8 @@ class ChallengeParams:
     dataset: str  # absolute path of the base dataset
     synthetic: bool = False
     seed: int | None = None  # synthetic challenges: the seed every model's seeds derive from
+    # synthetic purchase100: the data generator ('classes', the demo's; 'shoppers', --preset mico's)
+    generator: str | None = None
 
     def to_json(self, track_dir: str) -> dict:
         d = asdict(self)
@@ -122,6 +124,8 @@ def load_params(data_dir: str, track: str) -> ChallengeParams:
             dataset=os.path.normpath(os.path.join(track_dir, d["dataset"])),
             synthetic=bool(d.get("synthetic", False)),
             seed=None if d.get("seed") is None else int(d["seed"]),
+            # written since there are two generators; before, a synthetic purchase100 was 'classes'
+            generator=d.get("generator", "classes" if d.get("synthetic") and track == "purchase100" else None),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: malformed challenge parameters ({e}); {fix}") from None

@@ -232,14 +232,21 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> tuple
     track_dir = os.path.join(data_dir, track)
     dataset = os.path.normpath(os.path.join(track_dir, spec.dataset))
     want = ChallengeParams(
-        track, size.n_points, size.len_training, size.len_challenge, dataset, synthetic=True, seed=seed
+        track,
+        size.n_points,
+        size.len_training,
+        size.len_challenge,
+        dataset,
+        synthetic=True,
+        seed=seed,
+        generator=size.generator if track == "purchase100" else None,
     )
     if os.path.exists(challenge_json_path(data_dir, track)):
         have = load_params(data_dir, track)
         if have != want:
             diff = ", ".join(
                 f"{k} {getattr(have, k)} (asked: {getattr(want, k)})"
-                for k in ("n_points", "len_training", "seed", "synthetic")
+                for k in ("n_points", "len_training", "seed", "synthetic", "generator")
                 if getattr(have, k) != getattr(want, k)
             )
             raise ValueError(

@@ -193,3 +193,11 @@ def test_preset_is_mico_sized_and_cli_checks_it(tmp_path, capsys):
     argv = ["--challenge", "purchase100", "--data-dir", str(tmp_path / "d"), "--preset", "mico"]
     code, lines = run_script(download_files.main, "download_files.py", argv, capsys)
     assert code == 2 and "--preset only applies with --synthetic" in lines[-1]
+
+
+def test_refuses_the_other_generator_at_the_same_sizes(tiny_copy):
+    """A preset build over a demo-generator challenge of the same sizes and seed would have reused
+    its dataset silently; the generator is part of the challenge's identity."""
+    with pytest.raises(ValueError, match=r"generator classes \(asked: shoppers\)"):
+        build_synthetic(tiny_copy, "purchase100", preset="mico", **TINY["purchase100"])
+    assert load_params(tiny_copy, "purchase100").generator == "classes"
