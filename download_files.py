@@ -2,18 +2,28 @@
 """Fetch a MICO challenge (models and seeds) and its base dataset into <data-dir>/<track>/.
 
 By default the challenge comes from the public Hugging Face mirror; --url takes an original
-competition archive instead; --synthetic builds a small offline challenge. Rerunning skips what
-is already in place. See challenges/download.py for the guarantees.
+competition archive instead; --synthetic builds a small offline challenge, and --synthetic
+--preset mico one in the real challenge's regime (docs/faithful_challenge.md), then prints the MICO
+winner's TPR@10%FPR on its dev and final models. Rerunning skips what is already in place. See
+challenges/download.py for the guarantees.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from challenges import cli, download
+import numpy as np
+
+import save_preds
+from attacks.options import AttackOptions
+from attacks.suite import make_attack
+from challenges import cli, download, layout, scoring
 from challenges.fileio import one_line
+from challenges.scenario import load_scenario
+from challenges.tracks import load_params, scenario_names, scenario_suffix
 from models import set_threads
-from production.synthetic import build_synthetic
+from production.synthetic import PRESET_RANGES, PRESETS, build_synthetic
 
 SYNTHETIC_OPTIONS = ("n_points", "len_training", "n_train", "n_dev", "n_final", "seed", "device")
 
@@ -57,6 +67,15 @@ def build_parser() -> cli.Parser:
     syn.add_argument("--device", help="synthetic: torch device for training, e.g. cpu or cuda")
     syn.add_argument("--epochs", type=cli.positive_int, help="synthetic: override the number of training epochs")
     cli.add_threads(syn)
+    syn.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="synthetic: sizes, generator and recipe of the real challenge's regime "
+        "(docs/faithful_challenge.md); then prints the MICO winner's TPR@10%%FPR on dev+final",
+    )
+    syn.add_argument(
+        "--cache-dir", default="cache", help="synthetic --preset: signal cache for the printed attack figures"
+    )
     return p
 
 
@@ -84,7 +103,7 @@ def parse_args(argv=None):
         if ignored:
             parser.error(f"--synthetic builds everything locally; drop {', '.join(ignored)}")
     else:
-        given = [o for o in SYNTHETIC_OPTIONS + ("epochs", "threads") if getattr(args, o) is not None]
+        given = [o for o in SYNTHETIC_OPTIONS + ("epochs", "threads", "preset") if getattr(args, o) is not None]
         if given:
             parser.error(f"--{given[0].replace('_', '-')} only applies with --synthetic")
     return args
@@ -109,19 +128,62 @@ def fetch(args) -> None:
             )
 
 
+def bootstrap_scores(truth: np.ndarray, scores: np.ndarray, n_boot: int = 200, seed: int = 0) -> dict:
+    """MICO's metrics over every target model's challenge points, each with its bootstrap standard
+    error over target models (``n_boot`` resamples of the T models with replacement): {key: (value,
+    se)} for the TPR@FPR keys and AUC. truth: 0/1 [T, P]; scores: [T, P]."""
+    keys = [k for k in scoring.TPR_KEYS] + ["AUC"]
+    full = scoring.score(truth.ravel(), scores.ravel())
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, len(truth), len(truth))
+        m = scoring.score(truth[rows].ravel(), scores[rows].ravel())
+        boots.append([m[k] for k in keys])
+    se = np.std(np.array(boots), axis=0, ddof=1)
+    return {k: (full[k], float(e)) for k, e in zip(keys, se)}
+
+
+def print_difficulty(data_dir: str, cache_dir: str, track: str, scenarios) -> None:
+    """The preset's figures: the MICO winner as submitted on dev+final against the synthetic ground
+    truth (TPR@10%FPR with its bootstrap standard error over targets) and the models' held-out
+    accuracy, next to the real challenge's range (PRESET_RANGES)."""
+    params = load_params(data_dir, track)
+    for scenario in scenarios:
+        save_preds.main(
+            ["--challenge", track, "--data-dir", data_dir, "--cache-dir", cache_dir, "--scenario", scenario]
+        )
+        data = load_scenario(data_dir, cache_dir, track, scenario, params, params.n_points, ("phi", "mentr"))
+        rows = np.concatenate([data.phase_rows("dev"), data.phase_rows("final")])
+        scores = make_attack(AttackOptions(attack="mico-winner"))(data, rows, np.full(len(rows), -1))
+        tpr, se = bootstrap_scores(data.solutions[rows], scores)[scoring.RANKING_KEY]
+        lo, hi = PRESET_RANGES[scenario_suffix(scenario)]
+        accs = [
+            float(open(os.path.join(md.path, "accuracy")).read()) for md in layout.models(data_dir, track, scenario)
+        ]
+        verdict = "in" if lo <= tpr <= hi else "OUTSIDE"
+        print(
+            f"{scenario}: MICO winner as submitted, dev+final ({len(rows)} targets): TPR@10%FPR {tpr:.3f} "
+            f"± {se:.3f} ({verdict} the real challenge's [{lo:.2f}, {hi:.2f}]); held-out accuracy "
+            f"{np.mean(accs):.3f} (mean of {len(accs)} models, min {min(accs):.3f}, max {max(accs):.3f})",
+            flush=True,
+        )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         if args.synthetic:
             set_threads(args.threads)
             options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
+            scenarios = [args.scenario] if args.scenario else None
             build_synthetic(
-                args.data_dir,
-                args.challenge,
-                epochs=args.epochs,
-                scenarios=[args.scenario] if args.scenario else None,
-                **options,
+                args.data_dir, args.challenge, epochs=args.epochs, scenarios=scenarios, preset=args.preset, **options
             )
+            if args.preset:
+                print_difficulty(
+                    args.data_dir, args.cache_dir, args.challenge, scenarios or scenario_names(args.challenge)
+                )
         else:
             fetch(args)
     except (download.DownloadError, ValueError) as e:  # ValueError: synthetic sizes or another challenge in place

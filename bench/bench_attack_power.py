@@ -1,9 +1,11 @@
-"""Attack power at MICO's proportions, and what extra shadow models (balanced vs MICO-random) add.
+"""Attack power at MICO's regime, and what extra shadow models (balanced vs MICO-random) add.
 
-Builds a synthetic purchase100 challenge with MICO's proportions: LEN_TRAINING / N = 0.76, 100 train,
-25 dev and 25 final models per scenario, and a challenge-point pool covering about 18% of the
-dataset as in MICO (MICO: 200 points per model on N = 197,324; here 2 x --len-challenge points on
---n-points). Then trains up to max(--shadows) extra shadows per scenario of each design
+Builds the synthetic purchase100 challenge of ``download_files.py --synthetic --preset mico``
+(--size mico, the default: Purchase-100-like shoppers labelled by k-means, MICO's 100 train, 25 dev
+and 25 final models per scenario, 100 + 100 challenge points per model, MICO's recipe; see
+docs/faithful_challenge.md), or the earlier, easier one (--size small: N = 10,000, 7 members and
+7 non-members per model, 10 epochs, 8.5 minutes on 2 cores; --size full: MICO's N = 197,324,
+wants a GPU). Then trains up to max(--shadows) extra shadows per scenario of each design
 (train_shadows.py --design balanced / --design mico), caches every model's signals, and scores
 each attack on dev + final against the ground truth with the first k extra shadows of one design
 (the balanced design grows group by group, pairs at the default --fraction 0.5, so its first k
@@ -13,14 +15,14 @@ shadows are a balanced design of k):
   (offline LiRA, global variance), with extra shadows; and both as submitted (no extra shadows);
 - offline and online LiRA, online LiRA with global variance, offline and online RMIA, the classifier.
 
-Prints a table, writes <out>/attack_power.{json,md} and <out>/attack_power.png (TPR@10%FPR, the
-ranking metric averaged over the scenarios, and TPR@1%FPR on purchase100_inf, against k).
-Every step resumes: rerunning continues where it stopped, with the same results (a fresh run and
-one grown from 32 to 64 to 128 shadows gave identical tables). CPU default (N = 10,000, 7 members and
-7 non-members per model, 10 epochs, 0-128 shadows): 8.5 minutes on 2 cores; --full uses MICO's
-sizes (N = 197,324, 100 + 100 challenge points per model, MICO's 30 epochs) and wants a GPU.
+Every score is printed with its bootstrap standard error over the 50 target models (--bootstrap
+resamples). Prints a table, writes <out>/attack_power.{json,md} and <out>/attack_power.png
+(TPR@10%FPR, the ranking metric averaged over the scenarios, and TPR@1%FPR on purchase100_inf,
+against k). Every step resumes: rerunning continues where it stopped, with the same models (the
+targets' training seeds come from the challenge's secret, kept in its solutions/ folder, so a
+fresh run trains other models than an earlier fresh run).
 
-    python bench/bench_attack_power.py [--out report/attack_power] [--device auto] [--full]
+    python bench/bench_attack_power.py [--out report/attack_power] [--device auto] [--size mico|small|full]
 
 ``--train-models``, ``--target-models`` and ``--scenarios`` shrink it further (the smoke test in
 tests/test_bench.py runs one scenario with a handful of models).
@@ -46,11 +48,11 @@ import save_preds  # noqa: E402
 from attacks.options import AttackOptions  # noqa: E402
 from attacks.submitted import WINNER_CONFIG  # noqa: E402
 from attacks.suite import make_attack  # noqa: E402
-from challenges import scoring  # noqa: E402
 from challenges.datasets import load_dataset  # noqa: E402
 from challenges.fileio import atomic_path, write_text  # noqa: E402
 from challenges.scenario import ScenarioData, load_scenario  # noqa: E402
 from challenges.tracks import load_params, scenario_names, scenario_suffix  # noqa: E402
+from download_files import bootstrap_scores  # noqa: E402
 from models.train import recipe_for  # noqa: E402
 from production.design import designed_jobs, mico_jobs  # noqa: E402
 from production.folders import train_with_progress  # noqa: E402
@@ -60,6 +62,13 @@ TRACK = "purchase100"
 MICO_RATIO = 150_000 / 197_324  # LEN_TRAINING / N
 FIRST_MICO_ID = 1000
 ALWAYS = ("MICO winner, as submitted", "Runner-up, as submitted")
+METRICS = ("TPR_FPR_1000", "TPR_FPR_100", "TPR_FPR_10", "AUC")  # TPR@10%, 1%, 0.1%FPR
+# --size: (n_points, len_challenge, epochs); None: the preset's or MICO's recipe.
+SIZES = {
+    "mico": (None, None, None),  # download_files.py --preset mico (docs/faithful_challenge.md)
+    "small": (10_000, 7, 10),  # the earlier default: 8.5 minutes on 2 cores, the old generator
+    "full": (197_324, 100, None),  # MICO's own N, the old generator; wants a GPU
+}
 
 
 def attacks_for(scenario: str) -> dict:
@@ -86,7 +95,7 @@ def build(args, data_dir: str) -> None:
         data_dir,
         TRACK,
         n_points=n,
-        len_training=int(round(MICO_RATIO * n)),
+        len_training=None if n is None else int(round(MICO_RATIO * n)),
         len_challenge=m,
         n_train=args.train_models,
         n_dev=args.target_models,
@@ -95,6 +104,7 @@ def build(args, data_dir: str) -> None:
         device=args.device,
         epochs=args.epochs,
         scenarios=args.scenarios,
+        preset="mico" if args.size == "mico" else None,
     )
     params = load_params(data_dir, TRACK)
     dataset = load_dataset(params)
@@ -145,25 +155,31 @@ def score_all(args, data_dir: str, cache_dir: str) -> dict:
             for k in args.shadows:
                 sub = subset(data, pool[:k])
                 rows = np.concatenate([sub.phase_rows("dev"), sub.phase_rows("final")])
-                truth = sub.solutions[rows].ravel()
                 res = {}
                 for label, o in attacks_for(scenario).items():
                     if label in ALWAYS and k:
                         continue
                     scores = make_attack(o)(sub, rows, np.full(len(rows), -1))
-                    m = scoring.score(truth, scores.ravel())
-                    res[label] = {key: m[key] for key in ("TPR_FPR_10", "TPR_FPR_100", "TPR_FPR_1000", "AUC")}
+                    m = bootstrap_scores(sub.solutions[rows], scores, args.bootstrap)
+                    res[label] = {key: m[key][0] for key in METRICS} | {f"{key}_se": m[key][1] for key in METRICS}
                 out[scenario][design][k] = res
                 print(
                     f"{scenario} {design:8s} k={k:3d}: "
-                    + ", ".join(f"{lb.split(' (')[0]} {v['TPR_FPR_1000']:.3f}" for lb, v in res.items()),
+                    + ", ".join(f"{lb.split(' (')[0]} {cell(v, 'TPR_FPR_1000', 3)}" for lb, v in res.items()),
                     flush=True,
                 )
     return out
 
 
+def cell(m: dict, key: str, digits: int = 4) -> str:
+    """A score with its bootstrap standard error over target models."""
+    return f"{m[key]:.{digits}f} ± {m[key + '_se']:.{digits}f}"
+
+
 def table(results: dict, shadows: list[int]) -> list[str]:
-    """Markdown: one row per (attack, design, k); TPR@10%/1%/0.1%FPR and AUC per scenario, and the average."""
+    """Markdown: one row per (attack, design, k); TPR@10%/1%/0.1%FPR and AUC per scenario, and the
+    average, each ± its bootstrap standard error over target models (the average's: the scenarios'
+    errors combined as independent)."""
     scenarios = list(results)
     head = (
         ["attack", "extra shadows"]
@@ -177,18 +193,16 @@ def table(results: dict, shadows: list[int]) -> list[str]:
             for k in shadows:
                 if (k == 0 and design == "mico") or label not in results[scenarios[0]][design][k]:
                     continue
-                cells = []
-                for sc in scenarios:
-                    m = results[sc][design][k][label]
-                    cells += [
-                        f"{m['TPR_FPR_1000']:.4f}",
-                        f"{m['TPR_FPR_100']:.4f}",
-                        f"{m['TPR_FPR_10']:.4f}",
-                        f"{m['AUC']:.4f}",
-                    ]
-                avg = np.mean([results[sc][design][k][label]["TPR_FPR_1000"] for sc in scenarios])
+                ms = [results[sc][design][k][label] for sc in scenarios]
+                cells = [cell(m, key) for m in ms for key in METRICS]
+                avg = {
+                    "TPR_FPR_1000": np.mean([m["TPR_FPR_1000"] for m in ms]),
+                    "TPR_FPR_1000_se": np.sqrt(np.sum([m["TPR_FPR_1000_se"] ** 2 for m in ms])) / len(ms),
+                }
                 lines.append(
-                    "| " + " | ".join([label, "0" if k == 0 else f"{k} {design}"] + cells + [f"{avg:.4f}"]) + " |"
+                    "| "
+                    + " | ".join([label, "0" if k == 0 else f"{k} {design}"] + cells + [cell(avg, "TPR_FPR_1000")])
+                    + " |"
                 )
     return lines
 
@@ -235,10 +249,17 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="report/attack_power", help="work folder: data, cache and results")
     p.add_argument("--device", default="auto")
-    p.add_argument("--full", action="store_true", help="MICO's sizes (GPU)")
-    p.add_argument("--n-points", type=int, default=10_000)
-    p.add_argument("--len-challenge", type=int, default=7, help="members (= non-members) per model")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (MICO's recipe: 30; --full uses 30)")
+    p.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="mico",
+        help="mico: the --preset mico challenge (default); small: N = 10,000, 7 + 7 challenge points per "
+        "model, 10 epochs, the old generator (the earlier default); full: MICO's N = 197,324 (GPU)",
+    )
+    p.add_argument("--n-points", type=int, help="override the size's base dataset size")
+    p.add_argument("--len-challenge", type=int, help="override the size's members (= non-members) per model")
+    p.add_argument("--epochs", type=int, help="override the size's training epochs (MICO's recipe: 30)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the target models per score")
     p.add_argument("--shadows", default="0,16,32,64,128", help="numbers of extra shadows to score")
     p.add_argument("--train-models", type=int, default=100, help="train models per scenario (MICO: 100)")
     p.add_argument("--target-models", type=int, default=25, help="dev models (and as many final) per scenario")
@@ -246,8 +267,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fraction", type=float, default=0.5, help="balanced design: share of shadows a point is IN for")
     args = p.parse_args(argv)
-    if args.full:
-        args.n_points, args.len_challenge, args.epochs = 197_324, 100, None
+    for name, value in zip(("n_points", "len_challenge", "epochs"), SIZES[args.size]):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.size == "mico" and args.n_points is not None:
+        p.error("--n-points: the mico size is the preset's; use --size small or full to choose N")
     args.shadows = sorted({int(v) for v in args.shadows.split(",")} | {0})
     if any(k % 2 for k in args.shadows):
         p.error("--shadows: even numbers (the balanced design comes in pairs)")

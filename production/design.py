@@ -13,7 +13,9 @@ point for exactly ``pkeep * num_experiments`` shadows):
   holds about half the dataset), the nearest ``m`` that can;
 - every shadow's training set then has exactly LEN_TRAINING points: its pool-IN points plus filler
   drawn without replacement from outside the pool, stratified by class so that the class counts of
-  the whole set follow the dataset's class frequencies as far as the filler allows.
+  the whole set follow the dataset's class frequencies as far as the filler allows;
+- it trains in MICO's order: its pool-IN points first (as a MICO model's members), then the
+  filler, each shuffled once by the shadow's own generator (so no two shadows share positions).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Design:
     pool: np.ndarray  # int64 [P] sorted dataset indices of the challenge points
     in_count: int  # m: shadows each pool point is IN for
     n_shadows: int  # K
-    train_sets: list  # K sorted int64 arrays of exactly len_training dataset indices
+    train_sets: list  # K int64 arrays of exactly len_training dataset indices, in training order (pool first)
     group: int  # g = K / gcd(m, K) shadows per group (2 at f = 1/2: complementary pairs); designs nest by group
 
     @property
@@ -193,7 +195,11 @@ def balanced_design(
             len_training,
             np.random.default_rng(key + [0, k]),
         )
-        sets.append(np.sort(np.concatenate([chosen, fill])))
+        # MICO's order, as a target sees its members: the pool points first, then the filler, each
+        # in an order of this shadow's own (not sorted: a shared order would give every shadow the
+        # same position per point, a bias no MICO model has).
+        order = np.random.default_rng(key + [1, k])
+        sets.append(np.concatenate([order.permutation(chosen), order.permutation(fill)]))
     return Design(pool, m, n_shadows, sets, g)
 
 
@@ -203,6 +209,7 @@ def _identity(design: Design, seed: int) -> dict:
     shadows, so a design grows by whole groups."""
     return {
         "design": "balanced",
+        "order": "pool-first",
         "seed": seed,
         "group": design.group,
         "in_per_group": design.in_count * design.group // design.n_shadows,

@@ -17,6 +17,7 @@ and writes each folder as its group finishes:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -48,6 +49,34 @@ def model_seeds(*key: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 2**32, size=3, dtype=np.uint64))
 
 
+SECRET_FILE = "training_secret"  # in <data-dir>/<track>/solutions/, beside the ground truth
+
+
+def training_secret(data_dir: str, track: str) -> bytes:
+    """The challenge's training secret: 32 bytes from ``os.urandom``, written once (hex) to
+    ``<data_dir>/<track>/solutions/training_secret`` and read back by every later build, so a
+    rerun resumes with the same models. The caller holds the build lock. Like MICO's
+    ``--train_seed``, it never enters a model folder: no published file regenerates a model."""
+    path = os.path.join(data_dir, track, "solutions", SECRET_FILE)
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_text(path, os.urandom(32).hex() + "\n")
+    try:
+        secret = bytes.fromhex(open(path).read().strip())
+    except ValueError:
+        secret = b""
+    if len(secret) != 32:
+        raise ValueError(f"{path}: not a training secret (64 hex digits); restore it or rebuild the challenge")
+    return secret
+
+
+def private_seed(secret: bytes, *key) -> int:
+    """A model's torch seed (below 2**63): SHA-256 of the secret and ``key`` (scenario, phase, id).
+    Independent of the model's published seeds, as MICO's ``--train_seed`` was."""
+    digest = hashlib.sha256(secret + repr(tuple(key)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def save_state_dict(model: torch.nn.Module, path: str) -> str:
     """Save ``model``'s plain (prefix-free, CPU) state dict to ``path`` atomically; returns the path.
 
@@ -70,25 +99,36 @@ class Job:
     md: ModelDir
     train: np.ndarray  # dataset indices it trains on, in MICO's order
     eval: np.ndarray  # held-out dataset indices for its accuracy file
-    seed: int  # torch seed: initialisation, batch sampling, DP noise
+    seed: int  # torch seed: initialisation, batch sampling, DP noise (private for challenge models)
     files: dict = field(default_factory=dict)  # name -> text, written into the folder
     training_set: bool = False  # write the explicit training-set file (designed shadows)
     solution: str | None = None  # dev/final ground truth, for the separate solutions/ tree
 
 
 def seeded_job(
-    md: ModelDir, params: ChallengeParams, n_points: int, seeds: tuple[int, int, int], *, reveal: bool
+    md: ModelDir,
+    params: ChallengeParams,
+    n_points: int,
+    seeds: tuple[int, int, int],
+    *,
+    reveal: bool,
+    torch_seed: int | None = None,
 ) -> Job:
-    """A MICO model defined by its three seeds. ``reveal``: seed_training, seed_membership and
-    solution.csv go into the folder (MICO's train phase); otherwise the solution goes to the
-    ``solutions/`` tree and the folder shows seed_challenge only, as MICO's dev/final models."""
+    """A MICO model defined by its three seeds, trained on ``member ++ training`` in that order
+    (MICO's ``get_train_dataset``; non-private models never shuffle it). ``reveal``:
+    seed_training, seed_membership and solution.csv go into the folder (MICO's train phase);
+    otherwise the solution goes to the ``solutions/`` tree and the folder shows seed_challenge
+    only, as MICO's dev/final models. ``torch_seed``: the training seed (initialisation, Poisson
+    batches, DP noise), written nowhere; None: seed_challenge (extra shadows, which the
+    attacker trains and may reproduce)."""
     sc, st, sm = seeds
     s = reconstruct(n_points, params.len_training, params.len_challenge, sc, st, sm)
     solution = ",".join(str(v) for v in s.solutions()) + "\n"
     files = {"seed_challenge": f"{sc}\n"}
     if reveal:
         files.update({"seed_training": f"{st}\n", "seed_membership": f"{sm}\n", "solution.csv": solution})
-    return Job(md, s.train_indices(), s.evaluation, sc, files, solution=None if reveal else solution)
+    seed = sc if torch_seed is None else torch_seed
+    return Job(md, s.train_indices(), s.evaluation, seed, files, solution=None if reveal else solution)
 
 
 def complete(job: Job) -> bool:

@@ -131,3 +131,22 @@ def test_three_quarter_designs_grow_in_groups_of_four():
     # what design.json records: the same for a design and its growth (one group of 4, then two)
     one = balanced_design(labels, pool, 2200, 4, fraction=0.75, seed=[7, 2])
     assert one.group == 4 and _identity(one, 7) == _identity(big, 7) != _identity(odd, 7)
+
+
+def test_shadows_train_pool_first_in_orders_of_their_own():
+    """MICO's order for a designed shadow: its pool-IN points first (as a target's members), then
+    the filler, each in the shadow's own order (not sorted, not shared between shadows)."""
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 10, 3000)
+    pool = rng.choice(3000, 900, replace=False)
+    d = balanced_design(labels, pool, 1500, 4, seed=[7, 1])
+    heads = []
+    for s in d.train_sets:
+        n_in = int(np.isin(s, d.pool).sum())
+        assert np.isin(s[:n_in], d.pool).all() and not np.isin(s[n_in:], d.pool).any()  # pool first
+        assert (np.diff(s[:n_in]) < 0).any() and (np.diff(s[n_in:]) < 0).any()  # neither part sorted
+        heads.append(s[:n_in])
+    # two shadows sharing pool points see them at unrelated positions
+    common = np.intersect1d(heads[0], heads[2])
+    pos = [[int(np.flatnonzero(h == v)[0]) for v in common] for h in (heads[0], heads[2])]
+    assert len(common) > 100 and abs(np.corrcoef(*pos)[0, 1]) < 0.2

@@ -4,13 +4,19 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 import download_files
 from challenges import layout
-from challenges.datasets import load_dataset
+from challenges.datasets import load_dataset, to_tensor
 from challenges.scenario import load_scenario
+from challenges.splits import reconstruct
 from challenges.tracks import load_params, scenario_names
-from production.synthetic import build_synthetic
+from models.batched import train_batched
+from models.loading import load_model
+from models.train import recipe_for
+from production.folders import model_seeds, private_seed, seeded_job, training_secret
+from production.synthetic import PRESETS, _split_seeds, build_synthetic, make_purchase_shoppers
 from tests.conftest import TINY, run_script
 
 
@@ -109,3 +115,81 @@ def test_seeds_depend_on_scenario_not_build_order(tiny_challenges, tmp_path):
     opts = dict(TINY["purchase100"], n_train=1, n_dev=0, n_final=0)
     build_synthetic(str(tmp_path), "purchase100", scenarios=["purchase100_lo"], **opts)
     assert layout.models(str(tmp_path), "purchase100", "purchase100_lo")[0].seeds() == seeds["purchase100_lo"]
+
+
+def _weights(track, recipe, ds, train, seed):
+    x, y = to_tensor(track, ds.x), torch.from_numpy(ds.y)
+    return train_batched(track, recipe, x, y, [train], [seed], device="cpu")[0].model.state_dict()
+
+
+def _same(a, b) -> bool:
+    return all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_published_files_do_not_regenerate_a_dev_model(tiny_challenges):
+    """Private targets: from what a dev model publishes (its folder, challenge.json, the dataset)
+    neither its ground truth nor its weights follow; from the secret in solutions/ both do."""
+    track, scenario = "purchase100", "purchase100_inf"
+    params = load_params(tiny_challenges, track)
+    ds = load_dataset(params)
+    md = next(m for m in layout.models(tiny_challenges, track, scenario) if m.phase == "dev")
+    assert set(os.listdir(md.path)) == {"model.pt", "seed_challenge", "accuracy"}
+    have = load_model(track, md.model_file).state_dict()
+    recipe = recipe_for(track, "inf", epochs=TINY[track]["epochs"])
+    # What the published seeds give: the run seed's splits and any published seed as torch seed.
+    sc, st, sm = model_seeds(params.seed, 1, md.model_id)
+    assert sc == md.seeds()[0]
+    guess = reconstruct(len(ds), params.len_training, params.len_challenge, sc, st, sm)
+    assert not np.array_equal(guess.solutions(), md.solution())
+    for seed in (sc, st, sm, params.seed):
+        assert not _same(_weights(track, recipe, ds, guess.train_indices(), seed), have)
+    # The secret regenerates it (so the checks above can fail).
+    secret = training_secret(tiny_challenges, track)
+    job = seeded_job(
+        md,
+        params,
+        len(ds),
+        _split_seeds(params.seed, secret, 0, md),
+        reveal=False,
+        torch_seed=private_seed(secret, scenario, md.model_id),
+    )
+    assert np.array_equal(job.solution.strip().split(","), [str(v) for v in md.solution()])
+    assert _same(_weights(track, recipe, ds, job.train, job.seed), have)
+    assert not any(secret.hex() in open(os.path.join(md.path, f)).read() for f in ("seed_challenge", "accuracy"))
+
+
+def test_challenge_models_train_members_first_unshuffled(tiny_challenges):
+    """MICO's order: member ++ training (get_train_dataset), which the trainer visits as given."""
+    track = "purchase100"
+    params = load_params(tiny_challenges, track)
+    md = layout.models(tiny_challenges, track, "purchase100_inf")[0]
+    s = md.splits(params, params.n_points)
+    job = seeded_job(md, params, params.n_points, md.seeds(), reveal=True)
+    assert np.array_equal(job.train, np.concatenate([s.member, s.training]))
+    assert np.array_equal(job.train[: params.len_challenge], s.member) and (np.diff(job.train) < 0).any()
+    assert not recipe_for(track, "inf").shuffle
+
+
+def test_shoppers_are_binary_vectors_labelled_by_kmeans():
+    """Purchase-100 as Shokri et al. made it: 0/1 purchase vectors of 600 products, the label the
+    k-means cluster; checked against the obvious loop: every point sits with its nearest centre."""
+    x, y = make_purchase_shoppers(3000, np.random.default_rng(0), n_classes=20)
+    assert x.shape == (3000, 600) and x.dtype == np.uint8 and set(np.unique(x)) == {0, 1}
+    assert y.dtype == np.int64 and set(np.unique(y)) == set(range(20))
+    sizes = np.bincount(y)
+    assert (np.diff(sizes) <= 0).all()  # numbered by decreasing size
+    centres = np.stack([x[y == c].mean(axis=0) for c in range(20)])
+    nearest = [int(np.argmin([((xi - c) ** 2).sum() for c in centres])) for xi in x.astype(float)]
+    assert (np.array(nearest) == y).mean() > 0.999
+    again = make_purchase_shoppers(3000, np.random.default_rng(0), n_classes=20)
+    assert np.array_equal(again[0], x) and np.array_equal(again[1], y)
+
+
+def test_preset_is_mico_sized_and_cli_checks_it(tmp_path, capsys):
+    size = PRESETS["mico"]["purchase100"]
+    assert (size.n_train, size.n_dev, size.n_final, size.len_challenge) == (100, 25, 25, 100)
+    assert size.epochs is None and size.generator == "shoppers"  # MICO's recipe, k-means labels
+    assert abs(size.len_training / size.n_points - 150_000 / 197_324) < 0.01
+    argv = ["--challenge", "purchase100", "--data-dir", str(tmp_path / "d"), "--preset", "mico"]
+    code, lines = run_script(download_files.main, "download_files.py", argv, capsys)
+    assert code == 2 and "--preset only applies with --synthetic" in lines[-1]
