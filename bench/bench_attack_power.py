@@ -427,7 +427,7 @@ def plot(results: dict, scenarios: list, path: str) -> None:
     fig = Figure(figsize=(13, 5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    panels = [("avg", "TPR@10%", "average TPR@10%FPR (ranking metric)")]
+    panels = [("avg", "TPR@10%", f"TPR@10%FPR, average over {len(scenarios)} scenario(s) (ranking metric)")]
     panels.append(
         (INF, "TPR@1%", f"{INF} TPR@1%FPR")
         if INF in scenarios
