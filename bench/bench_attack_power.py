@@ -1,30 +1,38 @@
-"""Attack power at MICO's regime, and what extra shadow models (balanced vs MICO-random) add.
+"""Attack power on the faithful challenge: every attack of the line-up that matters, against the
+number of designed shadows, at f = 1/2 and at the targets' own rate (issue 16, items 3 and 4).
 
 Builds the synthetic purchase100 challenge of ``download_files.py --synthetic --preset mico``
 (--size mico, the default: Purchase-100-like shoppers labelled by k-means, MICO's 100 train, 25 dev
 and 25 final models per scenario, 100 + 100 challenge points per model, MICO's recipe; see
 docs/faithful_challenge.md), or the earlier, easier one (--size small: N = 10,000, 7 members and
-7 non-members per model, 10 epochs, 8.5 minutes on 2 cores; --size full: MICO's N = 197,324,
-wants a GPU). Then trains up to max(--shadows) extra shadows per scenario of each design
-(train_shadows.py --design balanced / --design mico), caches every model's signals, and scores
-each attack on dev + final against the ground truth with the first k extra shadows of one design
-(the balanced design grows group by group, pairs at the default --fraction 0.5, so its first k
-shadows are a balanced design of k):
+7 non-members per model, 10 epochs; --size full: MICO's N = 197,324, wants a GPU). Then, per
+--fractions f, trains max(--shadows) designed shadows per scenario (train_shadows.py --design
+balanced --fraction f, pool points first in an order of their own per shadow), in a view of the
+challenge of its own (<out>/f<f>/data: the challenge's folders linked, its own shadow folder, its
+own signal cache), and scores on dev + final against the ground truth, with the first k designed
+shadows next to MICO's train models, k in --shadows:
 
-- the MICO winner's configuration (calibrated, per-scenario signal and formula) and the runner-up's
-  (offline LiRA, global variance), with extra shadows; and both as submitted (no extra shadows);
-- offline and online LiRA, online LiRA with global variance, offline and online RMIA, the classifier.
+- the MICO winner as submitted (train models only) and the winner's configuration (its
+  per-scenario signal and formula on our calibrated attack, every shadow);
+- LiRA offline and online, RMIA offline (a auto) and online, the classifier, the stacked attack;
+- auto: per scenario the line-up attack (attacks.suite.AUTO_LINEUP, 20 rows) with the best
+  leave-one-out TPR@10%FPR on the train models; on dev + final that is an honest score (the choice
+  never sees a target). Its honest split-half estimate on the train models (attacks.auto, as
+  run_lira_mia.py --compare reports it) is printed next to it.
 
-Every score is printed with its bootstrap standard error over the 50 target models (--bootstrap
-resamples). Prints a table, writes <out>/attack_power.{json,md} and <out>/attack_power.png
-(TPR@10%FPR, the ranking metric averaged over the scenarios, and TPR@1%FPR on purchase100_inf,
-against k). Every step resumes: rerunning continues where it stopped, with the same models (the
-targets' training seeds come from the challenge's secret, kept in its solutions/ folder, so a
-fresh run trains other models than an earlier fresh run).
+TPR at 10%, 1% and 0.1% FPR, each with its bootstrap standard error over the target models; paired
+bootstrap standard errors (challenges.scoring.bootstrap_tpr, the same resamples for every attack)
+of each row's difference from both MICO references for the scenario-average TPR@10%FPR and for
+purchase100_inf's TPR@1%FPR; the aim of issue 16 and how far each row is from it. Every row is
+printed as soon as it is measured. Writes <out>/attack_power.{json,md} and <out>/attack_power.png
+(score against the number of shadows, per attack, with error bars). Every step resumes: models,
+signals and each (scenario, f, k) cell's scores (<out>/scores/*.npz) are kept, and a rerun
+continues where it stopped with the same models.
 
-    python bench/bench_attack_power.py [--out report/attack_power] [--device auto] [--size mico|small|full]
+    python bench/bench_attack_power.py [--out report/attack_power] [--size mico|small|full]
+        [--shadows 0,32,64,128] [--fractions 0.5,0.75] [--scenarios ...]
 
-``--train-models``, ``--target-models`` and ``--scenarios`` shrink it further (the smoke test in
+``--train-models``, ``--target-models`` and ``--scenarios`` shrink it (the smoke test in
 tests/test_bench.py runs one scenario with a handful of models).
 """
 
@@ -40,57 +48,97 @@ import time
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import save_preds  # noqa: E402
+from attacks import (
+    auto,  # noqa: E402
+    suite,  # noqa: E402
+)
 from attacks.options import AttackOptions  # noqa: E402
-from attacks.submitted import WINNER_CONFIG  # noqa: E402
-from attacks.suite import make_attack  # noqa: E402
+from challenges import scoring  # noqa: E402
 from challenges.datasets import load_dataset  # noqa: E402
 from challenges.fileio import atomic_path, write_text  # noqa: E402
 from challenges.scenario import ScenarioData, load_scenario  # noqa: E402
 from challenges.tracks import load_params, scenario_names, scenario_suffix  # noqa: E402
-from download_files import bootstrap_scores  # noqa: E402
 from models.train import recipe_for  # noqa: E402
-from production.design import designed_jobs, mico_jobs  # noqa: E402
+from production.design import designed_jobs  # noqa: E402
 from production.folders import train_with_progress  # noqa: E402
 from production.synthetic import build_synthetic  # noqa: E402
 
 TRACK = "purchase100"
 MICO_RATIO = 150_000 / 197_324  # LEN_TRAINING / N
-FIRST_MICO_ID = 1000
-ALWAYS = ("MICO winner, as submitted", "Runner-up, as submitted")
-METRICS = ("TPR_FPR_1000", "TPR_FPR_100", "TPR_FPR_10", "AUC")  # TPR@10%, 1%, 0.1%FPR
 # --size: (n_points, len_challenge, epochs); None: the preset's or MICO's recipe.
 SIZES = {
     "mico": (None, None, None),  # download_files.py --preset mico (docs/faithful_challenge.md)
-    "small": (10_000, 7, 10),  # the earlier default: 8.5 minutes on 2 cores, the old generator
+    "small": (10_000, 7, 10),  # the earlier default: the old generator, N = 10,000
     "full": (197_324, 100, None),  # MICO's own N, the old generator; wants a GPU
 }
+MAX_SHADOWS = 256  # the aim allows at most 256 designed shadows per scenario
+# (column, scoring key, FPR): MICO's TPR at 10%, 1% and 0.1% FPR
+FPRS = (("TPR@10%", "TPR_FPR_1000", 0.1), ("TPR@1%", "TPR_FPR_100", 0.01), ("TPR@0.1%", "TPR_FPR_10", 0.001))
+WINNER, CONFIG, AUTO = "MICO winner, as submitted", "MICO winner's configuration", "Auto"
+# The table's rows: {label here: label in attacks.suite.AUTO_LINEUP}; auto comes after them.
+ROWS = {
+    WINNER: suite.WINNER,
+    CONFIG: suite.WINNER_CONFIGURATION,
+    "LiRA offline": "LiRA offline",
+    "LiRA online": "LiRA online",
+    "RMIA offline (a auto)": "RMIA offline (a auto)",
+    "RMIA online": "RMIA online",
+    "Classifier": "Classifier (ExtraTrees)",
+    "Stacked": suite.STACKED,
+}
+LABELS = (*ROWS, AUTO)
+INF = "purchase100_inf"
+AIM = (
+    "The aim (issue 16): on the faithful challenge, --attack auto with at most 256 designed shadows per "
+    "scenario beats the MICO winner as submitted by at least 0.03 average TPR@10%FPR, the winner's "
+    "configuration by more than twice the paired standard error, and at least doubles the winner's "
+    "TPR@1%FPR on purchase100_inf."
+)
 
 
-def attacks_for(scenario: str) -> dict:
-    """{label: AttackOptions}; the two as-submitted rows use the train models only."""
-    w = WINNER_CONFIG[TRACK, scenario_suffix(scenario)]
-    return {
-        "MICO winner, as submitted": AttackOptions(attack="mico-winner"),
-        "Runner-up, as submitted": AttackOptions(global_variance=True, as_submitted=True),
-        "MICO winner's configuration": AttackOptions(attack="calibrated", signal=w.metric, calibration=w.formula),
-        "Runner-up's configuration (LiRA offline, global variance)": AttackOptions(global_variance=True),
-        "LiRA offline": AttackOptions(),
-        "LiRA online": AttackOptions(online_attack=True),
-        "LiRA online, global variance": AttackOptions(online_attack=True, global_variance=True),
-        "RMIA offline": AttackOptions(attack="rmia"),
-        "RMIA online": AttackOptions(attack="rmia", online_attack=True),
-        "Classifier": AttackOptions(attack="classifier"),
-    }
+def settings(args) -> list[tuple]:
+    """(fraction, k) of every scored cell; k = 0 (MICO's train models only) once, its f None."""
+    return [(None, 0)] + [(f, k) for f in args.fractions for k in args.shadows if k]
 
 
-def build(args, data_dir: str) -> None:
-    """The challenge, then the extra shadows of both designs (each step resumes)."""
+def setting_name(f, k) -> str:
+    return "k0" if not k else f"f{f:g}_k{k}"
+
+
+def view_dir(out: str, f: float) -> str:
+    return os.path.join(out, f"f{f:g}")
+
+
+def make_view(out: str, f: float, scenarios) -> str:
+    """<out>/f<f>/data: the challenge in <out>/data linked entry by entry, with a shadow folder of
+    its own per scenario (a shadow folder holds one design); returns its data dir."""
+    base = os.path.abspath(os.path.join(out, "data", TRACK))
+    view = os.path.join(view_dir(out, f), "data", TRACK)
+    os.makedirs(view, exist_ok=True)
+    for entry in sorted(os.listdir(base)):
+        inside = [e for e in os.listdir(os.path.join(base, entry)) if e != "shadow"] if entry in scenarios else None
+        if inside is None:
+            _link(os.path.join(base, entry), os.path.join(view, entry))
+            continue
+        os.makedirs(os.path.join(view, entry), exist_ok=True)
+        for e in inside:
+            _link(os.path.join(base, entry, e), os.path.join(view, entry, e))
+    return os.path.join(view_dir(out, f), "data")
+
+
+def _link(src: str, dst: str) -> None:
+    if not os.path.lexists(dst):
+        os.symlink(src, dst)
+
+
+def build(args) -> None:
+    """The challenge, then each fraction's designed shadows (each step resumes)."""
     n, m = args.n_points, args.len_challenge
+    data_dir = os.path.join(args.out, "data")
     build_synthetic(
         data_dir,
         TRACK,
@@ -109,20 +157,22 @@ def build(args, data_dir: str) -> None:
     params = load_params(data_dir, TRACK)
     dataset = load_dataset(params)
     k = max(args.shadows)
-    for scenario in args.scenarios:
-        recipe = recipe_for(TRACK, scenario_suffix(scenario), **({"epochs": args.epochs} if args.epochs else {}))
-        jobs, design = designed_jobs(data_dir, TRACK, scenario, params, dataset, k, args.seed, args.fraction)
-        print(f"{scenario}: balanced design, {len(design.pool)} challenge points, f = {design.fraction:.3f}")
-        if any(j % design.group for j in args.shadows):
-            sys.exit(f"--shadows: a balanced design at f = {design.fraction:.3f} grows in groups of {design.group}")
-        train_with_progress(jobs, params, dataset, f"{scenario}: balanced", device=args.device, recipe=recipe)
-        mico = mico_jobs(data_dir, TRACK, scenario, params, len(dataset), k, args.seed, FIRST_MICO_ID)
-        train_with_progress(mico, params, dataset, f"{scenario}: MICO-random", device=args.device, recipe=recipe)
+    for f in args.fractions:
+        view = make_view(args.out, f, args.scenarios)
+        for scenario in args.scenarios:
+            if not k:
+                continue
+            recipe = recipe_for(TRACK, scenario_suffix(scenario), **({"epochs": args.epochs} if args.epochs else {}))
+            jobs, design = designed_jobs(view, TRACK, scenario, params, dataset, k, args.seed, f)
+            if any(j % design.group for j in args.shadows):
+                sys.exit(f"--shadows: a balanced design at f = {design.fraction:.3f} grows in groups of {design.group}")
+            print(f"{scenario}: balanced design, {len(design.pool)} challenge points, f = {design.fraction:.3f}")
+            train_with_progress(jobs, params, dataset, f"{scenario}: f = {f:g}", device=args.device, recipe=recipe)
 
 
 def subset(data: ScenarioData, extra: list[int]) -> ScenarioData:
     """The scenario with MICO's train models, the extra shadow rows ``extra`` and the targets."""
-    train = [i for i, md in enumerate(data.models) if md.phase == "train" and md.model_id < FIRST_MICO_ID]
+    train = [i for i, md in enumerate(data.models) if md.phase == "train"]
     targets = [i for i, md in enumerate(data.models) if md.phase in ("dev", "final")]
     shadows = train + list(extra)
     rows = np.array(shadows + targets)
@@ -137,117 +187,300 @@ def subset(data: ScenarioData, extra: list[int]) -> ScenarioData:
     )
 
 
-def score_all(args, data_dir: str, cache_dir: str) -> dict:
-    """{scenario: {design: {k: {attack: metrics}}}} on dev + final."""
-    params = load_params(data_dir, TRACK)
+def errors(truth, scores: dict, n_boot: int, seed: int, **kw) -> dict:
+    """{column: {label: (n_boot,) paired bootstrap replicates}} at each FPR of FPRS."""
+    return {col: scoring.bootstrap_tpr(truth, scores, fpr=fpr, n_boot=n_boot, seed=seed, **kw) for col, _, fpr in FPRS}
+
+
+def row_text(truth, s, n_boot: int, seed: int) -> str:
+    m = scoring.score(truth, s)
+    reps = errors(truth, {"x": s}, n_boot, seed)
+    return ", ".join(f"{col} {m[key]:.4f} ± {scoring.paired_se(reps[col]['x']):.4f}" for col, key, _ in FPRS)
+
+
+def score_cell(args, data: ScenarioData, pool: list, f, k: int, seed: int) -> dict:
+    """One (scenario, f, k) cell: every line-up attack on dev + final and, leave-one-out, on the
+    train models (which auto chooses on), auto's choice and its honest split-half estimate; each
+    table row printed as soon as it is measured. Returns the arrays kept in the cell's .npz."""
+    sub = subset(data, pool[:k])
+    targets = np.concatenate([sub.phase_rows("dev"), sub.phase_rows("final")])
+    train = auto.train_rows(sub)
+    rows, excl = np.concatenate([targets, train]), np.concatenate([np.full(len(targets), -1), train])
+    truth = sub.solutions[targets]
+    lineup = dict(suite.with_shared(suite.AUTO_LINEUP, AttackOptions(seed=args.seed)))
+    attacks = {lb: suite.make_attack(o) for lb, o in lineup.items()}
+    first = [ROWS[lb] for lb in ROWS]
+    order = first + [lb for lb in lineup if lb not in first]
+    where = f"{data.scenario} {'' if f is None else f'f={f:g} '}k={k}"
+    scores = {}
+    for lb in order:
+        t = time.time()
+        try:
+            scores[lb] = attacks[lb](sub, rows, excl)
+        except ValueError as e:  # too few shadows for it: auto chooses among the others, as a half does
+            if lb in first:
+                sys.exit(f"{where}: {lb} cannot run here ({e}); give it more --train-models or --shadows")
+            print(f"{where}: {lb} left out of auto's choice: {e}", flush=True)
+            del attacks[lb]
+            continue
+        if lb in first:
+            name = next(n for n, v in ROWS.items() if v == lb)
+            text = row_text(truth, scores[lb][: len(targets)], args.bootstrap, seed)
+            print(f"{where}: {name}: {text} ({time.time() - t:.0f} s)", flush=True)
+    t = time.time()
+    choice = auto.choose_and_estimate(sub, attacks, {lb: s[len(targets) :] for lb, s in scores.items()}, seed=args.seed)
+    picked = scores[choice.label][: len(targets)]
+    h = choice.honest
+    print(
+        f"{where}: {AUTO} (chose {choice.label}; train, in-sample {choice.train_tpr[choice.label]:.4f}, honest "
+        f"split-half {h.tpr:.4f}): {row_text(truth, picked, args.bootstrap, seed)} ({time.time() - t:.0f} s)",
+        flush=True,
+    )
+    out = {f"score {name}": scores[v][: len(targets)] for name, v in ROWS.items()}
+    return out | {
+        f"score {AUTO}": picked,
+        "truth": truth,
+        "auto_label": np.array(choice.label),
+        "auto_train_tpr": np.array(choice.train_tpr[choice.label]),
+        "honest_scores": h.scores,
+        "honest_half": h.half,
+        "honest_truth": sub.solutions[train],
+        "honest_tpr": np.array(h.tpr),
+        "honest_picks": np.array([lb for _, lb in h.picks]),
+    }
+
+
+def cell_path(out: str, scenario: str, f, k: int) -> str:
+    return os.path.join(out, "scores", f"{scenario}_{setting_name(f, k)}.npz")
+
+
+def score_all(args) -> None:
+    """Every (scenario, f, k) cell not yet in <out>/scores: computed, printed, then kept."""
+    params = load_params(os.path.join(args.out, "data"), TRACK)
+    reads = suite.target_reads([o for _, o in suite.AUTO_LINEUP])
+    fields = suite.fields_needed(AttackOptions(attack="auto"))
+    for si, scenario in enumerate(args.scenarios):
+        for f in args.fractions:
+            todo = [k for k in args.shadows if not os.path.exists(cell_path(args.out, scenario, f if k else None, k))]
+            todo = [k for k in todo if k or f == args.fractions[0]]
+            if not todo:
+                continue
+            data_dir, cache_dir = (
+                os.path.join(view_dir(args.out, f), "data"),
+                os.path.join(view_dir(args.out, f), "cache"),
+            )
+            data = load_scenario(
+                data_dir, cache_dir, TRACK, scenario, params, params.n_points, fields, runner_up=True, reads=reads
+            )
+            pool = [i for i, md in enumerate(data.models) if md.phase == "shadow"]
+            for k in todo:
+                cell = score_cell(args, data, pool, f if k else None, k, si)
+                path = cell_path(args.out, scenario, f if k else None, k)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, **cell)
+
+
+def aggregate(args) -> dict:
+    """{setting: {label: row}} from the kept cells: each score ± its bootstrap SE, the scenario
+    average of TPR@10%FPR, and paired differences from both MICO references (each scenario
+    resampled on its own, seed = its place in --scenarios, the same draws in every setting)."""
     out = {}
-    for scenario in args.scenarios:
-        data = load_scenario(
-            data_dir, cache_dir, TRACK, scenario, params, params.n_points, ("phi", "mentr"), runner_up=True
-        )
-        pools = {
-            "balanced": [i for i, md in enumerate(data.models) if md.phase == "shadow"],
-            "mico": [i for i, md in enumerate(data.models) if md.phase == "train" and md.model_id >= FIRST_MICO_ID],
-        }
-        out[scenario] = {}
-        for design, pool in pools.items():
-            out[scenario][design] = {}
-            for k in args.shadows:
-                sub = subset(data, pool[:k])
-                rows = np.concatenate([sub.phase_rows("dev"), sub.phase_rows("final")])
-                res = {}
-                for label, o in attacks_for(scenario).items():
-                    if label in ALWAYS and k:
-                        continue
-                    scores = make_attack(o)(sub, rows, np.full(len(rows), -1))
-                    m = bootstrap_scores(sub.solutions[rows], scores, args.bootstrap)
-                    res[label] = {key: m[key][0] for key in METRICS} | {f"{key}_se": m[key][1] for key in METRICS}
-                out[scenario][design][k] = res
-                print(
-                    f"{scenario} {design:8s} k={k:3d}: "
-                    + ", ".join(f"{lb.split(' (')[0]} {cell(v, 'TPR_FPR_1000', 3)}" for lb, v in res.items()),
-                    flush=True,
-                )
+    for f, k in settings(args):
+        cells = {sc: dict(np.load(cell_path(args.out, sc, f, k))) for sc in args.scenarios}
+        reps, rows = {}, {lb: {"scenarios": {}} for lb in LABELS}
+        for si, (sc, c) in enumerate(cells.items()):
+            scores = {lb: c[f"score {lb}"] for lb in LABELS}
+            reps[sc] = errors(c["truth"], scores, args.bootstrap, si)
+            for lb in LABELS:
+                m = scoring.score(c["truth"], scores[lb])
+                rows[lb]["scenarios"][sc] = {
+                    col: [m[key], scoring.paired_se(reps[sc][col][lb])] for col, key, _ in FPRS
+                }
+            rows[AUTO]["scenarios"][sc] |= auto_cell(c, args.bootstrap, si)
+        avg = {lb: np.mean([reps[sc]["TPR@10%"][lb] for sc in cells], axis=0) for lb in LABELS}
+        for lb in LABELS:
+            point = float(np.mean([v["TPR@10%"][0] for v in rows[lb]["scenarios"].values()]))
+            rows[lb]["avg TPR@10%"] = [point, scoring.paired_se(avg[lb])]
+        for lb in LABELS:
+            r = rows[lb]
+            for ref in (WINNER, CONFIG):
+                d = r["avg TPR@10%"][0] - rows[ref]["avg TPR@10%"][0]
+                r[f"avg TPR@10% - {ref}"] = [d, scoring.paired_se(avg[lb], avg[ref])]
+                if INF in cells:
+                    d = r["scenarios"][INF]["TPR@1%"][0] - rows[ref]["scenarios"][INF]["TPR@1%"][0]
+                    r[f"inf TPR@1% - {ref}"] = [d, scoring.paired_se(reps[INF]["TPR@1%"][lb], reps[INF]["TPR@1%"][ref])]
+            r["aim"] = aim_gaps(r, rows[WINNER], INF in cells)
+        out[setting_name(f, k)] = {"fraction": f, "shadows": k, "rows": rows}
     return out
 
 
-def cell(m: dict, key: str, digits: int = 4) -> str:
-    """A score with its bootstrap standard error over target models."""
-    return f"{m[key]:.{digits}f} ± {m[key + '_se']:.{digits}f}"
+def auto_cell(c: dict, n_boot: int, seed: int) -> dict:
+    """Auto's choice in a cell and its honest split-half estimate on the train models ± its SE
+    (each half resampled within itself, scored on its own pooled ROC, as attacks.auto scores it)."""
+    h = scoring.bootstrap_tpr(
+        c["honest_truth"],
+        {"h": c["honest_scores"]},
+        n_boot=n_boot,
+        seed=seed,
+        strata=c["honest_half"],
+        by_stratum=("h",),
+    )["h"]
+    return {
+        "chose": str(c["auto_label"]),
+        "train, in-sample": float(c["auto_train_tpr"]),
+        "honest split-half": [float(c["honest_tpr"]), scoring.paired_se(h)],
+        "halves chose": [str(x) for x in c["honest_picks"]],
+    }
 
 
-def table(results: dict, shadows: list[int]) -> list[str]:
-    """Markdown: one row per (attack, design, k); TPR@10%/1%/0.1%FPR and AUC per scenario, and the
-    average, each ± its bootstrap standard error over target models (the average's: the scenarios'
-    errors combined as independent)."""
-    scenarios = list(results)
-    head = (
-        ["attack", "extra shadows"]
-        + [f"{sc} {lbl}" for sc in scenarios for lbl in ("TPR@10%", "TPR@1%", "TPR@0.1%", "AUC")]
-        + ["avg TPR@10%FPR"]
-    )
+def aim_gaps(r: dict, winner: dict, has_inf: bool) -> dict:
+    """Each part of the aim: [how far the row is short of it (<= 0: none), whether it is met]."""
+    d_win, (d_cfg, se_cfg) = r[f"avg TPR@10% - {WINNER}"][0], r[f"avg TPR@10% - {CONFIG}"]
+    gaps = {
+        "avg TPR@10% >= winner + 0.03": [0.03 - d_win, bool(d_win >= 0.03)],
+        "avg TPR@10% > winner's config + 2 paired SE": [2 * se_cfg - d_cfg, bool(d_cfg > 2 * se_cfg)],
+    }
+    if has_inf:
+        mine, theirs = r["scenarios"][INF]["TPR@1%"][0], winner["scenarios"][INF]["TPR@1%"][0]
+        gaps["inf TPR@1% >= 2 x winner's"] = [2 * theirs - mine, bool(mine >= 2 * theirs)]
+    return gaps
+
+
+def pm(v) -> str:
+    return f"{v[0]:.4f} ± {v[1]:.4f}"
+
+
+def dpm(v) -> str:
+    return f"{v[0]:+.4f} ± {v[1]:.4f}"
+
+
+def table(results: dict, scenarios: list) -> list[str]:
+    """Markdown: one row per (attack, f, extra shadows): TPR@10/1/0.1%FPR per scenario, the average
+    TPR@10%FPR, and its paired difference from both references (and inf's TPR@1%FPR's)."""
+    refs = ("winner", "winner's config")
+    head = ["attack", "f", "extra shadows"] + [f"{sc} {col}" for sc in scenarios for col, _, _ in FPRS]
+    head += ["avg TPR@10%"] + [f"Δ avg TPR@10% vs {r}" for r in refs]
+    if INF in scenarios:
+        head += [f"Δ inf TPR@1% vs {r}" for r in refs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    labels = list(results[scenarios[0]]["balanced"][shadows[0]])
-    for label in labels:
-        for design in ("balanced", "mico"):
-            for k in shadows:
-                if (k == 0 and design == "mico") or label not in results[scenarios[0]][design][k]:
-                    continue
-                ms = [results[sc][design][k][label] for sc in scenarios]
-                cells = [cell(m, key) for m in ms for key in METRICS]
-                avg = {
-                    "TPR_FPR_1000": np.mean([m["TPR_FPR_1000"] for m in ms]),
-                    "TPR_FPR_1000_se": np.sqrt(np.sum([m["TPR_FPR_1000_se"] ** 2 for m in ms])) / len(ms),
-                }
-                lines.append(
-                    "| "
-                    + " | ".join([label, "0" if k == 0 else f"{k} {design}"] + cells + [cell(avg, "TPR_FPR_1000")])
-                    + " |"
-                )
+    for lb in LABELS:
+        for s in results.values():
+            if lb == WINNER and s["shadows"]:
+                continue  # the winner as submitted uses the train models only: its k = 0 row says it
+            r = s["rows"][lb]
+            cells = [lb, "—" if s["fraction"] is None else f"{s['fraction']:g}", str(s["shadows"])]
+            cells += [pm(r["scenarios"][sc][col]) for sc in scenarios for col, _, _ in FPRS]
+            cells += [pm(r["avg TPR@10%"])] + [dpm(r[f"avg TPR@10% - {ref}"]) for ref in (WINNER, CONFIG)]
+            if INF in scenarios:
+                cells += [dpm(r[f"inf TPR@1% - {ref}"]) for ref in (WINNER, CONFIG)]
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def plot(results: dict, shadows: list[int], path: str) -> None:
+def auto_table(results: dict, scenarios: list) -> list[str]:
+    """Markdown: what auto chose per cell, its in-sample train score, the honest split-half
+    estimate on the train models and its honest score on dev + final."""
+    lines = [
+        "| f | extra shadows | scenario | auto chose | train TPR@10% (in-sample) | honest split-half (train) "
+        "| halves chose | dev+final TPR@10% |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in results.values():
+        for sc in scenarios:
+            a = s["rows"][AUTO]["scenarios"][sc]
+            f = "—" if s["fraction"] is None else f"{s['fraction']:g}"
+            lines.append(
+                f"| {f} | {s['shadows']} | {sc} | {a['chose']} | {a['train, in-sample']:.4f} | "
+                f"{pm(a['honest split-half'])} | {'; '.join(a['halves chose'])} | {pm(a['TPR@10%'])} |"
+            )
+    return lines
+
+
+def aim_lines(results: dict) -> list[str]:
+    """The aim, and how far auto's best cell and the best row of all are from it."""
+    rows = [(name, lb, s["rows"][lb]) for name, s in results.items() for lb in LABELS]
+    best_auto = max((x for x in rows if x[1] == AUTO), key=lambda x: x[2]["avg TPR@10%"][0])
+    best = max(rows, key=lambda x: x[2]["avg TPR@10%"][0])
+    lines = [AIM, ""]
+    for what, (name, lb, r) in (("auto's best cell", best_auto), ("the best row of all", best)):
+        gaps = r["aim"]
+        met = all(ok for _, ok in gaps.values())
+        parts = "; ".join(f"{k}: {'met' if ok else f'short by {g:.4f}'}" for k, (g, ok) in gaps.items())
+        lines.append(
+            f"- {what} ({lb}, {name}): avg TPR@10% {pm(r['avg TPR@10%'])}, "
+            f"{dpm(r[f'avg TPR@10% - {WINNER}'])} vs the winner as submitted, "
+            f"{dpm(r[f'avg TPR@10% - {CONFIG}'])} vs the winner's configuration. "
+            f"{'Aim met' if met else 'Aim not met'}: {parts}."
+        )
+    return lines
+
+
+def _metric(r: dict, where: str, col: str) -> list:
+    """[score, SE] of a row: the scenario average of TPR@10%FPR (where 'avg') or one scenario's ``col``."""
+    return r["avg TPR@10%"] if where == "avg" else r["scenarios"][where][col]
+
+
+def plot(results: dict, scenarios: list, path: str) -> None:
+    """Score against the number of extra shadows, per attack (solid f = 1/2, dashed other f), with
+    bootstrap error bars: the scenario-average TPR@10%FPR and purchase100_inf's TPR@1%FPR."""
     fig = Figure(figsize=(13, 5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    scenarios = list(results)
-    labels = [lb for lb in results[scenarios[0]]["balanced"][shadows[0]] if lb not in ALWAYS]
-    metric = [
-        ("TPR_FPR_1000", scenarios, "TPR@10%FPR", "average over the scenarios (ranking metric)"),
-        ("TPR_FPR_100", [s for s in scenarios if s.endswith("_inf")], "TPR@1%FPR", "purchase100_inf"),
-    ]
-    for ax, (key, scs, name, where) in zip(axes, metric):
-        for i, label in enumerate(labels):
-            for design, ls in (("balanced", "-"), ("mico", "--")):
-                y = [np.mean([results[sc][design if k else "balanced"][k][label][key] for sc in scs]) for k in shadows]
-                ax.plot(
-                    shadows,
-                    y,
-                    ls=ls,
+    panels = [("avg", "TPR@10%", f"TPR@10%FPR, average over {len(scenarios)} scenario(s) (ranking metric)")]
+    panels.append(
+        (INF, "TPR@1%", f"{INF} TPR@1%FPR")
+        if INF in scenarios
+        else (scenarios[0], "TPR@1%", f"{scenarios[0]} TPR@1%FPR")
+    )
+    k0 = results["k0"]["rows"]
+    fractions = sorted({s["fraction"] for s in results.values() if s["fraction"] is not None})
+    for ax, (where, col, title) in zip(axes, panels):
+        for i, lb in enumerate(LABELS):
+            if lb == WINNER:
+                ax.axhline(_metric(k0[lb], where, col)[0], color="k", ls=":", lw=1, label=WINNER)
+                continue
+            for j, f in enumerate(fractions or [None]):
+                cells = [s for s in results.values() if s["shadows"] == 0 or s["fraction"] == f]
+                x = [s["shadows"] + 0.6 * j for s in cells]
+                y = np.array([_metric(s["rows"][lb], where, col) for s in cells])
+                ax.errorbar(
+                    x,
+                    y[:, 0],
+                    yerr=y[:, 1],
                     color=f"C{i}",
+                    ls=["-", "--", ":"][j % 3],
                     marker="o",
                     ms=3,
-                    label=f"{label}" if design == "balanced" else None,
+                    capsize=2,
+                    label=lb if j == 0 else None,
                 )
-        for j, label in enumerate(ALWAYS):
-            y0 = np.mean([results[sc]["balanced"][0][label][key] for sc in scs])
-            ax.axhline(y0, color="k", ls=[":", "-."][j], lw=1, label=label)
-        ax.set(xlabel="extra shadow models", ylabel=name, title=f"{name}, {where}", xticks=shadows)
+        ax.set(xlabel="designed shadows per scenario (besides MICO's train models)", ylabel=col, title=title)
         ax.grid(alpha=0.3)
     handles, lbls = axes[0].get_legend_handles_labels()
-    for ls, design in (("-", "balanced design"), ("--", "MICO-random design")):
-        handles.append(Line2D([], [], color="0.4", ls=ls))
-        lbls.append(f"extra shadows: {design}")
-    fig.legend(handles, lbls, loc="center right", fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.75, 1))
+    fig.legend(
+        handles,
+        lbls,
+        loc="center right",
+        fontsize=8,
+        frameon=False,
+        title=" / ".join(f"{['solid', 'dashed', 'dotted'][j % 3]}: f = {f:g}" for j, f in enumerate(fractions)),
+    )
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
 
 
+def parse_list(p, flag: str, text: str, kind):
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        p.error(f"{flag}: a comma-separated list of numbers, e.g. {'0,32,64,128' if kind is int else '0.5,0.75'}")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="report/attack_power", help="work folder: data, cache and results")
+    p.add_argument("--out", default="report/attack_power", help="work folder: data, caches, scores and results")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--size",
@@ -259,39 +492,51 @@ def parse_args(argv=None):
     p.add_argument("--n-points", type=int, help="override the size's base dataset size")
     p.add_argument("--len-challenge", type=int, help="override the size's members (= non-members) per model")
     p.add_argument("--epochs", type=int, help="override the size's training epochs (MICO's recipe: 30)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the target models per score")
-    p.add_argument("--shadows", default="0,16,32,64,128", help="numbers of extra shadows to score")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the target models")
+    p.add_argument(
+        "--shadows", default="0,32,64,128", help=f"designed shadows per scenario to score (<= {MAX_SHADOWS})"
+    )
+    p.add_argument("--fractions", default="0.5,0.75", help="designs: share of shadows a challenge point is IN for")
     p.add_argument("--train-models", type=int, default=100, help="train models per scenario (MICO: 100)")
     p.add_argument("--target-models", type=int, default=25, help="dev models (and as many final) per scenario")
     p.add_argument("--scenarios", nargs="+", choices=scenario_names(TRACK), default=scenario_names(TRACK))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fraction", type=float, default=0.5, help="balanced design: share of shadows a point is IN for")
     args = p.parse_args(argv)
     for name, value in zip(("n_points", "len_challenge", "epochs"), SIZES[args.size]):
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.size == "mico" and args.n_points is not None:
         p.error("--n-points: the mico size is the preset's; use --size small or full to choose N")
-    args.shadows = sorted({int(v) for v in args.shadows.split(",")} | {0})
-    if any(k % 2 for k in args.shadows):
-        p.error("--shadows: even numbers (the balanced design comes in pairs)")
+    args.shadows = sorted(set(parse_list(p, "--shadows", args.shadows, int)) | {0})
+    if args.shadows[0] < 0 or args.shadows[-1] > MAX_SHADOWS:
+        p.error(f"--shadows: numbers from 0 to {MAX_SHADOWS}")
+    args.fractions = sorted(set(parse_list(p, "--fractions", args.fractions, float)))
+    if not all(0 < f < 1 for f in args.fractions):
+        p.error("--fractions: shares strictly between 0 and 1, e.g. 0.5,0.75")
+    if args.bootstrap < 2:
+        p.error("--bootstrap: at least 2 resamples")
+    args.scenarios = [s for s in scenario_names(TRACK) if s in args.scenarios]
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    data_dir, cache_dir = os.path.join(args.out, "data"), os.path.join(args.out, "cache")
     t0 = time.time()
-    build(args, data_dir)
+    build(args)
     t1 = time.time()
-    save_preds.main(["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", args.device])
-    results = score_all(args, data_dir, cache_dir)
+    for f in args.fractions:
+        v = view_dir(args.out, f)
+        argv_sp = ["--challenge", TRACK, "--data-dir", os.path.join(v, "data"), "--cache-dir", os.path.join(v, "cache")]
+        save_preds.main(argv_sp + ["--device", args.device, "--seed", str(args.seed)])
+    score_all(args)
     t2 = time.time()
-    lines = table(results, args.shadows)
+    results = aggregate(args)
+    lines = ["## Attack power", "", *table(results, args.scenarios), "", "## Auto: its choice and honest estimate", ""]
+    lines += auto_table(results, args.scenarios) + ["", "## The aim", ""] + aim_lines(results)
     print("\n".join(lines))
     write_text(os.path.join(args.out, "attack_power.json"), json.dumps(results, indent=1) + "\n")
     write_text(os.path.join(args.out, "attack_power.md"), "\n".join(lines) + "\n")
-    plot(results, args.shadows, os.path.join(args.out, "attack_power.png"))
+    plot(results, args.scenarios, os.path.join(args.out, "attack_power.png"))
     print(f"models {t1 - t0:.0f} s, signals and attacks {t2 - t1:.0f} s; {args.out}/attack_power.{{md,json,png}}")
     return 0
 
