@@ -128,22 +128,6 @@ def fetch(args) -> None:
             )
 
 
-def bootstrap_scores(truth: np.ndarray, scores: np.ndarray, n_boot: int = 200, seed: int = 0) -> dict:
-    """MICO's metrics over every target model's challenge points, each with its bootstrap standard
-    error over target models (``n_boot`` resamples of the T models with replacement): {key: (value,
-    se)} for the TPR@FPR keys and AUC. truth: 0/1 [T, P]; scores: [T, P]."""
-    keys = [k for k in scoring.TPR_KEYS] + ["AUC"]
-    full = scoring.score(truth.ravel(), scores.ravel())
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        rows = rng.integers(0, len(truth), len(truth))
-        m = scoring.score(truth[rows].ravel(), scores[rows].ravel())
-        boots.append([m[k] for k in keys])
-    se = np.std(np.array(boots), axis=0, ddof=1)
-    return {k: (full[k], float(e)) for k, e in zip(keys, se)}
-
-
 def print_difficulty(data_dir: str, cache_dir: str, track: str, scenarios) -> None:
     """The preset's figures: the MICO winner as submitted on dev+final against the synthetic ground
     truth (TPR@10%FPR with its bootstrap standard error over targets) and the models' held-out
@@ -156,7 +140,9 @@ def print_difficulty(data_dir: str, cache_dir: str, track: str, scenarios) -> No
         data = load_scenario(data_dir, cache_dir, track, scenario, params, params.n_points, ("phi", "mentr"))
         rows = np.concatenate([data.phase_rows("dev"), data.phase_rows("final")])
         scores = make_attack(AttackOptions(attack="mico-winner"))(data, rows, np.full(len(rows), -1))
-        tpr, se = bootstrap_scores(data.solutions[rows], scores)[scoring.RANKING_KEY]
+        truth = data.solutions[rows]
+        tpr = scoring.score(truth.ravel(), scores.ravel())[scoring.RANKING_KEY]
+        se = scoring.paired_se(scoring.bootstrap_tpr(truth, {"winner": scores}, fpr=0.1, n_boot=200)["winner"])
         lo, hi = PRESET_RANGES[scenario_suffix(scenario)]
         accs = [
             float(open(os.path.join(md.path, "accuracy")).read()) for md in layout.models(data_dir, track, scenario)

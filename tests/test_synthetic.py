@@ -201,3 +201,16 @@ def test_refuses_the_other_generator_at_the_same_sizes(tiny_copy):
     with pytest.raises(ValueError, match=r"generator classes \(asked: shoppers\)"):
         build_synthetic(tiny_copy, "purchase100", preset="mico", **TINY["purchase100"])
     assert load_params(tiny_copy, "purchase100").generator == "classes"
+
+
+def test_preset_build_prints_the_winners_figure(tmp_path, capsys):
+    """The preset's printed figure at a tiny size: the winner's TPR@10%FPR with its standard error,
+    the real challenge's range and the held-out accuracy, one line per scenario."""
+    argv = ["--challenge", "purchase100", "--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")]
+    argv += ["--synthetic", "--preset", "mico", "--n-points", "1500", "--len-training", "700", "--epochs", "1"]
+    argv += ["--n-train", "4", "--n-dev", "1", "--n-final", "1", "--scenario", "purchase100_inf", "--device", "cpu"]
+    assert download_files.main(argv) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "MICO winner as submitted" in ln]
+    assert len(line) == 1 and "(2 targets): TPR@10%FPR" in line[0] and " ± " in line[0]
+    assert "the real challenge's [0.15, 0.35]" in line[0] and "held-out accuracy" in line[0]
+    assert load_params(str(tmp_path / "d"), "purchase100").generator == "shoppers"
