@@ -21,31 +21,27 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def refuse(problems: list[str], what: str, fix: str) -> int:
+    """Print each problem and one closing line naming the fix; the exit code (1)."""
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"save_zip.py: {len(problems)} {what}; {fix}. Nothing written.", file=sys.stderr)
+    return 1
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = args.output or f"predictions_{args.challenge}.zip"
     params = load_params(args.data_dir, args.challenge)
     problems = validate(args.data_dir, args.challenge, 2 * params.len_challenge)
     if problems:
-        for line in problems:
-            print(line, file=sys.stderr)
-        print(
-            f"save_zip.py: {len(problems)} invalid or missing prediction file(s); run run_lira_mia.py "
-            f"--challenge {args.challenge} first. Nothing written.",
-            file=sys.stderr,
-        )
-        return 1
+        fix = f"run run_lira_mia.py --challenge {args.challenge} first"
+        return refuse(problems, "invalid or missing prediction file(s)", fix)
     record = read_manifest(args.data_dir, args.challenge)
     problems = not_from_run(target_models(args.data_dir, args.challenge), record)
     if problems:
-        for line in problems:
-            print(line, file=sys.stderr)
-        print(
-            f"save_zip.py: {len(problems)} prediction file(s) not from one complete run; run run_lira_mia.py "
-            f"--challenge {args.challenge} over every scenario to the end, then save_zip.py. Nothing written.",
-            file=sys.stderr,
-        )
-        return 1
+        fix = f"run run_lira_mia.py --challenge {args.challenge} over every scenario to the end, then save_zip.py"
+        return refuse(problems, "prediction file(s) not from one complete run", fix)
     n = write_zip(args.data_dir, args.challenge, out, comment=f"run_lira_mia.py run {record['run_id']}")
     print(f"wrote {out} ({n} prediction files, all from run {record['run_id']} of {record['finished']})")
     return 0
