@@ -405,6 +405,9 @@ def test_slurm_pipeline_equals_a_single_machine_run(cluster, small_challenge, tm
     cluster.wait_for(f"{job}_1", "CANCELLED")
     done = [os.path.exists(p) for p in mine]
     assert done == [True] + [False] * (len(mine) - 1) and _leftovers(f"{run}/data", killed_cache)  # mid-write
+    # slurmd keeps a killed job's credential revoked, compared at one-second resolution: a task
+    # requeued and started within that second is refused ("Job credential revoked"). Wait it out.
+    time.sleep(3.0)
     cluster.run("scontrol", "requeue", f"{job}_1")
     cluster.wait_for(f"{job}_1", "PENDING")
     cluster.run("scontrol", "update", f"jobid={job}_1", "StartTime=now")  # requeued jobs wait ~2 min otherwise
