@@ -99,8 +99,11 @@ def test_as_submitted_is_the_released_runner_up(trained, combo, tmp_path):
     assert run_lira_mia.main(argv) == 0
     with np.errstate(all="ignore"):
         raw = literal_runner_up(world, Args(**flags), runner_up_len_training(params, params.n_points))
+    # float32 probabilities through log(p / (1 - p)) amplify summation-order differences near p = 1;
+    # the fixture's models change with each fresh build (private training seeds), and one build's
+    # logit case differed by 1.3e-5 at one point.
     for key, pred in _predictions(mds).items():
-        np.testing.assert_allclose(pred, to_unit(raw[key], flags["online_attack"]), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(pred, to_unit(raw[key], flags["online_attack"]), rtol=0, atol=1e-4)
 
 
 def test_as_submitted_refuses_online_with_logit_scaling(trained):
