@@ -49,6 +49,17 @@ def _sequential(track, recipe, x, y, sets, seeds):
     return [train_model(track, recipe, x[s], y[s], seed=seed) for s, seed in zip(sets, seeds)]
 
 
+def assert_dp_accounting(got, sets, recipe) -> None:
+    """Each model's own noise multiplier and epsilon at ε = 4 (its set size sets its sample rate),
+    and finite weights."""
+    for g, s in zip(got, sets):
+        steps = -(-len(s) // recipe.batch_size)
+        sigma = find_noise_multiplier(4.0, 1e-5, 1.0 / steps, steps * recipe.epochs)
+        assert g.noise_multiplier == sigma
+        assert g.epsilon == prv_epsilon(sigma, 1.0 / steps, steps * recipe.epochs, 1e-5)
+        assert all(torch.isfinite(p).all() for p in g.model.parameters())
+
+
 def _assert_same_models(got, ref, atol):
     for a, b in zip(got, ref):
         sa, sb = a.model.state_dict(), b.model.state_dict()
@@ -477,12 +488,7 @@ def test_device_dp_accounting_equals_sequential():
     sets = _sets(c["n"], c["sizes"])
     recipe = recipe_for("purchase100", "lo", lr=c["dp_lr"], **c["overrides"])
     got = train_batched("purchase100", recipe, x, y, sets, c["seeds"], device="cpu", streams="device")
-    for g, s in zip(got, sets):
-        steps = -(-len(s) // recipe.batch_size)
-        sigma = find_noise_multiplier(4.0, 1e-5, 1.0 / steps, steps * recipe.epochs)
-        assert g.noise_multiplier == sigma
-        assert g.epsilon == prv_epsilon(sigma, 1.0 / steps, steps * recipe.epochs, 1e-5)
-        assert all(torch.isfinite(p).all() for p in g.model.parameters())
+    assert_dp_accounting(got, sets, recipe)
     with pytest.raises(ValueError, match="streams must be"):
         train_batched("purchase100", recipe, x, y, sets, c["seeds"], device="cpu", streams="gpu")
 

@@ -23,9 +23,8 @@ import train_shadows
 from challenges import cache, layout
 from models import batched, build_model, load_model
 from models.batched import auto_parallel, train_batched, train_many
-from models.privacy import find_noise_multiplier, prv_epsilon
 from models.train import recipe_for, train_model
-from tests.test_batched import CASES, _assert_same_models, _data, _sets
+from tests.test_batched import CASES, _assert_same_models, _data, _sets, assert_dp_accounting
 
 DEV = os.environ.get("MICO_GPU_TEST_DEVICE", "cuda")  # "cpu": a rehearsal (module docstring)
 pytestmark = [
@@ -87,12 +86,7 @@ def test_device_streams_dp_accounting_on_cuda(track):
     got = train_batched(track, recipe, x, y, sets, c["seeds"], device=DEV, streams="device")
     ref = _on_cuda(track, recipe, x, y, sets[:1], c["seeds"][:1])[0]
     assert got[0].noise_multiplier == ref.noise_multiplier and got[0].epsilon == ref.epsilon
-    for g, s in zip(got, sets):
-        steps = -(-len(s) // recipe.batch_size)
-        sigma = find_noise_multiplier(4.0, 1e-5, 1.0 / steps, steps * recipe.epochs)
-        assert g.noise_multiplier == sigma
-        assert g.epsilon == prv_epsilon(sigma, 1.0 / steps, steps * recipe.epochs, 1e-5)
-        assert all(torch.isfinite(p).all() for p in g.model.parameters())
+    assert_dp_accounting(got, sets, recipe)
 
 
 def test_device_noise_std_on_cuda(monkeypatch):
