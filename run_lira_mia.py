@@ -91,7 +91,7 @@ def build_parser() -> cli.Parser:
         lira,
         "--as_submitted",
         action="store_true",
-        help="the runner-up's LiRA exactly as released, bugs included (see README); with its four flags",
+        help="the runner-up's LiRA exactly as released, bugs included (docs/as_submitted.md); with its four flags",
     )
     _option(
         lira,
