@@ -50,7 +50,21 @@ sys.exit(save_preds.main(sys.argv[2:]))
 
 
 def _args(data_dir, cache_dir, *extra):
-    return ["--challenge", TRACK, "--data-dir", data_dir, "--cache-dir", cache_dir, "--device", "cpu", *extra]
+    # One thread: MKL may use fewer threads than asked on a busy machine (MKL_DYNAMIC), and a
+    # different split of a sum changes float32 logits in the last bits; one thread sums one way.
+    return [
+        "--challenge",
+        TRACK,
+        "--data-dir",
+        data_dir,
+        "--cache-dir",
+        cache_dir,
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def _start(pause, data_dir, cache_dir, *extra):
@@ -98,8 +112,8 @@ def _assert_same_arrays(data_dir, cache_dir, reference, fields=None):
 
 
 @pytest.fixture(scope="module")
-def reference(small_challenge, tmp_path_factory):
-    """An uninterrupted run, with logits."""
+def reference(small_challenge, tmp_path_factory, single_thread):
+    """An uninterrupted run, with logits (single_thread restores this process's threads after the module)."""
     cache_dir = str(tmp_path_factory.mktemp("reference") / "cache")
     assert save_preds.main(_args(small_challenge, cache_dir, "--save-logits")) == 0
     return cache_dir
