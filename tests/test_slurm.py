@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import run_lira_mia
 import save_preds
@@ -282,11 +283,16 @@ def _job_env(data_dir, cache_dir, tmp_path, **extra) -> dict:
 
 
 def _single_machine(data_dir, cache_dir, report_dir) -> None:
-    """The same three steps in one process, unsharded."""
+    """The same three steps in one process, unsharded, on one thread as the jobs are (bits of
+    float32 sums depend on how many threads share them)."""
     common = ["--challenge", TRACK, "--data-dir", data_dir]
     train = ["--scenario", SCENARIO, "--n", "4", "--design", "balanced", "--epochs", "1", "--parallel", "1"]
-    assert train_shadows.main([*common, *train, "--device", "cpu"]) == 0
-    assert save_preds.main([*common, "--cache-dir", cache_dir, "--device", "cpu"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert train_shadows.main([*common, *train, "--device", "cpu", "--threads", "1"]) == 0
+        assert save_preds.main([*common, "--cache-dir", cache_dir, "--device", "cpu", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     attack = ["--cache-dir", cache_dir, "--report-dir", report_dir, "--global_variance", "--evaluate"]
     assert run_lira_mia.main([*common, *attack]) == 0
 
