@@ -285,7 +285,7 @@ def aggregate(args) -> dict:
     """{setting: {label: row}} from the kept cells: each score ± its bootstrap SE, the scenario
     average of TPR@10%FPR, and paired differences from both MICO references (each scenario
     resampled on its own, seed = its place in --scenarios, the same draws in every setting)."""
-    out = {}
+    out, base = {}, None
     for f, k in settings(args):
         cells = {sc: dict(np.load(cell_path(args.out, sc, f, k))) for sc in args.scenarios}
         reps, rows = {}, {lb: {"scenarios": {}} for lb in LABELS}
@@ -298,10 +298,13 @@ def aggregate(args) -> dict:
                     col: [m[key], scoring.paired_se(reps[sc][col][lb])] for col, key, _ in FPRS
                 }
             rows[AUTO]["scenarios"][sc] |= auto_cell(c, args.bootstrap, si)
-        avg = {lb: np.mean([reps[sc]["TPR@10%"][lb] for sc in cells], axis=0) for lb in LABELS}
+        # the scenario average at each FPR: its replicates, point and SE
+        avgs = {col: {lb: np.mean([reps[sc][col][lb] for sc in cells], axis=0) for lb in LABELS} for col, _, _ in FPRS}
         for lb in LABELS:
-            point = float(np.mean([v["TPR@10%"][0] for v in rows[lb]["scenarios"].values()]))
-            rows[lb]["avg TPR@10%"] = [point, scoring.paired_se(avg[lb])]
+            for col, _, _ in FPRS:
+                point = float(np.mean([v[col][0] for v in rows[lb]["scenarios"].values()]))
+                rows[lb][f"avg {col}"] = [point, scoring.paired_se(avgs[col][lb])]
+        avg = avgs["TPR@10%"]
         for lb in LABELS:
             r = rows[lb]
             for ref in (WINNER, CONFIG):
@@ -311,8 +314,27 @@ def aggregate(args) -> dict:
                     d = r["scenarios"][INF]["TPR@1%"][0] - rows[ref]["scenarios"][INF]["TPR@1%"][0]
                     r[f"inf TPR@1% - {ref}"] = [d, scoring.paired_se(reps[INF]["TPR@1%"][lb], reps[INF]["TPR@1%"][ref])]
             r["aim"] = aim_gaps(r, rows[WINNER], INF in cells)
+        if base is None:  # k = 0 comes first: what designed shadows add is measured against it
+            base = rows, avgs, reps
+        else:
+            gains(rows, avgs, reps, *base)
         out[setting_name(f, k)] = {"fraction": f, "shadows": k, "rows": rows}
     return out
+
+
+def gains(rows: dict, avgs: dict, reps: dict, rows0: dict, avgs0: dict, reps0: dict) -> None:
+    """Each row's gain over the same attack with no designed shadow (k = 0), ± the paired SE: the
+    targets are the same and each scenario's bootstrap draws are the same in every setting, so the
+    replicates pair. Scenario averages at each FPR, and purchase100_inf's TPR@1%FPR."""
+    for lb in LABELS:
+        g = {}
+        for col, _, _ in FPRS:
+            d = rows[lb][f"avg {col}"][0] - rows0[lb][f"avg {col}"][0]
+            g[f"avg {col}"] = [d, scoring.paired_se(avgs[col][lb], avgs0[col][lb])]
+        if INF in reps:
+            d = rows[lb]["scenarios"][INF]["TPR@1%"][0] - rows0[lb]["scenarios"][INF]["TPR@1%"][0]
+            g["inf TPR@1%"] = [d, scoring.paired_se(reps[INF]["TPR@1%"][lb], reps0[INF]["TPR@1%"][lb])]
+        rows[lb]["gain over k=0"] = g
 
 
 def auto_cell(c: dict, n_boot: int, seed: int) -> dict:
@@ -375,6 +397,67 @@ def table(results: dict, scenarios: list) -> list[str]:
             if INF in scenarios:
                 cells += [dpm(r[f"inf TPR@1% - {ref}"]) for ref in (WINNER, CONFIG)]
             lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def setting_text(s: dict) -> str:
+    return "k = 0" if not s["shadows"] else f"f = {s['fraction']:g}, k = {s['shadows']}"
+
+
+def summary_table(results: dict) -> list[str]:
+    """Markdown: the average TPR@10%FPR (the ranking metric) of each attack against the number of
+    designed shadows k per scenario, one column per (f, k)."""
+    head = ["attack"] + [setting_text(s) for s in results.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for lb in LABELS:
+        # the winner as submitted reads the train models only: its k = 0 cell says it
+        cells = [
+            pm(s["rows"][lb]["avg TPR@10%"]) if not (lb == WINNER and s["shadows"]) else "—" for s in results.values()
+        ]
+        lines.append(f"| {lb} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paying(g: list) -> bool:
+    """A gain more than twice its paired standard error."""
+    return g[0] > 2 * g[1]
+
+
+def gains_table(results: dict) -> list[str]:
+    """Markdown: what designed shadows add to each attack, against the same attack with none, at
+    10%, 1% and 0.1% FPR (scenario averages) and in purchase100_inf at 1%; a gain more than twice its
+    paired SE is in bold."""
+    cells = [s for s in results.values() if s["shadows"]]
+    if not cells:
+        return ["(no designed shadows were scored: --shadows 0)"]
+    cols = list(cells[0]["rows"][LABELS[1]]["gain over k=0"])
+    lines = ["| attack | f | extra shadows | " + " | ".join(f"Δ {c}" for c in cols) + " |"]
+    lines.append("|" + "---|" * (3 + len(cols)))
+    for lb in LABELS:
+        if lb == WINNER:  # as submitted it reads the train models only: shadows change nothing
+            continue
+        for s in cells:
+            g = s["rows"][lb]["gain over k=0"]
+            text = [f"**{dpm(g[c])}**" if paying(g[c]) else dpm(g[c]) for c in cols]
+            lines.append(f"| {lb} | {s['fraction']:g} | {s['shadows']} | " + " | ".join(text) + " |")
+    return lines
+
+
+def paying_lines(results: dict) -> list[str]:
+    """Where designed shadows pay: for each FPR, the (attack, f, k) whose gain over k = 0 is more
+    than twice its paired SE, and the cheapest such budget per attack."""
+    lines = []
+    cells = [s for s in results.values() if s["shadows"]]
+    if not cells:
+        return lines
+    for c in cells[0]["rows"][LABELS[1]]["gain over k=0"]:
+        found = []
+        for lb in LABELS[1:]:
+            hits = [s for s in cells if paying(s["rows"][lb]["gain over k=0"][c])]
+            if hits:
+                s = min(hits, key=lambda s: (s["shadows"], s["fraction"]))
+                found.append(f"{lb} from {setting_text(s)} ({dpm(s['rows'][lb]['gain over k=0'][c])})")
+        lines.append(f"- {c}: " + ("; ".join(found) if found else "no attack gains more than twice its paired SE"))
     return lines
 
 
@@ -531,8 +614,12 @@ def main(argv=None) -> int:
     score_all(args)
     t2 = time.time()
     results = aggregate(args)
-    lines = ["## Attack power", "", *table(results, args.scenarios), "", "## Auto: its choice and honest estimate", ""]
-    lines += auto_table(results, args.scenarios) + ["", "## The aim", ""] + aim_lines(results)
+    lines = ["## Average TPR@10%FPR against designed shadows", "", *summary_table(results), ""]
+    lines += ["## Attack power", "", *table(results, args.scenarios), ""]
+    lines += ["## What designed shadows add (gain over k = 0, paired SE; bold: > 2 SE)", "", *gains_table(results), ""]
+    lines += ["Where shadows pay (the cheapest budget with a gain > 2 paired SE):", "", *paying_lines(results), ""]
+    lines += ["## Auto: its choice and honest estimate", "", *auto_table(results, args.scenarios)]
+    lines += ["", "## The aim", "", *aim_lines(results)]
     print("\n".join(lines))
     write_text(os.path.join(args.out, "attack_power.json"), json.dumps(results, indent=1) + "\n")
     write_text(os.path.join(args.out, "attack_power.md"), "\n".join(lines) + "\n")

@@ -37,7 +37,8 @@ def test_bench_attack_power(tmp_path, capsys, single_thread):
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
     md = (out / "attack_power.md").read_text()
-    rows = [r for r in md.splitlines() if r.startswith("| ") and not r.startswith("| attack") and "±" in r]
+    power = md.split("## Attack power")[1].split("## ")[0]
+    rows = [r for r in power.splitlines() if r.startswith("| ") and not r.startswith("| attack") and "±" in r]
     table = [r for r in rows if r.split(" | ")[0][2:] in bench.LABELS]
     # the winner as submitted once (train models only), every other row at k = 0 and k = 2
     # (tests/test_bench_attack_power.py runs two fractions with the slow tests)
@@ -46,6 +47,10 @@ def test_bench_attack_power(tmp_path, capsys, single_thread):
     for label in bench.LABELS:  # each row was printed as soon as it was measured
         assert f"purchase100_inf f=0.5 k=2: {label}" in printed
     assert "honest split-half" in md and bench.AIM in md and "Aim " in md
+    # what k = 2 adds to each attack but the winner as submitted, and where it pays
+    gains = md.split("## What designed shadows add")[1].split("Where shadows pay")[0]
+    assert sum(r.startswith("| ") and " | 0.5 | 2 | " in r for r in gains.splitlines()) == len(bench.LABELS) - 1
+    assert md.count("- avg TPR@") == 3 and "- inf TPR@1%: " in md
     assert (out / "attack_power.png").stat().st_size > 0 and (out / "attack_power.json").exists()
     # a rerun resumes: nothing is trained or scored again
     assert bench.main(argv) == 0

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -98,3 +99,31 @@ def test_every_score_carries_a_standard_error(tmp_path, capsys):
     m = res["f0.75_k4"]["rows"][bench.AUTO]
     assert m["scenarios"][bench.INF]["TPR@10%"][1] >= 0 and "honest split-half" in m["scenarios"][bench.INF]
     assert "±" in capsys.readouterr().out
+
+
+def _setting(shift: float, noise: float, rng):
+    """rows, scenario-average replicates and per-scenario replicates of one setting: every label's
+    replicates are base + shift (+ noise of its own)."""
+    base = np.linspace(0.1, 0.3, 50)
+    rows, avgs, reps = {}, {c: {} for c, _, _ in bench.FPRS}, {bench.INF: {c: {} for c, _, _ in bench.FPRS}}
+    for lb in bench.LABELS:
+        r = base + shift + noise * rng.standard_normal(len(base))
+        rows[lb] = {f"avg {c}": [float(r.mean()), 0.0] for c, _, _ in bench.FPRS}
+        rows[lb]["scenarios"] = {bench.INF: {"TPR@1%": [float(r.mean()), 0.0]}}
+        for c, _, _ in bench.FPRS:
+            avgs[c][lb] = reps[bench.INF][c][lb] = r
+    return rows, avgs, reps
+
+
+def test_gains_over_no_shadows_pair_the_bootstrap_draws():
+    rng = np.random.default_rng(0)
+    zero = _setting(0.0, 0.0, rng)
+    rows, avgs, reps = _setting(0.01, 0.0, rng)  # the same draws, 0.01 higher: SE 0, a gain that pays
+    bench.gains(rows, avgs, reps, *zero)
+    g = rows[bench.AUTO]["gain over k=0"]
+    assert set(g) == {"avg TPR@10%", "avg TPR@1%", "avg TPR@0.1%", "inf TPR@1%"}
+    assert all(abs(d - 0.01) < 1e-12 and se < 1e-12 and bench.paying([d, se]) for d, se in g.values())
+    rows, avgs, reps = _setting(0.01, 0.05, rng)  # draws that do not pair: a gain inside its SE
+    bench.gains(rows, avgs, reps, *zero)
+    d, se = rows[bench.AUTO]["gain over k=0"]["avg TPR@10%"]
+    assert se > 0.02 and not bench.paying([d, se])
