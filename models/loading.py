@@ -24,6 +24,8 @@ from models.mlp import MLP
 _ARCHITECTURES = {"cifar10": CNN, "purchase100": MLP}
 _OPACUS_PREFIX = "_module."
 _FIX_HINT = "re-download it with download_files.py (or retrain it)"
+# A designed shadow (<scenario>/shadow/model_<i>/model.pt) is ours to retrain, not to download.
+_SHADOW_FIX_HINT = "delete its folder and run train_shadows.py again, which retrains it"
 
 PathLike = Union[str, "os.PathLike[str]"]
 DeviceLike = Union[str, torch.device]
@@ -150,7 +152,8 @@ def load_model(track: str, path: PathLike, device: DeviceLike = "cpu") -> nn.Mod
     shown = path_s if path_s.isprintable() else repr(path_s)  # keep the message on one line
 
     def fail(reason: str) -> ModelLoadError:
-        return ModelLoadError(f"cannot load {track} model {shown}: {reason}; {_FIX_HINT}")
+        hint = _SHADOW_FIX_HINT if "shadow" in os.path.normpath(path_s).split(os.sep)[:-1] else _FIX_HINT
+        return ModelLoadError(f"cannot load {track} model {shown}: {reason}; {hint}")
 
     if not os.path.exists(path_s):
         raise fail("file not found")

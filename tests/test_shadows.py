@@ -396,6 +396,21 @@ def test_deleted_model_file_is_retrained_and_named(designed, tmp_path, capsys):
     assert all(open(os.path.join(md.path, name), "rb").read() == data for name, data in files.items())
 
 
+def test_corrupt_model_file_names_the_retraining(designed, tmp_path, capsys):
+    data_dir, cache_dir = designed
+    copy = _copy(data_dir, tmp_path)
+    md = _shadows(copy)[2]
+    with open(md.model_file, "r+b") as f:
+        f.truncate(100)
+    argv = ["--challenge", TRACK, "--data-dir", copy, "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    code, lines = run_script(save_preds.main, "save_preds.py", argv, capsys)
+    assert code == 1 and lines[-1].startswith("save_preds.py: ") and md.model_file in lines[-1]
+    assert "delete its folder and run train_shadows.py again" in lines[-1] and "re-download" not in lines[-1]
+    subprocess.run(["rm", "-r", md.path], check=True)  # as the message says
+    assert _train(copy, "--n", "4") == 0 and "1 shadow model(s) trained" in capsys.readouterr().out
+    assert save_preds.main(argv) == 0
+
+
 def test_a_design_with_a_model_missing_is_used_with_a_warning(designed, tmp_path, capsys):
     data_dir, cache_dir = designed
     copy = _copy(data_dir, tmp_path)
