@@ -32,6 +32,9 @@ continues where it stopped with the same models.
     python bench/bench_attack_power.py [--out report/attack_power] [--size mico|small|full]
         [--shadows 0,32,64,128] [--fractions 0.5,0.75] [--scenarios ...]
 
+``--fractions 0.5,0.75:128 --shadows 0,32,64,128,256``: f:K scores at most K shadows at f (256
+designed shadows at f = 1/2, 128 at 3/4).
+
 ``--train-models``, ``--target-models`` and ``--scenarios`` shrink it (the smoke test in
 tests/test_bench.py runs one scenario with a handful of models).
 """
@@ -102,7 +105,12 @@ AIM = (
 
 def settings(args) -> list[tuple]:
     """(fraction, k) of every scored cell; k = 0 (MICO's train models only) once, its f None."""
-    return [(None, 0)] + [(f, k) for f in args.fractions for k in args.shadows if k]
+    return [(None, 0)] + [(f, k) for f in args.fractions for k in shadows_at(args, f) if k]
+
+
+def shadows_at(args, f: float) -> list[int]:
+    """The numbers of designed shadows scored at fraction f: --shadows, up to f's cap if it has one."""
+    return [k for k in args.shadows if k <= args.caps.get(f, MAX_SHADOWS)]
 
 
 def setting_name(f, k) -> str:
@@ -156,15 +164,15 @@ def build(args) -> None:
     )
     params = load_params(data_dir, TRACK)
     dataset = load_dataset(params)
-    k = max(args.shadows)
     for f in args.fractions:
+        k = max(shadows_at(args, f))
         view = make_view(args.out, f, args.scenarios)
         for scenario in args.scenarios:
             if not k:
                 continue
             recipe = recipe_for(TRACK, scenario_suffix(scenario), **({"epochs": args.epochs} if args.epochs else {}))
             jobs, design = designed_jobs(view, TRACK, scenario, params, dataset, k, args.seed, f)
-            if any(j % design.group for j in args.shadows):
+            if any(j % design.group for j in shadows_at(args, f)):
                 sys.exit(f"--shadows: a balanced design at f = {design.fraction:.3f} grows in groups of {design.group}")
             print(f"{scenario}: balanced design, {len(design.pool)} challenge points, f = {design.fraction:.3f}")
             train_with_progress(jobs, params, dataset, f"{scenario}: f = {f:g}", device=args.device, recipe=recipe)
@@ -261,7 +269,9 @@ def score_all(args) -> None:
     fields = suite.fields_needed(AttackOptions(attack="auto"))
     for si, scenario in enumerate(args.scenarios):
         for f in args.fractions:
-            todo = [k for k in args.shadows if not os.path.exists(cell_path(args.out, scenario, f if k else None, k))]
+            todo = [
+                k for k in shadows_at(args, f) if not os.path.exists(cell_path(args.out, scenario, f if k else None, k))
+            ]
             todo = [k for k in todo if k or f == args.fractions[0]]
             if not todo:
                 continue
@@ -558,7 +568,8 @@ def parse_list(p, flag: str, text: str, kind):
     try:
         return [kind(v) for v in text.split(",")]
     except ValueError:
-        p.error(f"{flag}: a comma-separated list of numbers, e.g. {'0,32,64,128' if kind is int else '0.5,0.75'}")
+        example = "0,32,64,128" if flag == "--shadows" else "0.5,0.75 or 0.5,0.75:128"
+        p.error(f"{flag}: a comma-separated list of numbers, e.g. {example}")
 
 
 def parse_args(argv=None):
@@ -579,7 +590,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--shadows", default="0,32,64,128", help=f"designed shadows per scenario to score (<= {MAX_SHADOWS})"
     )
-    p.add_argument("--fractions", default="0.5,0.75", help="designs: share of shadows a challenge point is IN for")
+    p.add_argument(
+        "--fractions",
+        default="0.5,0.75",
+        help="designs: share of shadows a challenge point is IN for; f:K scores at most K shadows at f "
+        "(e.g. 0.5,0.75:128 with --shadows 0,32,64,128,256: 256 at f = 1/2 only)",
+    )
     p.add_argument("--train-models", type=int, default=100, help="train models per scenario (MICO: 100)")
     p.add_argument("--target-models", type=int, default=25, help="dev models (and as many final) per scenario")
     p.add_argument("--scenarios", nargs="+", choices=scenario_names(TRACK), default=scenario_names(TRACK))
@@ -593,9 +609,16 @@ def parse_args(argv=None):
     args.shadows = sorted(set(parse_list(p, "--shadows", args.shadows, int)) | {0})
     if args.shadows[0] < 0 or args.shadows[-1] > MAX_SHADOWS:
         p.error(f"--shadows: numbers from 0 to {MAX_SHADOWS}")
-    args.fractions = sorted(set(parse_list(p, "--fractions", args.fractions, float)))
-    if not all(0 < f < 1 for f in args.fractions):
-        p.error("--fractions: shares strictly between 0 and 1, e.g. 0.5,0.75")
+    caps = {}
+    for item in args.fractions.split(","):
+        f, _, cap = item.partition(":")
+        (f,) = parse_list(p, "--fractions", f, float)
+        caps[f] = parse_list(p, "--fractions", cap, int)[0] if cap else MAX_SHADOWS
+        if not 0 < f < 1:
+            p.error("--fractions: shares strictly between 0 and 1, e.g. 0.5,0.75")
+        if caps[f] < 1:
+            p.error(f"--fractions: {item}: at most how many shadows at f, at least 1")
+    args.fractions, args.caps = sorted(caps), caps
     if args.bootstrap < 2:
         p.error("--bootstrap: at least 2 resamples")
     args.scenarios = [s for s in scenario_names(TRACK) if s in args.scenarios]

@@ -33,6 +33,17 @@ def test_shadows_and_fractions_default_to_the_issue():
     ]
 
 
+def test_a_fraction_can_cap_its_shadows():
+    args = bench.parse_args(["--shadows", "0,32,64,128,256", "--fractions", "0.75:128,0.5"])
+    assert args.fractions == [0.5, 0.75] and bench.shadows_at(args, 0.5) == [0, 32, 64, 128, 256]
+    assert bench.shadows_at(args, 0.75) == [0, 32, 64, 128]
+    assert bench.settings(args) == [(None, 0)] + [(0.5, k) for k in (32, 64, 128, 256)] + [
+        (0.75, 32),
+        (0.75, 64),
+        (0.75, 128),
+    ]
+
+
 @pytest.mark.parametrize(
     "argv, flag",
     [
@@ -41,6 +52,8 @@ def test_shadows_and_fractions_default_to_the_issue():
         (["--fractions", "1"], "--fractions"),
         (["--fractions", "0.5,x"], "--fractions"),
         (["--bootstrap", "1"], "--bootstrap"),
+        (["--fractions", "0.5,0.75:x"], "--fractions"),
+        (["--fractions", "0.5,0.75:0"], "--fractions"),
     ],
 )
 def test_bad_flags_are_refused_naming_the_flag(argv, flag, capsys):
