@@ -355,7 +355,8 @@ def winner_signal(phi, metric: str) -> np.ndarray:
     """
     phi = np.asarray(phi, dtype=np.float64)
     if metric == "loss":
-        return (-np.logaddexp(0.0, -phi)).astype(np.float32)
+        with np.errstate(invalid="ignore"):  # NaN marks a point the cache holds none of: NaN stays NaN
+            return (-np.logaddexp(0.0, -phi)).astype(np.float32)
     if metric == "confidence":
         return expit(phi).astype(np.float32)
     raise ValueError(f"metric must be one of {WINNER_METRICS}, got {metric!r}")

@@ -9,6 +9,7 @@ files instead.
 
 import itertools
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -864,3 +865,13 @@ def test_as_submitted_is_literal_on_a_synthetic_challenge_that_holds_50000(tmp_p
         np.testing.assert_allclose(pred, to_unit(raw[nm], False), rtol=0, atol=1e-6)
     own, names = fast_runner_up(w, flags, 45_000)  # the challenge's LEN_TRAINING: another program
     assert max(np.abs(own[names.index(nm)] - pred).max() for nm, pred in ours.items()) > 0.1
+
+
+@pytest.mark.parametrize("metric", ["loss", "confidence"])
+def test_winner_signal_keeps_missing_points_missing_without_a_warning(metric):
+    """NaN is the cache's mark for a point a model holds none of (dev and final models): it stays
+    NaN, and warns nothing (a user ran hi and lo with a RuntimeWarning per run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = winner_signal(np.array([np.nan, 0.0, 3.0], dtype=np.float32), metric)
+    assert np.isnan(got[0]) and np.isfinite(got[1:]).all()
