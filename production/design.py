@@ -90,18 +90,36 @@ def in_count(n_pool: int, n_outside: int, len_training: int, n_shadows: int, fra
     """
     K = n_shadows
     want = requested_in_count(K, fraction)
-
-    def fits(m: int) -> bool:
-        lo, hi = (n_pool * m) // K, -(-(n_pool * m) // K)
-        return hi <= len_training and lo >= len_training - n_outside
-
     for m in sorted(range(1, K), key=lambda m: (abs(m - want), -m)):
-        if fits(m):
+        if _fits(n_pool, n_outside, len_training, K, m):
             return m
     raise ValueError(
         f"no balanced design of {K} shadows fits: {n_pool} challenge points, {n_outside} other points, "
         f"training sets of {len_training}; use more shadows or --design mico"
     )
+
+
+def _fits(n_pool: int, n_outside: int, len_training: int, K: int, m: int) -> bool:
+    """Whether K shadows with every pool point IN for m of them can each train on exactly
+    ``len_training`` points: floor or ceil of ``n_pool * m / K`` pool points, the rest from outside."""
+    lo, hi = (n_pool * m) // K, -(-(n_pool * m) // K)
+    return hi <= len_training and lo >= len_training - n_outside
+
+
+def kept_in_count(n_pool: int, n_outside: int, len_training: int, n_shadows: int, share: tuple[int, int]) -> int:
+    """m for ``n_shadows`` shadows growing a design whose points are IN for ``a`` of every group of
+    ``g`` (``share`` = (a, g)): the design's own share, whatever K; ValueError (naming --n) if K is
+    not a multiple of g."""
+    a, g = share
+    if n_shadows < g or n_shadows % g:
+        raise ValueError(
+            f"--n {n_shadows}: the scenario's design puts each challenge point IN for {a} of every {g} "
+            f"shadows, so it grows in groups of {g}: --n must be a multiple of {g}, e.g. --n {g * -(-n_shadows // g)}"
+        )
+    m = n_shadows // g * a
+    if not _fits(n_pool, n_outside, len_training, n_shadows, m):  # the same share fits at every K
+        raise ValueError(f"the design's share {a}/{g} cannot give training sets of {len_training}")
+    return m
 
 
 def pool_membership(n_pool: int, n_shadows: int, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -159,24 +177,36 @@ def _filler(
 
 
 def balanced_design(
-    labels: np.ndarray, pool: np.ndarray, len_training: int, n_shadows: int, *, fraction: float = 0.5, seed=0
+    labels: np.ndarray,
+    pool: np.ndarray,
+    len_training: int,
+    n_shadows: int,
+    *,
+    fraction: float = 0.5,
+    seed=0,
+    share: tuple[int, int] | None = None,
 ) -> Design:
     """The training sets of ``n_shadows`` designed shadows (a multiple of the group of ``fraction``).
 
     labels: int [N] class of every dataset point; pool: dataset indices of the challenge points
     (any order, duplicates allowed); fraction: the wanted share of IN shadows per pool point
-    (:func:`in_count`); seed: int or sequence of ints. Deterministic. The shadows come in groups of
-    g = K / gcd(m, K), each pool point IN for exactly a = m g / K of every group, drawn group by
-    group: with f = 1/2 complementary pairs (each point IN for exactly one of each pair), with
-    f = 3/4 groups of 4 (IN for 3). The first j groups of a design are exactly the design of j g
-    shadows, so a design can grow by whole groups; when m and K share no factor it is one group.
+    (:func:`in_count`); share: (a, g) of a design being grown, which keeps its share whatever K
+    (:func:`kept_in_count`; ``fraction`` is then not read); seed: int or sequence of ints.
+    Deterministic. The shadows come in groups of g = K / gcd(m, K), each pool point IN for
+    exactly a = m g / K of every group, drawn group by group: with f = 1/2 complementary pairs
+    (each point IN for exactly one of each pair), with f = 3/4 groups of 4 (IN for 3). The first j
+    groups of a design are exactly the design of j g shadows, so a design can grow by whole
+    groups; when m and K share no factor it is one group.
     """
     key = [int(v) for v in np.atleast_1d(seed)]
     labels = np.asarray(labels)
     N = len(labels)
     pool = np.unique(np.asarray(pool, dtype=np.int64))
     outside = np.setdiff1d(np.arange(N, dtype=np.int64), pool, assume_unique=True)
-    m = in_count(len(pool), len(outside), len_training, n_shadows, fraction)
+    if share is None:
+        m = in_count(len(pool), len(outside), len_training, n_shadows, fraction)
+    else:
+        m = kept_in_count(len(pool), len(outside), len_training, n_shadows, share)
     common = math.gcd(m, n_shadows)
     g, a = n_shadows // common, m // common
     member = np.concatenate(
@@ -251,30 +281,60 @@ def _read_identity(path: str) -> dict | None:
     return have
 
 
-def claim_design(data_dir: str, track: str, scenario: str, want: dict) -> None:
+ASKED = "fraction_asked"  # the --fraction that made a design: kept beside its identity, not part of it
+
+
+def _core(identity: dict) -> dict:
+    """The identity without the --fraction that asked for it (two requests may give one design)."""
+    return {k: v for k, v in identity.items() if k != ASKED}
+
+
+def kept_share(data_dir: str, track: str, scenario: str, seed: int, pool: np.ndarray, fraction: float):
+    """(a, g) of the scenario's design when this request grows it, else None: same seed and challenge
+    points, and ``fraction`` is what made it (or is its share). A design whose share was moved to fit
+    LEN_TRAINING (at f = 1/2 on CIFAR-10 and the faithful preset) keeps that share as it grows: the
+    nearest share that fits depends on K (5/8 at 128 shadows, 159/256 at 256), and K must not change
+    the design."""
+    have = _read_identity(os.path.join(data_dir, track, scenario, SHADOW_PHASE, DESIGN_FILE))
+    if have is None or have.get("seed") != seed:
+        return None
+    if have.get("pool_sha256") != hashlib.sha256(pool.tobytes()).hexdigest():
+        return None
+    try:
+        a, g = int(have["in_per_group"]), int(have["group"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    asked = Fraction(fraction).limit_denominator(MAX_GROUP)
+    if have.get(ASKED) == fraction or asked == Fraction(a, g):
+        return a, g
+    return None
+
+
+def claim_design(data_dir: str, track: str, scenario: str, want: dict, fraction: float | None = None) -> None:
     """Make ``want`` the scenario's design, or refuse if another design is there.
 
     The identity is checked and ``<scenario>/shadow/design.json`` written under ``shadow/.design.lock``,
     before any model is trained: of two runs with different designs started together, the second
     to get the lock is refused, so a shadow folder never mixes designs. Folders from before the
-    scenario-level file carry their own design.json, checked too.
+    scenario-level file carry their own design.json, checked too. A new design records the
+    ``fraction`` that asked for it (:func:`kept_share`).
     """
     shadow_dir = os.path.join(data_dir, track, scenario, SHADOW_PHASE)
     path = os.path.join(shadow_dir, DESIGN_FILE)
     os.makedirs(shadow_dir, exist_ok=True)
     with locked(os.path.join(shadow_dir, ".design.lock")):
         have = _read_identity(path)
-        if have is not None and have != want:
+        if have is not None and _core(have) != want:
             raise _refusal(path, have, want, shadow_dir)
         for md in layout.models(data_dir, track, scenario, (SHADOW_PHASE,)):
             folder = os.path.join(md.path, DESIGN_FILE)
             theirs = _read_identity(folder)
             if theirs is None:
                 raise layout.LayoutError(f"{folder}: missing; delete {md.path} and rerun")
-            if theirs != want:
+            if _core(theirs) != want:
                 raise _refusal(md.path, theirs, want, shadow_dir)
         if have is None:
-            write_text(path, json.dumps(want, indent=2) + "\n")
+            write_text(path, json.dumps(want | ({} if fraction is None else {ASKED: fraction}), indent=2) + "\n")
 
 
 def designed_jobs(
@@ -288,13 +348,17 @@ def designed_jobs(
     fraction: float = 0.5,
 ) -> tuple[list[Job], Design]:
     """The jobs of a balanced design of ``n`` shadows for ``scenario`` (``<scenario>/shadow/model_<k>``),
-    each challenge point IN for ``fraction`` of them (:func:`in_count`). The design becomes the
-    scenario's (:func:`claim_design`); another design already there is refused."""
+    each challenge point IN for ``fraction`` of them (:func:`in_count`), or the scenario's design grown
+    with its own share (:func:`kept_share`). The design becomes the scenario's
+    (:func:`claim_design`); another design already there is refused."""
     pool = challenge_pool(data_dir, track, scenario, params, len(dataset))
     si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
-    design = balanced_design(dataset.y, pool, params.len_training, n, fraction=fraction, seed=[seed, 200 + si])
+    share = kept_share(data_dir, track, scenario, seed, np.unique(pool.astype(np.int64)), fraction)
+    design = balanced_design(
+        dataset.y, pool, params.len_training, n, fraction=fraction, seed=[seed, 200 + si], share=share
+    )
     want = _identity(design, seed)
-    claim_design(data_dir, track, scenario, want)
+    claim_design(data_dir, track, scenario, want, fraction)
     text = json.dumps(want, indent=2) + "\n"
     jobs = []
     for k, train in enumerate(design.train_sets):

@@ -2,6 +2,7 @@
 and killed runs, and every attack using them (LiRA against the slow per-point reference)."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -330,6 +331,32 @@ def roomy(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("roomy") / "data")
     build_synthetic(root, TRACK, device="cpu", **{**SMALL, "n_points": 2400, "len_training": 900})
     return root
+
+
+def test_a_design_whose_share_was_moved_keeps_it_as_it_grows(small_challenge, tmp_path):
+    """Where --fraction cannot fit LEN_TRAINING the nearest share that fits depends on K (here 0.75
+    gives 8 of 16 but 17 of 32): growing keeps the design's share, found from the --fraction that
+    made it, instead of refusing the run as another design."""
+    copy = _copy(small_challenge, tmp_path)
+    params = load_params(copy, TRACK)
+    dataset = load_dataset(params)
+    _, first = designed_jobs(copy, TRACK, SCENARIO, params, dataset, 16, 0, 0.75)
+    _, grown = designed_jobs(copy, TRACK, SCENARIO, params, dataset, 32, 0, 0.75)
+    assert (first.in_count, grown.in_count, grown.group) == (8, 16, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(grown.train_sets, first.train_sets))
+    path = os.path.join(copy, TRACK, SCENARIO, "shadow", DESIGN_FILE)
+    with open(path) as f:
+        assert json.load(f)["fraction_asked"] == 0.75
+    with pytest.raises(ValueError, match="--n 5: .* multiple of 2"):
+        designed_jobs(copy, TRACK, SCENARIO, params, dataset, 5, 0, 0.75)
+    # a design.json from before the request was recorded: its own share grows it, another is refused
+    with open(path) as f:
+        old = {k: v for k, v in json.load(f).items() if k != "fraction_asked"}
+    with open(path, "w") as f:
+        json.dump(old, f)
+    assert designed_jobs(copy, TRACK, SCENARIO, params, dataset, 32, 0, 0.5)[1].in_count == 16
+    with pytest.raises(layout.LayoutError, match="--fraction 0.5 and --n a multiple of 2"):
+        designed_jobs(copy, TRACK, SCENARIO, params, dataset, 32, 0, 0.75)
 
 
 def test_two_designs_started_together_the_second_is_refused(roomy, tmp_path):
