@@ -47,6 +47,7 @@ import json
 import os
 import sys
 import time
+from fractions import Fraction
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -328,8 +329,29 @@ def aggregate(args) -> dict:
             base = rows, avgs, reps
         else:
             gains(rows, avgs, reps, *base)
-        out[setting_name(f, k)] = {"fraction": f, "shadows": k, "rows": rows}
+        shares = {} if f is None else {sc: share_used(args.out, f, sc) for sc in args.scenarios}
+        out[setting_name(f, k)] = {"fraction": f, "shares": shares, "shadows": k, "rows": rows}
     return out
+
+
+def share_used(out: str, f: float, scenario: str) -> str:
+    """The share of shadows each challenge point is IN for in the scenario's design at --fractions f,
+    as its design.json records it ('5/8'): where f cannot give training sets of LEN_TRAINING (f = 1/2
+    on the faithful preset: its challenge points are 63% of the dataset) the design uses the nearest
+    share that can (production.design.in_count)."""
+    path = os.path.join(view_dir(out, f), "data", TRACK, scenario, "shadow", "design.json")
+    with open(path) as fh:
+        d = json.load(fh)
+    return f"{int(d['in_per_group'])}/{int(d['group'])}"
+
+
+def ftext(s: dict) -> str:
+    """A setting's f as asked, and the share used where the design had to move it: '0.5 (5/8 used)'."""
+    if s["fraction"] is None:
+        return "—"
+    used = sorted(set(s.get("shares", {}).values()))
+    moved = [u for u in used if Fraction(u) != Fraction(s["fraction"]).limit_denominator(1000)]
+    return f"{s['fraction']:g}" + (f" ({', '.join(used)} used)" if moved else "")
 
 
 def gains(rows: dict, avgs: dict, reps: dict, rows0: dict, avgs0: dict, reps0: dict) -> None:
@@ -401,7 +423,7 @@ def table(results: dict, scenarios: list) -> list[str]:
             if lb == WINNER and s["shadows"]:
                 continue  # the winner as submitted uses the train models only: its k = 0 row says it
             r = s["rows"][lb]
-            cells = [lb, "—" if s["fraction"] is None else f"{s['fraction']:g}", str(s["shadows"])]
+            cells = [lb, ftext(s), str(s["shadows"])]
             cells += [pm(r["scenarios"][sc][col]) for sc in scenarios for col, _, _ in FPRS]
             cells += [pm(r["avg TPR@10%"])] + [dpm(r[f"avg TPR@10% - {ref}"]) for ref in (WINNER, CONFIG)]
             if INF in scenarios:
@@ -411,7 +433,7 @@ def table(results: dict, scenarios: list) -> list[str]:
 
 
 def setting_text(s: dict) -> str:
-    return "k = 0" if not s["shadows"] else f"f = {s['fraction']:g}, k = {s['shadows']}"
+    return "k = 0" if not s["shadows"] else f"f = {ftext(s)}, k = {s['shadows']}"
 
 
 def summary_table(results: dict) -> list[str]:
@@ -449,7 +471,7 @@ def gains_table(results: dict) -> list[str]:
         for s in cells:
             g = s["rows"][lb]["gain over k=0"]
             text = [f"**{dpm(g[c])}**" if paying(g[c]) else dpm(g[c]) for c in cols]
-            lines.append(f"| {lb} | {s['fraction']:g} | {s['shadows']} | " + " | ".join(text) + " |")
+            lines.append(f"| {lb} | {ftext(s)} | {s['shadows']} | " + " | ".join(text) + " |")
     return lines
 
 
@@ -482,7 +504,7 @@ def auto_table(results: dict, scenarios: list) -> list[str]:
     for s in results.values():
         for sc in scenarios:
             a = s["rows"][AUTO]["scenarios"][sc]
-            f = "—" if s["fraction"] is None else f"{s['fraction']:g}"
+            f = ftext(s)
             lines.append(
                 f"| {f} | {s['shadows']} | {sc} | {a['chose']} | {a['train, in-sample']:.4f} | "
                 f"{pm(a['honest split-half'])} | {'; '.join(a['halves chose'])} | {pm(a['TPR@10%'])} |"
@@ -528,6 +550,8 @@ def plot(results: dict, scenarios: list, path: str) -> None:
     )
     k0 = results["k0"]["rows"]
     fractions = sorted({s["fraction"] for s in results.values() if s["fraction"] is not None})
+    names = {s["fraction"]: ftext(s) for s in results.values() if s["fraction"] is not None}
+    ks = sorted({s["shadows"] for s in results.values()})  # evenly spaced: 0, 32, ..., 256 read alike
     for ax, (where, col, title) in zip(axes, panels):
         for i, lb in enumerate(LABELS):
             if lb == WINNER:
@@ -535,7 +559,7 @@ def plot(results: dict, scenarios: list, path: str) -> None:
                 continue
             for j, f in enumerate(fractions or [None]):
                 cells = [s for s in results.values() if s["shadows"] == 0 or s["fraction"] == f]
-                x = [s["shadows"] + 0.6 * j for s in cells]
+                x = [ks.index(s["shadows"]) + 0.06 * j for s in cells]
                 y = np.array([_metric(s["rows"][lb], where, col) for s in cells])
                 ax.errorbar(
                     x,
@@ -549,6 +573,7 @@ def plot(results: dict, scenarios: list, path: str) -> None:
                     label=lb if j == 0 else None,
                 )
         ax.set(xlabel="designed shadows per scenario (besides MICO's train models)", ylabel=col, title=title)
+        ax.set_xticks(range(len(ks)), [str(k) for k in ks])
         ax.grid(alpha=0.3)
     handles, lbls = axes[0].get_legend_handles_labels()
     fig.legend(
@@ -557,7 +582,7 @@ def plot(results: dict, scenarios: list, path: str) -> None:
         loc="center right",
         fontsize=8,
         frameon=False,
-        title=" / ".join(f"{['solid', 'dashed', 'dotted'][j % 3]}: f = {f:g}" for j, f in enumerate(fractions)),
+        title="\n".join(f"{['solid', 'dashed', 'dotted'][j % 3]}: f = {names[f]}" for j, f in enumerate(fractions)),
     )
     fig.tight_layout(rect=(0, 0, 0.78, 1))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

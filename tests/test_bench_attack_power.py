@@ -140,3 +140,10 @@ def test_gains_over_no_shadows_pair_the_bootstrap_draws():
     bench.gains(rows, avgs, reps, *zero)
     d, se = rows[bench.AUTO]["gain over k=0"]["avg TPR@10%"]
     assert se > 0.02 and not bench.paying([d, se])
+
+
+def test_a_moved_share_is_shown_beside_the_fraction_asked():
+    assert bench.ftext({"fraction": None, "shadows": 0}) == "—"
+    assert bench.ftext({"fraction": 0.5, "shares": {"a": "1/2", "b": "1/2"}, "shadows": 32}) == "0.5"
+    assert bench.ftext({"fraction": 0.5, "shares": {"a": "5/8", "b": "5/8"}, "shadows": 32}) == "0.5 (5/8 used)"
+    assert bench.ftext({"fraction": 0.75, "shares": {"a": "3/4"}, "shadows": 32}) == "0.75"
