@@ -34,6 +34,8 @@ def test_bench_attack_power(tmp_path, capsys, single_thread):
     argv += ["--len-challenge", "5", "--epochs", "1", "--shadows", "0,2", "--fractions", "0.5"]
     argv += ["--train-models", "6", "--target-models", "1", "--scenarios", "purchase100_inf"]
     bench = _bench("bench_attack_power")
+    assert bench.main([*argv, "--build-only"]) == 0  # what a second process beside the full run does
+    assert not (out / "scores").exists() and len(list(out.glob("f0.5/data/purchase100/*/shadow/model_*"))) == 2
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
     md = (out / "attack_power.md").read_text()
