@@ -103,7 +103,8 @@ def test_every_score_carries_a_standard_error(tmp_path, capsys):
     argv += ["--epochs", "1", "--shadows", "0,4", "--fractions", "0.5,0.75", "--bootstrap", "5", "--device", "cpu"]
     argv += ["--train-models", "6", "--target-models", "1", "--scenarios", "purchase100_inf"]
     assert bench.main(argv) == 0
-    rows = [r for r in open(tmp_path / "attack_power.md").read().splitlines() if r.startswith("| MICO winner")]
+    power = open(tmp_path / "attack_power.md").read().split("## Attack power")[1].split("## ")[0]
+    rows = [r for r in power.splitlines() if r.startswith("| MICO winner")]
     cells = rows[0].strip("|").split("|")[3:]
     assert len(cells) == 3 + 1 + 2 + 2 and all("±" in c for c in cells)
     assert {r.split(" | ")[1] for r in rows} == {"—", "0.5", "0.75"}
