@@ -50,17 +50,27 @@ def model_seeds(*key: int) -> tuple[int, int, int]:
 
 
 SECRET_FILE = "training_secret"  # in <data-dir>/<track>/solutions/, beside the ground truth
+# Tests only: a fixed secret (64 hex digits) for new challenges, so that the suite's fixtures train
+# the same models on every run. A challenge built with a known secret has no private targets.
+TEST_SECRET_ENV = "MICO_TEST_TRAINING_SECRET"
 
 
 def training_secret(data_dir: str, track: str) -> bytes:
-    """The challenge's training secret: 32 bytes from ``os.urandom``, written once (hex) to
-    ``<data_dir>/<track>/solutions/training_secret`` and read back by every later build, so a
-    rerun resumes with the same models. The caller holds the build lock. Like MICO's
-    ``--train_seed``, it never enters a model folder: no published file regenerates a model."""
+    """The challenge's training secret: 32 bytes from ``os.urandom`` (or ``$MICO_TEST_TRAINING_SECRET``,
+    for tests), written once (hex) to ``<data_dir>/<track>/solutions/training_secret`` and read back
+    by every later build, so a rerun resumes with the same models. The caller holds the build lock.
+    Like MICO's ``--train_seed``, it never enters a model folder: no published file regenerates a model."""
     path = os.path.join(data_dir, track, "solutions", SECRET_FILE)
     if not os.path.exists(path):
+        fixed = os.environ.get(TEST_SECRET_ENV, "").strip()
+        try:
+            ok = len(bytes.fromhex(fixed)) == 32
+        except ValueError:
+            ok = False
+        if fixed and not ok:
+            raise ValueError(f"${TEST_SECRET_ENV}: 64 hex digits (a test-only fixed secret), or unset it")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_text(path, os.urandom(32).hex() + "\n")
+        write_text(path, (fixed or os.urandom(32).hex()) + "\n")
     try:
         secret = bytes.fromhex(open(path).read().strip())
     except ValueError:

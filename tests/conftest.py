@@ -12,6 +12,9 @@ from production.synthetic import build_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# Every challenge the suite builds (fixtures, and scripts it starts) trains the same models on every
+# run; tests/test_synthetic.py checks the secret's own behaviour with and without it.
+os.environ.setdefault("MICO_TEST_TRAINING_SECRET", "5eed" * 16)
 
 TINY = {
     "purchase100": dict(n_points=1200, len_training=700, n_train=6, n_dev=2, n_final=2, epochs=4, seed=1),

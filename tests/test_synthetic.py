@@ -15,7 +15,7 @@ from challenges.tracks import load_params, scenario_names
 from models.batched import train_batched
 from models.loading import load_model
 from models.train import recipe_for
-from production.folders import model_seeds, private_seed, seeded_job, training_secret
+from production.folders import TEST_SECRET_ENV, model_seeds, private_seed, seeded_job, training_secret
 from production.synthetic import PRESETS, _split_seeds, build_synthetic, make_purchase_shoppers
 from tests.conftest import TINY, run_script
 
@@ -214,3 +214,17 @@ def test_preset_build_prints_the_winners_figure(tmp_path, capsys):
     assert len(line) == 1 and "(2 targets): TPR@10%FPR" in line[0] and " ± " in line[0]
     assert "the real challenge's [0.15, 0.35]" in line[0] and "held-out accuracy" in line[0]
     assert load_params(str(tmp_path / "d"), "purchase100").generator == "shoppers"
+
+
+def test_the_training_secret_is_random_unless_a_test_fixes_it(tmp_path, monkeypatch):
+    """os.urandom for every new challenge; $MICO_TEST_TRAINING_SECRET (which the suite sets, so its
+    fixtures train the same models on each run) for new challenges only; a bad value is one line."""
+    monkeypatch.delenv(TEST_SECRET_ENV, raising=False)
+    a, b = (training_secret(str(tmp_path / d), "purchase100") for d in ("a", "b"))
+    assert len(a) == len(b) == 32 and a != b
+    monkeypatch.setenv(TEST_SECRET_ENV, "ab" * 32)
+    assert training_secret(str(tmp_path / "c"), "purchase100") == bytes.fromhex("ab" * 32)
+    assert training_secret(str(tmp_path / "a"), "purchase100") == a  # a challenge keeps its own
+    monkeypatch.setenv(TEST_SECRET_ENV, "xyz")
+    with pytest.raises(ValueError, match=r"\$MICO_TEST_TRAINING_SECRET: 64 hex digits"):
+        training_secret(str(tmp_path / "d"), "purchase100")
