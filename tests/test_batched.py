@@ -68,6 +68,14 @@ def _assert_same_models(got, ref, atol):
             torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
 
 
+def case_data(track: str, sizes=None):
+    """(CASES[track], inputs, labels, training sets): the case's data, with its own set sizes
+    unless ``sizes`` are given."""
+    c = CASES[track]
+    x, y = _data(track, c["n"])
+    return c, x, y, _sets(c["n"], c["sizes"] if sizes is None else sizes)
+
+
 # Both tracks; training sets of different sizes (and so different step counts per epoch) in one
 # group, the purchase100 one with two equal ones too. DP at a learning rate low enough that the
 # models do not fit perfectly: Adam on vanishing gradients, or SGD at MICO's DP rate 0.5 on these
@@ -95,9 +103,7 @@ CASES = {
 
 @pytest.mark.parametrize("track", sorted(CASES))
 def test_nonprivate_equals_sequential(track):
-    c = CASES[track]
-    x, y = _data(track, c["n"])
-    sets = _sets(c["n"], c["sizes"])
+    c, x, y, sets = case_data(track)
     recipe = recipe_for(track, "inf", **c["overrides"])
     got = train_batched(track, recipe, x, y, sets, c["seeds"], eval_sets=sets[::-1], device="cpu")
     ref = _sequential(track, recipe, x, y, sets, c["seeds"])
@@ -137,9 +143,7 @@ def no_noise(monkeypatch):
 def test_dp_clipping_equals_opacus(no_noise, track):
     # Both trainers draw model k's Poisson batches from the same generator state, so they see
     # identical batches; the clipping norm is small enough to clip most samples.
-    c = CASES[track]
-    x, y = _data(track, c["n"])
-    sets = _sets(c["n"], c["sizes"])
+    c, x, y, sets = case_data(track)
     recipe = recipe_for(track, "lo", max_grad_norm=0.5, lr=c["dp_lr"], **c["overrides"])
     got = train_batched(track, recipe, x, y, sets, c["seeds"], device="cpu")
     ref = _sequential(track, recipe, x, y, sets, c["seeds"])
@@ -153,9 +157,7 @@ def test_dp_clipping_equals_opacus(no_noise, track):
 def test_dp_with_noise_equals_opacus(track):
     # The same generator states give the same noise too, and each model's own noise multiplier
     # (set sizes differ, so sample rates differ) and epsilon.
-    c = CASES[track]
-    x, y = _data(track, c["n"])
-    sets = _sets(c["n"], c["sizes"])
+    c, x, y, sets = case_data(track)
     recipe = recipe_for(track, "lo", lr=c["dp_lr"], **c["overrides"])
     got = train_batched(track, recipe, x, y, sets, c["seeds"], device="cpu")
     ref = _sequential(track, recipe, x, y, sets, c["seeds"])
@@ -177,9 +179,8 @@ def test_noise_std_per_model(monkeypatch):
         return {n: torch.zeros_like(p) for n, p in params.items()}, zeros, zeros.long()
 
     monkeypatch.setitem(batched.GRADS, "purchase100", zero_grads)
-    c = CASES["purchase100"]
-    x, y = _data("purchase100", c["n"])
-    sets, seeds = _sets(c["n"], (96, 70, 96)), (11, 12, 11)
+    c, x, y, sets = case_data("purchase100", (96, 70, 96))
+    seeds = (11, 12, 11)
     recipe = recipe_for("purchase100", "lo", optimizer="sgd", lr=1.0, **c["overrides"])
     got = train_batched("purchase100", recipe, x, y, sets, seeds, device="cpu")
     deltas = []
@@ -324,9 +325,7 @@ def test_stacked_optimizer_matches_torch(optimizer, momentum):
 
 
 def test_train_many_groups_like_one_batch():
-    c = CASES["purchase100"]
-    x, y = _data("purchase100", c["n"])
-    sets = _sets(c["n"], (96, 70, 96))
+    c, x, y, sets = case_data("purchase100", (96, 70, 96))
     recipe = recipe_for("purchase100", "lo", **c["overrides"])
     calls = []
     many = list(
@@ -452,9 +451,7 @@ def test_device_poisson_batches_do_not_depend_on_the_group():
 
 def test_device_streams_nonprivate_equal_exact():
     # No randomness after initialisation without shuffling: both streams give the same models.
-    c = CASES["purchase100"]
-    x, y = _data("purchase100", c["n"])
-    sets = _sets(c["n"], c["sizes"])
+    c, x, y, sets = case_data("purchase100")
     recipe = recipe_for("purchase100", "inf", **c["overrides"])
     got = train_batched("purchase100", recipe, x, y, sets, c["seeds"], device="cpu", streams="device")
     _assert_same_models(got, train_batched("purchase100", recipe, x, y, sets, c["seeds"], device="cpu"), atol=1e-6)
@@ -483,9 +480,7 @@ def test_device_shuffles():
 def test_device_dp_accounting_equals_sequential():
     # Device streams change the random numbers, not the privacy: each model's noise multiplier and
     # epsilon are train_model's (the same sizes as test_dp_with_noise_equals_opacus: cached).
-    c = CASES["purchase100"]
-    x, y = _data("purchase100", c["n"])
-    sets = _sets(c["n"], c["sizes"])
+    c, x, y, sets = case_data("purchase100")
     recipe = recipe_for("purchase100", "lo", lr=c["dp_lr"], **c["overrides"])
     got = train_batched("purchase100", recipe, x, y, sets, c["seeds"], device="cpu", streams="device")
     assert_dp_accounting(got, sets, recipe)

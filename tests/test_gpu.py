@@ -24,7 +24,7 @@ from challenges import cache, layout
 from models import batched, build_model, load_model
 from models.batched import auto_parallel, train_batched, train_many
 from models.train import recipe_for, train_model
-from tests.test_batched import CASES, _assert_same_models, _data, _sets, assert_dp_accounting
+from tests.test_batched import CASES, _assert_same_models, _data, _sets, assert_dp_accounting, case_data
 
 DEV = os.environ.get("MICO_GPU_TEST_DEVICE", "cuda")  # "cpu": a rehearsal (module docstring)
 pytestmark = [
@@ -51,9 +51,7 @@ def _on_cuda(track, recipe, x, y, sets, seeds):
 def test_nonprivate_equals_train_model_on_cuda(track, shuffle):
     # Device streams (CUDA's default): no randomness without shuffling, and the shuffles are
     # train_model's (the CUDA generator seeded with the model's seed).
-    c = CASES[track]
-    x, y = _data(track, c["n"])
-    sets = _sets(c["n"], c["sizes"])
+    c, x, y, sets = case_data(track)
     recipe = recipe_for(track, "inf", shuffle=shuffle, **c["overrides"])
     got = train_batched(track, recipe, x, y, sets, c["seeds"], device=DEV)
     assert all(next(r.model.parameters()).device.type == DEV for r in got)
@@ -67,9 +65,7 @@ def test_nonprivate_equals_train_model_on_cuda(track, shuffle):
 def test_exact_streams_dp_equal_train_model_on_cuda(track):
     # Exact streams on CUDA: Poisson batches from the CPU generator, noise from the CUDA one that
     # train_model's torch.manual_seed seeds, per parameter as Opacus draws it.
-    c = CASES[track]
-    x, y = _data(track, c["n"])
-    sets = _sets(c["n"], c["sizes"])
+    c, x, y, sets = case_data(track)
     recipe = recipe_for(track, "lo", lr=c["dp_lr"], **c["overrides"])
     got = train_batched(track, recipe, x, y, sets, c["seeds"], device=DEV, streams="exact")
     _assert_same_models(got, _on_cuda(track, recipe, x, y, sets, c["seeds"]), atol=ATOL)
@@ -79,9 +75,7 @@ def test_exact_streams_dp_equal_train_model_on_cuda(track):
 def test_device_streams_dp_accounting_on_cuda(track):
     # Device streams: other random numbers, the same privacy (noise multiplier, sample rate,
     # steps, epsilon) as train_model on CUDA.
-    c = CASES[track]
-    x, y = _data(track, c["n"])
-    sets = _sets(c["n"], c["sizes"])
+    c, x, y, sets = case_data(track)
     recipe = recipe_for(track, "lo", lr=c["dp_lr"], **c["overrides"])
     got = train_batched(track, recipe, x, y, sets, c["seeds"], device=DEV, streams="device")
     ref = _on_cuda(track, recipe, x, y, sets[:1], c["seeds"][:1])[0]
@@ -97,9 +91,8 @@ def test_device_noise_std_on_cuda(monkeypatch):
         return {n: torch.zeros_like(p) for n, p in params.items()}, zeros, zeros.long()
 
     monkeypatch.setitem(batched.GRADS, "purchase100", zero_grads)
-    c = CASES["purchase100"]
-    x, y = _data("purchase100", c["n"])
-    sets, seeds = _sets(c["n"], (96, 70, 96)), (11, 12, 13)
+    c, x, y, sets = case_data("purchase100", (96, 70, 96))
+    seeds = (11, 12, 13)
     recipe = recipe_for("purchase100", "lo", optimizer="sgd", lr=1.0, **c["overrides"])
     got = train_batched("purchase100", recipe, x, y, sets, seeds, device=DEV, streams="device")
     deltas = []
@@ -182,9 +175,7 @@ def test_train_many_and_auto_parallel_on_cuda():
     for track, suffix in [("purchase100", "inf"), ("purchase100", "lo"), ("cifar10", "inf"), ("cifar10", "lo")]:
         k = auto_parallel(track, recipe_for(track, suffix), DEV, n_train=50_000)
         assert 1 <= k <= batched.MAX_PARALLEL[DEV]
-    c = CASES["purchase100"]
-    x, y = _data("purchase100", c["n"])
-    sets = _sets(c["n"], (96, 70, 96))
+    c, x, y, sets = case_data("purchase100", (96, 70, 96))
     recipe = recipe_for("purchase100", "inf", shuffle=True, **c["overrides"])
     many = [r for _, r in train_many("purchase100", recipe, x, y, sets, (1, 2, 3), parallel=2, device=DEV)]
     _assert_same_models(many, train_batched("purchase100", recipe, x, y, sets, (1, 2, 3), device=DEV), atol=ATOL)
