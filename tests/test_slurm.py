@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 import run_lira_mia
 import save_preds
@@ -284,15 +283,12 @@ def _job_env(data_dir, cache_dir, tmp_path, **extra) -> dict:
 
 def _single_machine(data_dir, cache_dir, report_dir) -> None:
     """The same three steps in one process, unsharded, on one thread as the jobs are (bits of
-    float32 sums depend on how many threads share them)."""
+    float32 sums depend on how many threads share them; the caller holds single_thread, which gives
+    this process its thread count back)."""
     common = ["--challenge", TRACK, "--data-dir", data_dir]
     train = ["--scenario", SCENARIO, "--n", "4", "--design", "balanced", "--epochs", "1", "--parallel", "1"]
-    threads = torch.get_num_threads()
-    try:
-        assert train_shadows.main([*common, *train, "--device", "cpu", "--threads", "1"]) == 0
-        assert save_preds.main([*common, "--cache-dir", cache_dir, "--device", "cpu", "--threads", "1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert train_shadows.main([*common, *train, "--device", "cpu", "--threads", "1"]) == 0
+    assert save_preds.main([*common, "--cache-dir", cache_dir, "--device", "cpu", "--threads", "1"]) == 0
     attack = ["--cache-dir", cache_dir, "--report-dir", report_dir, "--global_variance", "--evaluate"]
     assert run_lira_mia.main([*common, *attack]) == 0
 
@@ -360,7 +356,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 @pytest.mark.slow
-def test_slurm_pipeline_equals_a_single_machine_run(cluster, small_challenge, tmp_path):
+def test_slurm_pipeline_equals_a_single_machine_run(cluster, small_challenge, tmp_path, single_thread):
     """submit.sh on the cluster (a 2-task training array, a 2-task caching array, the dependent
     attack) leaves what one unsharded run leaves; then a caching task killed mid-write (scancel) and
     requeued ends as an uninterrupted run."""
