@@ -69,7 +69,7 @@ from challenges.fileio import atomic_path, write_text  # noqa: E402
 from challenges.scenario import ScenarioData, load_scenario  # noqa: E402
 from challenges.tracks import load_params, scenario_names, scenario_suffix  # noqa: E402
 from models.train import recipe_for  # noqa: E402
-from production.design import designed_jobs  # noqa: E402
+from production.design import MAX_GROUP, designed_jobs  # noqa: E402
 from production.folders import train_with_progress  # noqa: E402
 from production.synthetic import build_synthetic  # noqa: E402
 
@@ -352,7 +352,7 @@ def ftext(s: dict) -> str:
     if s["fraction"] is None:
         return "—"
     used = sorted(set(s.get("shares", {}).values()))
-    moved = [u for u in used if Fraction(u) != Fraction(s["fraction"]).limit_denominator(1000)]
+    moved = [u for u in used if Fraction(u) != Fraction(s["fraction"]).limit_denominator(MAX_GROUP)]
     return f"{s['fraction']:g}" + (f" ({', '.join(used)} used)" if moved else "")
 
 

@@ -233,6 +233,11 @@ def balanced_design(
     return Design(pool, m, n_shadows, sets, g)
 
 
+def _pool_sha256(pool: np.ndarray) -> str:
+    """The identity's fingerprint of a design's challenge points (sorted unique int64 indices)."""
+    return hashlib.sha256(pool.tobytes()).hexdigest()
+
+
 def _identity(design: Design, seed: int) -> dict:
     """What makes two designed shadows parts of one design (``shadow/design.json`` and each folder's).
     Not the number of shadows: the first j groups of every design with this identity are the same
@@ -243,7 +248,7 @@ def _identity(design: Design, seed: int) -> dict:
         "seed": seed,
         "group": design.group,
         "in_per_group": design.in_count * design.group // design.n_shadows,
-        "pool_sha256": hashlib.sha256(design.pool.tobytes()).hexdigest(),
+        "pool_sha256": _pool_sha256(design.pool),
     }
 
 
@@ -298,7 +303,7 @@ def kept_share(data_dir: str, track: str, scenario: str, seed: int, pool: np.nda
     have = _read_identity(os.path.join(data_dir, track, scenario, SHADOW_PHASE, DESIGN_FILE))
     if have is None or have.get("seed") != seed:
         return None
-    if have.get("pool_sha256") != hashlib.sha256(pool.tobytes()).hexdigest():
+    if have.get("pool_sha256") != _pool_sha256(pool):
         return None
     try:
         a, g = int(have["in_per_group"]), int(have["group"])
