@@ -8,10 +8,11 @@ and an extra_shadow file marks it as ours (a balanced design leaves its challeng
 scenario is IN for exactly the same number of them (--fraction of them, half by default, or the
 nearest share that lets every shadow reach LEN_TRAINING; never all or none), the rest drawn from
 outside the challenge points, class balance kept. --n is a multiple of the group (f = 1/2: pairs;
-f = 3/4: groups of 4). They go to <scenario>/shadow/model_<k>/ with their training set stored
-explicitly; they are shadows only (never targets, never submitted, never evaluated). A scenario
-holds one design (shadow/design.json, written under a lock: a run with another --seed or
---fraction is refused), which can grow by whole groups: --n 64 after --n 32 keeps the first 32.
+f = 3/4: groups of 4; a moved share keeps its own, e.g. 8 at 5/8, as the design grows). They go to
+<scenario>/shadow/model_<k>/ with their training set stored explicitly; they are shadows only (never
+targets, never submitted, never evaluated). A scenario holds one design (shadow/design.json, written
+under a lock: a run with another --seed or --fraction is refused), which can grow by whole groups:
+--n 64 after --n 32 keeps the first 32.
 
 Both: models train --parallel at a time with the batched trainer (default: as many as the
 device's memory holds), a folder appears only once complete, a rerun trains only what is missing
