@@ -20,7 +20,7 @@ from attacks.options import AttackOptions
 from attacks.suite import make_attack
 from challenges import cli, download, layout, scoring
 from challenges.fileio import one_line
-from challenges.scenario import load_scenario
+from challenges.scenario import load_scenario, target_truth
 from challenges.tracks import load_params, scenario_names, scenario_suffix
 from models import set_threads
 from production.synthetic import PRESET_RANGES, PRESETS, build_synthetic
@@ -129,8 +129,9 @@ def fetch(args) -> None:
 
 
 def print_difficulty(data_dir: str, cache_dir: str, track: str, scenarios) -> None:
-    """The preset's figures: the MICO winner as submitted on dev+final against the synthetic ground
-    truth (TPR@10%FPR with its bootstrap standard error over targets) and the models' held-out
+    """The preset's figures: the MICO winner as submitted on dev and final against the synthetic ground
+    truth (TPR@10%FPR of each phase on its own, as MICO scored them, then their mean, with its
+    bootstrap standard error over targets resampled within each phase) and the models' held-out
     accuracy, next to the real challenge's range (PRESET_RANGES)."""
     params = load_params(data_dir, track)
     for scenario in scenarios:
@@ -140,16 +141,17 @@ def print_difficulty(data_dir: str, cache_dir: str, track: str, scenarios) -> No
         data = load_scenario(data_dir, cache_dir, track, scenario, params, params.n_points, ("phi", "mentr"))
         rows = np.concatenate([data.phase_rows("dev"), data.phase_rows("final")])
         scores = make_attack(AttackOptions(attack="mico-winner"))(data, rows, np.full(len(rows), -1))
-        truth = data.solutions[rows]
-        tpr = scoring.score(truth.ravel(), scores.ravel())[scoring.RANKING_KEY]
-        se = scoring.paired_se(scoring.bootstrap_tpr(truth, {"winner": scores}, fpr=0.1, n_boot=200)["winner"])
+        phases = [data.models[r].phase for r in rows]
+        m = scoring.phase_mean(target_truth(data, rows), scores, phases, n_boot=200)  # each phase on its own
+        tpr, se = m[scoring.RANKING_KEY], m[scoring.RANKING_KEY + scoring.SE_SUFFIX]
         lo, hi = PRESET_RANGES[scenario_suffix(scenario)]
         accs = [
             float(open(os.path.join(md.path, "accuracy")).read()) for md in layout.models(data_dir, track, scenario)
         ]
         verdict = "in" if lo <= tpr <= hi else "OUTSIDE"
         print(
-            f"{scenario}: MICO winner as submitted, dev+final ({len(rows)} targets): TPR@10%FPR {tpr:.3f} "
+            f"{scenario}: MICO winner as submitted, dev and final ({len(rows)} targets; each phase scored on its "
+            f"own, then their mean): TPR@10%FPR {tpr:.3f} "
             f"± {se:.3f} ({verdict} the real challenge's [{lo:.2f}, {hi:.2f}]); held-out accuracy "
             f"{np.mean(accs):.3f} (mean of {len(accs)} models, min {min(accs):.3f}, max {max(accs):.3f})",
             flush=True,

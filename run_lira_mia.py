@@ -40,12 +40,12 @@ from attacks.suite import (
 from challenges import cache, cli, evaluation, layout, report, scoring, submission
 from challenges.datasets import load_dataset
 from challenges.fileio import write_text
-from challenges.scenario import load_scenario, runner_up_note
-from challenges.tracks import load_params
+from challenges.scenario import load_scenario, runner_up_note, target_truth
+from challenges.tracks import TARGET_PHASES, TARGETS, load_params
 
 # AttackOptions field -> the flag that sets it (filled by build_parser), to render commands.
 OPTION_FLAGS: dict[str, str] = {}
-AUTO = "Auto (best train leave-one-out TPR@10%FPR per scenario)"
+AUTO = "Auto (best train leave-one-out TPR@10%FPR per scenario; its train score is in-sample)"
 AUTO_HONEST = "Auto, honest estimate (each half scored with the choice made on the other half)"
 BOOTSTRAP_REFERENCES = {WINNER: "winner as submitted", WINNER_CONFIGURATION: "winner's configuration"}
 
@@ -204,37 +204,45 @@ def scenarios_data(args, fields, runs, runner_up: bool = False):
 
 def compare(args, options: AttackOptions) -> str:
     """Score every row of the line-up leave-one-out, then auto's rows and the paired bootstrap
-    standard errors; write report.md; return its path."""
+    standard errors (train; dev and final where their truth is known); write report.md; return its path."""
     runs = with_shared(COMPARE, options)
     fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o)}))
     scores = {label: {} for label, _ in runs} | {AUTO: {}, AUTO_HONEST: {}}
-    notes, replicates = [], {}
+    notes, replicates, target_reps = [], {}, {}
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     bar = tqdm(total=(len(runs) + 1) * n_scenarios, desc="compare", unit="run")
     rows = [o for _, o in runs]
     for i, data in enumerate(scenarios_data(args, fields, rows, runner_up=any(needs_runner_up(o) for o in rows))):
-        train = {}
+        train, targets = {}, {}
         for label, o in runs:
             bar.set_postfix_str(f"{data.scenario}: {label}")
             results = evaluation.attack_scenario(data, make_attack(o), evaluate=True)
-            scores[label][data.scenario] = evaluation.score_results(data, results)
+            scores[label][data.scenario] = evaluation.score_results(data, results, seed=i)
             train[label] = results["train"]
+            targets[label] = results
             bar.update()
         bar.set_postfix_str(f"{data.scenario}: auto's honest estimate")
-        train[AUTO], train[AUTO_HONEST], halves, note = compare_auto(data, options, train, scores)
+        train[AUTO], train[AUTO_HONEST], halves, choice, note = compare_auto(data, options, train, scores)
+        targets[AUTO] = targets[choice]
         notes += note
         rows = train[AUTO][0]
         replicates[data.scenario] = scoring.bootstrap_tpr(
-            data.solutions[rows],
+            target_truth(data, rows),
             {lb: s for lb, (_, s) in train.items()},
             seed=i,
             strata=halves,
             by_stratum=(AUTO_HONEST,),
         )
+        # auto's in-sample score is the best of the line-up: each resample makes the choice again
+        lineup = [lb for lb, _ in AUTO_LINEUP]
+        replicates[data.scenario][AUTO] = np.max([replicates[data.scenario][lb] for lb in lineup], axis=0)
+        target_reps[data.scenario] = targets_replicates(data, targets, seed=i)
         bar.update()
     bar.close()
     sections = ["## Auto: the attack chosen per scenario", ""] + notes + [""]
     sections += bootstrap_section(scores, replicates)
+    if all(target_reps.values()):
+        sections += targets_section(scores, target_reps)
     rows = runs + with_shared(
         [(AUTO, AttackOptions(attack="auto")), (AUTO_HONEST, AttackOptions(attack="auto"))], options
     )
@@ -244,10 +252,24 @@ def compare(args, options: AttackOptions) -> str:
     )
 
 
+def targets_replicates(data, targets: dict, seed: int) -> dict:
+    """{label: (B,)} paired bootstrap replicates of each row's dev+final TPR@10%FPR (each phase on
+    its own pooled ROC, then their mean; target models resampled within each phase), or {} where a
+    phase's truth is unknown (MICO's own challenge)."""
+    known = {}
+    for label, results in targets.items():
+        parts = {ph: (target_truth(data, results[ph][0]), results[ph][1]) for ph in TARGET_PHASES if ph in results}
+        if len(parts) < len(TARGET_PHASES) or any((t < 0).any() for t, _ in parts.values()):
+            return {}
+        known[label] = evaluation.targets_by_phase(parts)
+    truth, _, phases = next(iter(known.values()))
+    return scoring.phase_replicates(truth, {lb: s for lb, (_, s, _) in known.items()}, phases, seed=seed)
+
+
 def compare_auto(data, options: AttackOptions, train: dict, scores: dict):
     """Auto's two rows from the line-up's results: (its train rows and scores, the honest
-    estimate's, each train model's half, the report's lines); ``scores`` gets both rows for this
-    scenario, the honest one scored half by half (attacks.auto)."""
+    estimate's, each train model's half, the label chosen, the report's lines); ``scores`` gets both
+    rows for this scenario, the honest one scored half by half (attacks.auto)."""
     lineup = with_shared(AUTO_LINEUP, options)
     rows = auto.train_rows(data)
     choice = auto.choose_and_estimate(
@@ -258,8 +280,9 @@ def compare_auto(data, options: AttackOptions, train: dict, scores: dict):
     )
     scores[AUTO][data.scenario] = scores[choice.label][data.scenario]
     h = choice.honest
-    scores[AUTO_HONEST][data.scenario] = {"train": scoring.mean_over_groups(data.solutions[rows], h.scores, h.half)}
-    return train[choice.label], (rows, h.scores), h.half, auto.describe(data.scenario, choice)
+    honest = scoring.mean_over_groups(target_truth(data, rows), h.scores, h.half)
+    scores[AUTO_HONEST][data.scenario] = {"train": honest}
+    return train[choice.label], (rows, h.scores), h.half, choice.label, auto.describe(data.scenario, choice)
 
 
 def bootstrap_section(scores: dict, replicates: dict) -> list[str]:
@@ -275,11 +298,33 @@ def bootstrap_section(scores: dict, replicates: dict) -> list[str]:
     return [
         f"## Standard errors (train, leave-one-out; paired bootstrap over the train models, {n} resamples)",
         "",
+        f"{AUTO}: each resample makes auto's choice again (the best row of the line-up on that resample), "
+        f"so its ± includes the choice. {AUTO_HONEST}: each half's choice is held fixed over the resamples, "
+        "so its ± leaves out the variability of the choice itself.",
+        "",
         *report.bootstrap_table(point, reps, BOOTSTRAP_REFERENCES),
         "",
         "## The stacked attack against the best single attack per scenario (train, leave-one-out)",
         "",
         *report.versus_best_table(by_sc, replicates, STACKED, singles),
+        "",
+    ]
+
+
+def targets_section(scores: dict, target_reps: dict) -> list[str]:
+    """report.md's standard errors on dev and final (where their truth is known): each row's
+    average over the scenarios of the dev+final TPR@10%FPR (each phase on its own, then their mean),
+    ± the paired bootstrap SE over the target models, resampled within each phase."""
+    labels = list(next(iter(target_reps.values())))
+    point = {lb: float(np.mean([scores[lb][sc][TARGETS][scoring.RANKING_KEY] for sc in target_reps])) for lb in labels}
+    reps = {lb: np.mean([r[lb] for r in target_reps.values()], axis=0) for lb in labels}
+    return [
+        f"## Standard errors ({report.PHASE_LABELS[TARGETS]}; paired bootstrap, {len(reps[labels[0]])} resamples)",
+        "",
+        f"{AUTO} here is the attack it chose on the train models: the choice never saw a target and is held "
+        "fixed over the resamples.",
+        "",
+        *report.bootstrap_table(point, reps, BOOTSTRAP_REFERENCES),
         "",
     ]
 
@@ -300,6 +345,16 @@ def base_command(args) -> list[str]:
     if args.scenario:
         base += ["--scenario", args.scenario]
     return base + ["--evaluate"]
+
+
+def auto_train_scores(data, choice: auto.Choice, scores: dict) -> dict:
+    """--attack auto --evaluate: the train phase's in-sample score (auto chose on it) renamed as such,
+    and the honest split-half estimate beside it, scored half by half (attacks.auto)."""
+    h, out = choice.honest, dict(scores)
+    out[report.HONEST_PHASE] = scoring.mean_over_groups(target_truth(data, auto.train_rows(data)), h.scores, h.half)
+    if "train" in out:
+        out[report.IN_SAMPLE_PHASE] = out.pop("train")
+    return {ph: out[ph] for ph in report.REPORT_PHASES if ph in out}
 
 
 def write_auto_report(args, attack: auto.AutoAttack) -> str:
@@ -327,11 +382,13 @@ def main(argv=None) -> int:
     scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     data_iter = scenarios_data(args, cache_fields(args, options), [options], runner_up=needs_runner_up(options))
-    for data in tqdm(data_iter, desc=options.attack, unit="scenario", total=n_scenarios):
+    for i, data in enumerate(tqdm(data_iter, desc=options.attack, unit="scenario", total=n_scenarios)):
         results = evaluation.attack_scenario(data, attack, args.evaluate)
         done.append((data.models, results))  # the signals themselves are not kept
         if args.evaluate:
-            scores[data.scenario] = evaluation.score_results(data, results)
+            scores[data.scenario] = evaluation.score_results(data, results, seed=i)
+            if isinstance(attack, auto.AutoAttack):
+                scores[data.scenario] = auto_train_scores(data, attack.choices[data.scenario], scores[data.scenario])
     # Every scenario is attacked before any prediction.csv is replaced, and the run's record is
     # written last, so save_zip.py refuses a set that a run failing part-way (a full disk) mixed.
     command = shlex.join(["run_lira_mia.py", *(sys.argv[1:] if argv is None else argv)])

@@ -52,8 +52,10 @@ def choose(train_scores: dict, truth) -> tuple[str, dict]:
 
 
 def train_rows(data) -> np.ndarray:
-    """The train models with known membership, which the choice is made on; at least 2."""
-    train = data.phase_rows("train")
+    """The challenge's own train models (extra MICO-random shadows of ours are shadows only, as
+    in every score: challenges.scenario.ScenarioData.own_rows), with known membership, which the
+    choice is made on; at least 2."""
+    train = data.own_rows("train")
     train = train[train < len(data.shadow_in)]
     truth = data.solutions[train]
     if len(train) < 2 or (truth < 0).any() or truth.min() == truth.max():

@@ -9,8 +9,9 @@ docs/faithful_challenge.md), or the earlier, easier one (--size small: N = 10,00
 --fractions f, trains max(--shadows) designed shadows per scenario (train_shadows.py --design
 balanced --fraction f, pool points first in an order of their own per shadow), in a view of the
 challenge of its own (<out>/f<f>/data: the challenge's folders linked, its own shadow folder, its
-own signal cache), and scores on dev + final against the ground truth, with the first k designed
-shadows next to MICO's train models, k in --shadows:
+own signal cache), and scores on dev and final against the ground truth, each phase on its own
+pooled ROC (MICO ranked them apart; the winner as submitted min-max scales each phase apart) and
+then their mean, with the first k designed shadows next to MICO's train models, k in --shadows:
 
 - the MICO winner as submitted (train models only) and the winner's configuration (its
   per-scenario signal and formula on our calibrated attack, every shadow);
@@ -20,10 +21,11 @@ shadows next to MICO's train models, k in --shadows:
   never sees a target). Its honest split-half estimate on the train models (attacks.auto, as
   run_lira_mia.py --compare reports it) is printed next to it.
 
-TPR at 10%, 1% and 0.1% FPR, each with its bootstrap standard error over the target models; paired
-bootstrap standard errors (challenges.scoring.bootstrap_tpr, the same resamples for every attack)
-of each row's difference from both MICO references for the scenario-average TPR@10%FPR and for
-purchase100_inf's TPR@1%FPR; the aim of issue 16 and how far each row is from it. Every row is
+TPR at 10%, 1% and 0.1% FPR, each with its bootstrap standard error over the target models
+(resampled within each phase); paired bootstrap standard errors (challenges.scoring.phase_replicates,
+the same resamples for every attack) of each row's difference from both MICO references for the
+scenario-average TPR@10%FPR and for purchase100_inf's TPR@1%FPR; the aim and how far each row is
+from it. Every row is
 printed as soon as it is measured. Writes <out>/attack_power.{json,md} and <out>/attack_power.png
 (score against the number of shadows, per attack, with error bars). Every step resumes: models,
 signals and each (scenario, f, k) cell's scores (<out>/scores/*.npz) are kept, and a rerun
@@ -66,7 +68,7 @@ from attacks.options import AttackOptions  # noqa: E402
 from challenges import scoring  # noqa: E402
 from challenges.datasets import load_dataset  # noqa: E402
 from challenges.fileio import atomic_path, write_text  # noqa: E402
-from challenges.scenario import ScenarioData, load_scenario  # noqa: E402
+from challenges.scenario import ScenarioData, load_scenario, target_truth  # noqa: E402
 from challenges.tracks import load_params, scenario_names, scenario_suffix  # noqa: E402
 from models.train import recipe_for  # noqa: E402
 from production.design import MAX_GROUP, designed_jobs  # noqa: E402
@@ -198,15 +200,18 @@ def subset(data: ScenarioData, extra: list[int]) -> ScenarioData:
     )
 
 
-def errors(truth, scores: dict, n_boot: int, seed: int, **kw) -> dict:
-    """{column: {label: (n_boot,) paired bootstrap replicates}} at each FPR of FPRS."""
-    return {col: scoring.bootstrap_tpr(truth, scores, fpr=fpr, n_boot=n_boot, seed=seed, **kw) for col, _, fpr in FPRS}
+def errors(truth, scores: dict, phases, n_boot: int, seed: int) -> dict:
+    """{column: {label: (n_boot,) paired bootstrap replicates}} at each FPR of FPRS: each phase's own
+    pooled TPR, then their mean, target models resampled within each phase (MICO scored dev and final
+    apart)."""
+    return {
+        col: scoring.phase_replicates(truth, scores, phases, fpr=fpr, n_boot=n_boot, seed=seed) for col, _, fpr in FPRS
+    }
 
 
-def row_text(truth, s, n_boot: int, seed: int) -> str:
-    m = scoring.score(truth, s)
-    reps = errors(truth, {"x": s}, n_boot, seed)
-    return ", ".join(f"{col} {m[key]:.4f} ± {scoring.paired_se(reps[col]['x']):.4f}" for col, key, _ in FPRS)
+def row_text(truth, s, phases, n_boot: int, seed: int) -> str:
+    m = scoring.phase_mean(truth, s, phases, n_boot=n_boot, seed=seed)
+    return ", ".join(f"{col} {m[key]:.4f} ± {m[key + scoring.SE_SUFFIX]:.4f}" for col, key, _ in FPRS)
 
 
 def score_cell(args, data: ScenarioData, pool: list, f, k: int, seed: int) -> dict:
@@ -217,7 +222,7 @@ def score_cell(args, data: ScenarioData, pool: list, f, k: int, seed: int) -> di
     targets = np.concatenate([sub.phase_rows("dev"), sub.phase_rows("final")])
     train = auto.train_rows(sub)
     rows, excl = np.concatenate([targets, train]), np.concatenate([np.full(len(targets), -1), train])
-    truth = sub.solutions[targets]
+    truth, phases = target_truth(sub, targets), np.array([sub.models[r].phase for r in targets])
     lineup = dict(suite.with_shared(suite.AUTO_LINEUP, AttackOptions(seed=args.seed)))
     attacks = {lb: suite.make_attack(o) for lb, o in lineup.items()}
     first = [ROWS[lb] for lb in ROWS]
@@ -236,7 +241,7 @@ def score_cell(args, data: ScenarioData, pool: list, f, k: int, seed: int) -> di
             continue
         if lb in first:
             name = next(n for n, v in ROWS.items() if v == lb)
-            text = row_text(truth, scores[lb][: len(targets)], args.bootstrap, seed)
+            text = row_text(truth, scores[lb][: len(targets)], phases, args.bootstrap, seed)
             print(f"{where}: {name}: {text} ({time.time() - t:.0f} s)", flush=True)
     t = time.time()
     choice = auto.choose_and_estimate(sub, attacks, {lb: s[len(targets) :] for lb, s in scores.items()}, seed=args.seed)
@@ -244,13 +249,14 @@ def score_cell(args, data: ScenarioData, pool: list, f, k: int, seed: int) -> di
     h = choice.honest
     print(
         f"{where}: {AUTO} (chose {choice.label}; train, in-sample {choice.train_tpr[choice.label]:.4f}, honest "
-        f"split-half {h.tpr:.4f}): {row_text(truth, picked, args.bootstrap, seed)} ({time.time() - t:.0f} s)",
+        f"split-half {h.tpr:.4f}): {row_text(truth, picked, phases, args.bootstrap, seed)} ({time.time() - t:.0f} s)",
         flush=True,
     )
     out = {f"score {name}": scores[v][: len(targets)] for name, v in ROWS.items()}
     return out | {
         f"score {AUTO}": picked,
         "truth": truth,
+        "phase": phases,
         "auto_label": np.array(choice.label),
         "auto_train_tpr": np.array(choice.train_tpr[choice.label]),
         "honest_scores": h.scores,
@@ -300,13 +306,13 @@ def aggregate(args) -> dict:
     resampled on its own, seed = its place in --scenarios, the same draws in every setting)."""
     out, base = {}, None
     for f, k in settings(args):
-        cells = {sc: dict(np.load(cell_path(args.out, sc, f, k))) for sc in args.scenarios}
+        cells = {sc: load_cell(cell_path(args.out, sc, f, k)) for sc in args.scenarios}
         reps, rows = {}, {lb: {"scenarios": {}} for lb in LABELS}
         for si, (sc, c) in enumerate(cells.items()):
             scores = {lb: c[f"score {lb}"] for lb in LABELS}
-            reps[sc] = errors(c["truth"], scores, args.bootstrap, si)
+            reps[sc] = errors(c["truth"], scores, c["phase"], args.bootstrap, si)
             for lb in LABELS:
-                m = scoring.score(c["truth"], scores[lb])
+                m = scoring.mean_over_groups(c["truth"], scores[lb], c["phase"])  # each phase, then their mean
                 rows[lb]["scenarios"][sc] = {
                     col: [m[key], scoring.paired_se(reps[sc][col][lb])] for col, key, _ in FPRS
                 }
@@ -334,6 +340,18 @@ def aggregate(args) -> dict:
         shares = {} if f is None else {sc: share_used(args.out, f, sc) for sc in args.scenarios}
         out[setting_name(f, k)] = {"fraction": f, "shares": shares, "shadows": k, "rows": rows}
     return out
+
+
+def load_cell(path: str) -> dict:
+    """A kept cell's arrays; one kept before the bench scored each phase on its own (no 'phase') is
+    refused with the fix: its targets' phases were not recorded."""
+    c = dict(np.load(path))
+    if "phase" not in c:
+        sys.exit(
+            f"{path}: kept before each phase was scored on its own (no 'phase' array); delete "
+            f"{os.path.dirname(path)} and rerun: the models and signals are kept, only the scores are recomputed"
+        )
+    return c
 
 
 def share_used(out: str, f: float, scenario: str) -> str:
@@ -500,7 +518,7 @@ def auto_table(results: dict, scenarios: list) -> list[str]:
     estimate on the train models and its honest score on dev + final."""
     lines = [
         "| f | extra shadows | scenario | auto chose | train TPR@10% (in-sample) | honest split-half (train) "
-        "| halves chose | dev+final TPR@10% |",
+        "| halves chose | dev, final TPR@10% (mean of the phases) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in results.values():

@@ -15,15 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import scoring
-from .scenario import ScenarioData
+from .scenario import ScenarioData, target_truth
 from .submission import prediction_key, write_manifest, write_prediction
-from .tracks import TARGET_PHASES
+from .tracks import TARGET_PHASES, TARGETS
 
 
 def target_rows(data: ScenarioData, phase: str) -> np.ndarray:
     """Rows of ``phase``'s models that are the challenge's own (no extra shadow of ours)."""
-    rows = data.phase_rows(phase)
-    return rows[[not data.models[i].extra for i in rows]] if len(rows) else rows
+    return data.own_rows(phase)
 
 
 def attack_scenario(data: ScenarioData, attack, evaluate: bool) -> dict:
@@ -66,11 +65,27 @@ def write_run(data_dir: str, track: str, done: list, command: str) -> dict:
     return write_manifest(data_dir, track, digests, command)
 
 
-def score_results(data: ScenarioData, results: dict) -> dict:
-    """{phase: MICO metrics} over every model of a phase pooled, where all truth is known."""
-    out = {}
+def score_results(data: ScenarioData, results: dict, seed: int = 0) -> dict:
+    """{phase: MICO metrics} over every model of a phase pooled, where all truth is known (read
+    here, never handed to the attack: challenges.scenario.target_truth); where dev and final are
+    both scored, also :data:`TARGETS`: each scored on its own, then their mean, ± bootstrap SEs
+    (challenges.scoring.phase_mean; ``seed`` its resamples)."""
+    out, known = {}, {}
     for ph, (rows, scores) in results.items():
-        truth = data.solutions[rows]
+        truth = target_truth(data, rows)
         if len(rows) and (truth >= 0).all():
             out[ph] = scoring.score(truth.ravel(), scores.ravel())
+            known[ph] = truth, scores
+    if all(ph in known for ph in TARGET_PHASES):
+        truth, scores, phases = targets_by_phase(known)
+        out[TARGETS] = scoring.phase_mean(truth, scores, phases, seed=seed)
     return out
+
+
+def targets_by_phase(known: dict) -> tuple:
+    """(truth, scores, phases) of the dev and final models stacked: (M, 2m), (M, 2m), (M,) phase
+    names, from ``known`` {phase: (truth, scores)}."""
+    truth = np.concatenate([known[ph][0] for ph in TARGET_PHASES])
+    scores = np.concatenate([known[ph][1] for ph in TARGET_PHASES])
+    phases = np.concatenate([[ph] * len(known[ph][0]) for ph in TARGET_PHASES])
+    return truth, scores, phases

@@ -16,9 +16,23 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .fileio import atomic_path, write_text
-from .scoring import METRIC_KEYS, METRIC_LABELS, RANKING_KEY, paired_se, ranking_metric
+from .scoring import METRIC_KEYS, METRIC_LABELS, RANKING_KEY, SE_FPRS, SE_SUFFIX, paired_se, ranking_metric
+from .tracks import TARGETS
 
-PHASE_LABELS = {"train": "train (leave-one-out)", "dev": "dev", "final": "final"}
+# --attack auto --evaluate: its train score made honest, and the in-sample one named as such
+HONEST_PHASE, IN_SAMPLE_PHASE = "train honest", "train in-sample"
+PHASE_LABELS = {
+    "train": "train (leave-one-out)",
+    HONEST_PHASE: "train, honest split-half estimate of auto's choice (each half scored with the attack chosen "
+    "on the other half)",
+    IN_SAMPLE_PHASE: "train, in-sample (auto chose its attack on these very scores, which flatters them)",
+    "dev": "dev",
+    "final": "final",
+    TARGETS: "dev and final, each phase scored on its own, then their mean (± bootstrap SE over target models)",
+}
+# Phases (and the dev+final mean) in the order tables show them.
+REPORT_PHASES = tuple(PHASE_LABELS)
+SE_KEYS = tuple(k + SE_SUFFIX for k in SE_FPRS)
 COMPARE_COLUMNS = ("TPR_FPR_10", "TPR_FPR_100", "TPR_FPR_1000", "AUC")
 RANKING_LABEL = f"average {METRIC_LABELS[RANKING_KEY]} (ranking metric)"
 
@@ -32,14 +46,24 @@ def score_table(scores_by_scenario: dict) -> str:
     for name, s in scores_by_scenario.items():
         lines.append(str(name).ljust(name_w) + "".join(f"{s[k]:{col_w}.4f}" for k in METRIC_KEYS))
     lines.append("-" * len(head))
-    lines.append(f"{RANKING_LABEL}: {ranking_metric(scores_by_scenario):.4f}")
+    se = [s.get(RANKING_KEY + SE_SUFFIX) for s in scores_by_scenario.values()]
+    # scenarios are resampled independently: the SE of their mean adds in quadrature
+    spread = "" if None in se else f" ± {np.sqrt(np.sum(np.square(se))) / len(se):.4f}"
+    lines.append(f"{RANKING_LABEL}: {ranking_metric(scores_by_scenario):.4f}{spread}")
+    if not spread:
+        return "\n".join(lines)
+    key = METRIC_LABELS[RANKING_KEY]
+    lines += [
+        f"  {name}: {key} {s[RANKING_KEY]:.4f} ± {s[RANKING_KEY + SE_SUFFIX]:.4f}"
+        for name, s in scores_by_scenario.items()
+    ]
     return "\n".join(lines)
 
 
 def scores_text(scores: dict) -> str:
     """One table per phase (scenarios as rows), ``scores``: {scenario: {phase: metrics}}."""
     blocks = []
-    for ph in ("train", "dev", "final"):
+    for ph in REPORT_PHASES:
         by_sc = {sc: phs[ph] for sc, phs in scores.items() if ph in phs}
         if by_sc:
             blocks.append(f"== {PHASE_LABELS[ph]} ==\n{score_table(by_sc)}")
@@ -101,17 +125,17 @@ def save_report(report_dir: str, scores: dict) -> list[str]:
     """
     os.makedirs(report_dir, exist_ok=True)
     table = {
-        sc: {ph: {k: v for k, v in m.items() if k in METRIC_KEYS} for ph, m in phs.items()}
+        sc: {ph: {k: v for k, v in m.items() if k in METRIC_KEYS + SE_KEYS} for ph, m in phs.items()}
         for sc, phs in scores.items()
     }
     paths = [os.path.join(report_dir, "scores.json"), os.path.join(report_dir, "scores.csv")]
     write_text(paths[0], json.dumps(table, indent=2) + "\n")
     rows = io.StringIO()
     w = csv.writer(rows)
-    w.writerow(["scenario", "phase", *METRIC_KEYS])
+    w.writerow(["scenario", "phase", *METRIC_KEYS, *SE_KEYS])
     for sc, phs in table.items():
         for ph, m in phs.items():
-            w.writerow([sc, ph, *(f"{m[k]:.6f}" for k in METRIC_KEYS)])
+            w.writerow([sc, ph, *(f"{m[k]:.6f}" if k in m else "" for k in METRIC_KEYS + SE_KEYS)])
     write_text(paths[1], rows.getvalue())
     for sc, phs in scores.items():
         if phs:
@@ -165,10 +189,11 @@ def write_compare_report(
         "",
         "Every attack is run on each scenario's train models leave-one-out (each target is left out "
         "of its own shadows) and scored with MICO's metric over all models of the scenario pooled; "
-        "dev and final are scored too where ground truth exists. Best value per column in bold.",
+        "dev and final are scored too where ground truth exists, each phase on its own (MICO ranked them "
+        "apart), then their mean. Best value per column in bold.",
         "",
     ]
-    for phase in ("train", "dev", "final"):
+    for phase in REPORT_PHASES:
         table = _compare_table(scores, phase, references)
         if table:
             md += [f"## {PHASE_LABELS[phase]}", ""] + table + [""]

@@ -1,6 +1,10 @@
-"""One scenario's cached signals and ground truth, assembled as arrays for the attacks.
+"""One scenario's cached signals and the membership an attacker knows, assembled as arrays for the
+attacks; the targets' ground truth, read apart for scoring (:func:`target_truth`).
 
-Everything is indexed by ``points``: the sorted union of the scenario's challenge points.
+Everything is indexed by ``points``: the sorted union of the scenario's challenge points. What an
+attack is handed (:class:`ScenarioData`) holds the membership of the train models (published by
+MICO through their seeds and solution.csv) and of our own shadows, never a dev or final model's:
+their ``solutions`` rows are -1 even where a synthetic challenge's solutions/ tree holds the truth.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ class ScenarioData:
     fields: dict  # cache field -> float32 [n_models, P, V(, C)] ('phi', 'mentr', ...)
     challenge: np.ndarray  # int64 [n_models, 2m]: positions in ``points``, challenge order; -1 for shadows
     shadow_in: np.ndarray  # bool [n_shadows, P]: point in the shadow model's training set
-    solutions: np.ndarray  # int8 [n_models, 2m]: 0/1, -1 where unknown
+    # int8 [n_models, 2m]: the train models' 0/1 membership of their challenge points; -1 for every
+    # dev/final model (attacks never see a target's truth: scoring reads it with target_truth)
+    solutions: np.ndarray
     # bool [n_train, P]: the membership the MICO runner-up's code *used* for the train models (its
     # index bug, challenges.splits.runner_up_train_positions); only when asked for
     runner_up_in: np.ndarray | None = None
@@ -35,6 +41,12 @@ class ScenarioData:
 
     def phase_rows(self, phase: str) -> np.ndarray:
         return np.array([i for i, md in enumerate(self.models) if md.phase == phase], dtype=np.int64)
+
+    def own_rows(self, phase: str) -> np.ndarray:
+        """Rows of ``phase``'s models that are the challenge's own: no extra shadow of ours (designed,
+        or MICO-random marked extra_shadow). The one row set every score and choice is made on."""
+        rows = self.phase_rows(phase)
+        return rows[[not self.models[i].extra for i in rows]] if len(rows) else rows
 
     @property
     def n_shadows(self) -> int:
@@ -79,16 +91,23 @@ def challenge_pool(data_dir: str, track: str, scenario: str, params: ChallengePa
     return np.unique(np.concatenate([s.challenge for md, s in zip(mds, splits) if not md.extra]))
 
 
+def _solution(md, m2: int) -> np.ndarray | None:
+    """A model's solution.csv (train) or solutions/ tree entry (a synthetic dev/final model), checked
+    for length; None where there is none."""
+    sol = None if md.designed else md.solution()
+    if sol is not None and len(sol) != m2:
+        raise layout.LayoutError(f"{md.solution_file()}: {len(sol)} values, expected {m2}")
+    return sol
+
+
 def _solutions(mds, splits, m2: int) -> np.ndarray:
-    """int8 [n_models, 2m] ground truth, -1 where unknown; a train model's solution.csv must agree
-    with the split rebuilt from its seeds."""
+    """int8 [n_models, 2m]: the train models' membership (an attacker's knowledge), -1 for every
+    dev/final model; a train model's solution.csv must agree with the split rebuilt from its seeds."""
     solutions = np.full((len(mds), m2), -1, dtype=np.int8)
     for i, (md, s) in enumerate(zip(mds, splits)):
-        sol = None if md.designed else md.solution()
+        sol = None if md.phase in TARGET_PHASES else _solution(md, m2)
         if sol is None:
             continue
-        if len(sol) != m2:
-            raise layout.LayoutError(f"{md.solution_file()}: {len(sol)} values, expected {m2}")
         solutions[i] = sol
         if s.member is not None and not np.array_equal(sol, s.solutions()):
             raise layout.LayoutError(
@@ -96,6 +115,23 @@ def _solutions(mds, splits, m2: int) -> np.ndarray:
                 "the seeds (wrong challenge parameters or base dataset?)"
             )
     return solutions
+
+
+def target_truth(data: ScenarioData, rows) -> np.ndarray:
+    """int8 [len(rows), 2m] ground truth of model ``rows`` of ``data``, for scoring only: the train
+    models' known membership, a dev/final model's from the synthetic solutions/ tree; -1 where none
+    exists (MICO's own dev and final models)."""
+    m2 = data.solutions.shape[1]
+    out = np.full((len(rows), m2), -1, dtype=np.int8)
+    for j, r in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+        md = data.models[r]
+        if md.phase not in TARGET_PHASES:
+            out[j] = data.solutions[r]
+            continue
+        sol = _solution(md, m2)
+        if sol is not None:
+            out[j] = sol
+    return out
 
 
 def design_warning(mds, splits, points: np.ndarray, designed_in: np.ndarray) -> str | None:

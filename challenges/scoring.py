@@ -10,7 +10,13 @@ src/mico-competition/scoring/score.py):
 - AUC = ``roc_auc_score``; MIA = max(tpr - fpr);
   accuracy = max(1 - (fpr + 1 - tpr) / 2) (balanced accuracy);
 - the ranking metric is the mean over the scenarios of TPR_FPR_1000
-  (TPR at 10% FPR).
+  (TPR at 10% FPR);
+- each phase on its own: MICO ranked the dev and the final models apart (two
+  leaderboards), and the winner as submitted min-max scales each phase apart,
+  so one ROC over dev + final pooled would put two scalings under one
+  threshold. Where both are scored, :func:`phase_mean` gives each phase's
+  metrics and their mean, with bootstrap standard errors that resample target
+  models within each phase.
 
 Note the consequence of the strict ``<``: roc_curve's first point is always
 (fpr, tpr) = (0, 0) (threshold +inf), so a score whose top group of tied
@@ -35,6 +41,11 @@ METRIC_LABELS = {
     "MIA": "MIA",
     "accuracy": "accuracy",
 }
+
+
+# A score's bootstrap standard error, as the files keep it: "TPR_FPR_1000 SE"
+SE_SUFFIX = " SE"
+SE_FPRS = {"TPR_FPR_10": 0.001, "TPR_FPR_100": 0.01, "TPR_FPR_1000": 0.1}
 
 
 def _validate(solutions, predictions):
@@ -193,6 +204,24 @@ def mean_over_groups(truth, scores, groups) -> dict:
     # the TPR of each curve at every grid FPR: its highest point with fpr <= the grid value
     curves = [m["tpr"][np.searchsorted(m["fpr"], grid, side="right") - 1] for m in parts]
     out["fpr"], out["tpr"] = grid, np.mean(curves, axis=0)
+    return out
+
+
+def phase_replicates(truth, scores: dict, phases, *, fpr: float = 0.1, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap replicates {label: (n_boot,)} of the mean over phases of each phase's own
+    pooled TPR at ``fpr`` (MICO scored dev and final apart): target models resampled within each
+    phase, the same draws for every label. truth, scores[label]: (M, K); phases: (M,)."""
+    return bootstrap_tpr(truth, scores, fpr=fpr, n_boot=n_boot, seed=seed, strata=phases, by_stratum=tuple(scores))
+
+
+def phase_mean(truth, scores, phases, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """MICO's metrics of each phase of target models on its own pooled ROC, then their mean
+    (:func:`mean_over_groups`), with ``"<key> SE"``: the bootstrap standard error of the mean TPR at
+    0.1%, 1% and 10% FPR, target models resampled within each phase (:func:`phase_replicates`)."""
+    out = mean_over_groups(truth, scores, phases)
+    for key, fpr in SE_FPRS.items():
+        reps = phase_replicates(truth, {"x": scores}, phases, fpr=fpr, n_boot=n_boot, seed=seed)["x"]
+        out[key + SE_SUFFIX] = paired_se(reps)
     return out
 
 

@@ -16,6 +16,9 @@ from .fileio import write_text
 SCENARIO_SUFFIXES = ("inf", "hi", "lo")  # no DP, eps=10, eps=4 (delta=1e-5)
 PHASES = ("train", "dev", "final")  # MICO's phases
 TARGET_PHASES = ("dev", "final")
+# The dev and final models' score as MICO would give it: each phase on its own pooled ROC (MICO
+# ranked them apart), then their mean; a key beside the phases in score tables and files.
+TARGETS = "dev+final"
 SHADOW_PHASE = "shadow"  # designed shadow models (train_shadows.py --design balanced): never targets
 # Every model folder of a scenario, in row order: the shadows (train, then designed) come first.
 MODEL_PHASES = ("train", SHADOW_PHASE, "dev", "final")

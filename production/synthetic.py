@@ -77,8 +77,8 @@ PRESETS = {
         "cifar10": SyntheticSize(n_points=60_000, len_training=50_000, n_train=100, n_dev=25, n_final=25),
     }
 }
-# Where the preset puts the MICO winner as submitted (TPR@10%FPR on dev+final): the real
-# challenge's range (issue 19; a top-five entry's notebooks on MICO's own models).
+# Where the preset puts the MICO winner as submitted (TPR@10%FPR, dev and final each on its own, then
+# their mean): the real challenge's range (issue 19; a top-five entry's notebooks on MICO's own models).
 PRESET_RANGES = {"inf": (0.15, 0.35), "hi": (0.08, 0.22), "lo": (0.08, 0.22)}
 
 

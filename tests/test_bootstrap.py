@@ -117,3 +117,28 @@ def test_mean_over_groups():
     for key in scoring.METRIC_KEYS:
         assert m[key] == pytest.approx((a[key] + b[key]) / 2)
     assert m["fpr"][0] == 0 and m["fpr"][-1] == 1 and m["tpr"][-1] == 1 and (np.diff(m["tpr"]) >= 0).all()
+
+
+def test_each_phase_is_scored_on_its_own():
+    """Issue 22, item 2: MICO ranked dev and final apart, and the winner as submitted min-max scales
+    each phase apart; one ROC over both pooled puts two scalings under one threshold."""
+    truth, s, _ = _challenge(M=12, K=10, seed=3)
+    phases = np.array(["dev"] * 6 + ["final"] * 6)
+    scaled = np.where(phases[:, None] == "dev", 0.5 * s, 0.5 + 0.5 * s)  # each phase scaled on its own
+    m = scoring.phase_mean(truth, scaled, phases, n_boot=50)
+    each = [scoring.score(truth[phases == ph], scaled[phases == ph]) for ph in ("dev", "final")]
+    for key in scoring.METRIC_KEYS:
+        assert m[key] == pytest.approx(np.mean([e[key] for e in each]))
+    pooled = scoring.score(truth, scaled)[scoring.RANKING_KEY]
+    assert m[scoring.RANKING_KEY] != pytest.approx(pooled)  # the pooled ROC would bias it
+    # a rescaling of one phase alone changes nothing: each phase is scored on its own ROC
+    rescaled = scoring.phase_mean(truth, np.where(phases[:, None] == "dev", s, scaled), phases, n_boot=50)
+    assert {k: rescaled[k] for k in scoring.METRIC_KEYS} == pytest.approx({k: m[k] for k in scoring.METRIC_KEYS})
+    for key in scoring.SE_FPRS:
+        assert m[key + scoring.SE_SUFFIX] > 0
+    # the replicates resample within each phase: each keeps 6 dev and 6 final models
+    reps = scoring.phase_replicates(truth, {"a": scaled, "b": s}, phases, n_boot=50, seed=1)
+    direct = scoring.bootstrap_tpr(
+        truth, {"a": scaled, "b": s}, n_boot=50, seed=1, strata=phases, by_stratum=("a", "b")
+    )
+    assert all(np.array_equal(reps[k], direct[k]) for k in reps)

@@ -16,11 +16,12 @@ import run_lira_mia
 import save_preds
 import save_zip
 import train_shadows
+from attacks import auto
 from attacks.options import AttackOptions
 from attacks.suite import COMPARE, make_attack
 from challenges import cache, evaluation, layout, report, scoring, submission
 from challenges.datasets import load_dataset, to_tensor
-from challenges.scenario import ScenarioData, load_scenario
+from challenges.scenario import ScenarioData, load_scenario, target_truth
 from challenges.tracks import EXTRA_SHADOW_FILE, load_params
 from models import load_model
 from models.query import apply_view, view_names
@@ -169,7 +170,7 @@ def test_inf_scenario_shows_membership_signal(cached, tmp_path, capsys):
     )
     scores = json.load(open(tmp_path / "purchase100" / "scores.json"))
     assert scores["purchase100_inf"]["train"]["AUC"] > 0.6
-    assert set(scores["purchase100_inf"]) == {"train", "dev", "final"}
+    assert set(scores["purchase100_inf"]) == {"train", "dev", "final", "dev+final"}
 
 
 def test_save_zip_validates_then_writes(cached, tmp_path, capsys):
@@ -398,6 +399,11 @@ def test_compare_report(cached, tmp_path):
         flags = " ".join(run_lira_mia.option_flags(options))
         assert f"| {label} |" in report and f"--evaluate {flags}".strip() in report
     assert report.count("**") >= 2 * 13  # a best value marked in every column of the train table
+    # issue 22, items 2 and 3: dev and final each on its own, then their mean, with paired SEs;
+    # auto's in-sample ± makes the choice again on each resample, and says so
+    targets = report.split("## Standard errors (dev and final, each phase scored on its own")[1]
+    assert f"| {run_lira_mia.AUTO} | " in targets and "held fixed" in targets
+    assert "each resample makes auto's choice again" in report and "in-sample" in run_lira_mia.AUTO
     for scenario in ("purchase100_inf", "purchase100_hi", "purchase100_lo"):
         assert (tmp_path / "purchase100" / f"compare_roc_{scenario}.png").exists()
     assert not any(
@@ -525,6 +531,82 @@ def test_extra_shadows_are_not_leave_one_out_targets(cached, tmp_path):
     scores = make_attack(AttackOptions())(data, own, own)  # the default attack, leave-one-out
     expected = scoring.score(data.solutions[own].ravel(), scores.ravel())
     assert table == pytest.approx({k: expected[k] for k in table}) and "AUC" in table
+
+
+def test_compare_with_mico_random_extras(cached, tmp_path):
+    """Issue 22, item 1: with MICO-random extras (train_shadows.py --design mico), --compare's auto
+    rows crashed ("inconsistent numbers of samples"): auto chose on every train row, extras included,
+    while every other row scored the challenge's own. One row set everywhere now."""
+    data_dir, cache_dir = cached
+    sc = ["--scenario", "purchase100_inf"]
+    shadows = ["--challenge", "purchase100", "--data-dir", data_dir, *sc, "--n", "2", "--epochs", "1"]
+    assert _run(train_shadows.main, *shadows, "--device", "cpu") == 0
+    assert _purchase(save_preds.main, data_dir, cache_dir, *sc, "--device", "cpu") == 0
+    assert _purchase(run_lira_mia.main, data_dir, cache_dir, *sc, "--compare", "--report-dir", str(tmp_path)) == 0
+    params = load_params(data_dir, "purchase100")
+    data = load_scenario(data_dir, cache_dir, "purchase100", "purchase100_inf", params, params.n_points)
+    own = evaluation.target_rows(data, "train")
+    assert len(own) == len(data.phase_rows("train")) - 2
+    assert np.array_equal(auto.train_rows(data), own)
+
+
+def test_attacks_never_see_a_targets_truth(cached):
+    """Issue 22, item 4: the arrays handed to attacks hold the train models' membership only; a dev
+    or final model's truth (the synthetic solutions/ tree) is read apart, for scoring. Every dev/final
+    solution flipped, every attack's predictions stay the same; the scores read the flipped truth."""
+    data_dir, cache_dir = cached
+    params = load_params(data_dir, "purchase100")
+    fields = ("phi", "mentr")
+
+    def load():
+        return load_scenario(
+            data_dir, cache_dir, "purchase100", "purchase100_inf", params, params.n_points, fields, runner_up=True
+        )
+
+    before = load()
+    targets = np.concatenate([before.phase_rows("dev"), before.phase_rows("final")])
+    assert (before.solutions[targets] == -1).all() and (before.solutions[before.phase_rows("train")] >= 0).all()
+    truth = target_truth(before, targets)
+    assert (truth >= 0).all()
+    for row in targets:
+        path = before.models[row].solution_file()
+        assert "solutions" in path  # the synthetic ground truth, kept out of the model folders
+        flipped = 1 - before.models[row].solution()
+        open(path, "w").write(",".join(map(str, flipped)) + "\n")
+    after = load()
+    assert np.array_equal(target_truth(after, targets), 1 - truth)
+    assert np.array_equal(after.solutions, before.solutions) and np.array_equal(after.shadow_in, before.shadow_in)
+    rows = np.concatenate([targets, before.phase_rows("train")])
+    exclude = np.concatenate([np.full(len(targets), -1), before.phase_rows("train")])
+    for label, o in [*COMPARE, ("auto", AttackOptions(attack="auto"))]:
+        a, b = (make_attack(o)(d, rows, exclude) for d in (before, after))
+        # equal but for the order ExtraTrees' two threads add their trees' votes in (1e-16)
+        assert np.allclose(a, b, rtol=0, atol=1e-12), label
+    n_dev = len(before.phase_rows("dev"))
+    results = {"dev": (before.phase_rows("dev"), a[:n_dev])}  # scoring reads the truth as it is now
+    expected = scoring.score((1 - truth[:n_dev]).ravel(), a[:n_dev].ravel())
+    assert evaluation.score_results(before, results)["dev"]["AUC"] == pytest.approx(expected["AUC"])
+
+
+def test_auto_evaluate_prints_honest_and_per_phase_scores(cached, tmp_path, capsys):
+    """Issue 22, items 2 and 3: --attack auto --evaluate shows its honest split-half estimate for the
+    train models and names the in-sample figure as such (it printed the in-sample one as "train
+    (leave-one-out)"); dev and final are each scored on their own, then averaged, ± a bootstrap SE."""
+    data_dir, cache_dir = cached
+    argv = ["--scenario", "purchase100_inf", "--attack", "auto", "--evaluate", "--report-dir", str(tmp_path)]
+    code, err = run_script(
+        lambda a: _purchase(run_lira_mia.main, data_dir, cache_dir, *a), "run_lira_mia.py", argv, capsys
+    )
+    assert code == 0, err
+    table = json.load(open(tmp_path / "purchase100" / "scores.json"))["purchase100_inf"]
+    assert "train" not in table and {"train honest", "train in-sample", "dev", "final", "dev+final"} <= set(table)
+    both = table["dev+final"]
+    for key in scoring.TPR_KEYS + ("AUC",):
+        assert both[key] == pytest.approx((table["dev"][key] + table["final"][key]) / 2)
+    assert both["TPR_FPR_1000 SE"] > 0
+    text = report.scores_text({"purchase100_inf": table})
+    assert "honest split-half" in text and "in-sample" in text and "train (leave-one-out)" not in text
+    assert "each phase scored on its own" in text and " ± " in text
 
 
 def test_attack_scenario_targets_only_the_challenges_models(tmp_path):
