@@ -12,7 +12,7 @@ THREADS_FLAG := $(if $(THREADS),--threads $(THREADS))
 DEV_TOOLS ?= pytest ruff
 DEPS := .make/deps
 
-.PHONY: install demo compare test test-slow lint format bench gpu-check clean
+.PHONY: install demo compare test test-slow lint format bench gpu-check gpu-wheels clean
 
 # Installs only when requirements.txt changed since the last install (or never ran here).
 $(DEPS): requirements.txt
@@ -51,10 +51,18 @@ bench: $(DEPS)
 
 # The prepared GPU check (docs/gpu.md): CUDA tests, bench_train at MICO's sizes, save_preds
 # throughput; one results file in report/gpu_check/. GPU_CHECK_ARGS="--device cpu --tiny" rehearses it.
-# No install step: a GPU machine may reach no package registry (docs/gpu.md says what it needs).
+# It installs only the wheels pinned in bench/gpu_wheels.txt, offline from .whl/ when that exists.
 GPU_CHECK_ARGS ?=
 gpu-check:
 	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+# The wheels the GPU image lacks (bench/gpu_wheels.txt, pinned and hashed) for its Python 3.12 on
+# manylinux x86-64, from PyPI into the ignored .whl/ (run it where pip reaches PyPI).
+GPU_WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(addprefix --platform ,$(GPU_WHEEL_PLATFORMS)) -d .whl -r bench/gpu_wheels.txt
+	ls -l .whl
 
 clean:
 	rm -rf $(DATA) $(CACHE) $(REPORT)

@@ -174,7 +174,8 @@ def main(argv=None) -> int:
                 )
         else:
             fetch(args)
-    except (download.DownloadError, ValueError) as e:  # ValueError: synthetic sizes or another challenge in place
+    # ValueError: synthetic sizes or another challenge in place; ImportError: DP training without opacus
+    except (download.DownloadError, ValueError, ImportError) as e:
         print(f"download_files.py: error: {one_line(e, None)}", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, permissions: the user's to fix, no traceback

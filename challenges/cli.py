@@ -142,9 +142,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def run(main, name: str) -> None:
-    """Run a script's ``main()`` and exit with its code; an expected failure (ValueError, OSError)
-    becomes one line on stderr naming the script, as does a :class:`LayoutWarning`, and Ctrl-C says
-    how to resume."""
+    """Run a script's ``main()`` and exit with its code; an expected failure (ValueError, OSError, or
+    an ImportError of a package only some runs need, such as opacus for DP training) becomes one line
+    on stderr naming the script, as does a :class:`LayoutWarning`, and Ctrl-C says how to resume."""
     show = warnings.showwarning
 
     def one_line_warning(message, category, *args, **kwargs):
@@ -159,6 +159,6 @@ def run(main, name: str) -> None:
             code = main()
     except KeyboardInterrupt:
         sys.exit(f"{name}: interrupted; rerun the same command to resume")
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ImportError) as e:
         sys.exit(f"{name}: {one_line(e, None)}")
     sys.exit(code)

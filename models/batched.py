@@ -673,16 +673,17 @@ def train_batched(
     """Train one group of K = len(seeds) models at once; result k as train_model's (see module).
 
     x: float32 ``[N, *input_shape]`` (all records, preprocessed as for train_model), y: int64
-    ``[N]``; both are moved to ``device`` once. train_sets[k]: model k's training set, indices
+    ``[N]``; both are moved to ``device`` once per group. train_sets[k]: model k's training set, indices
     into x in MICO's order (``Splits.train_indices()``); eval_sets[k] (optional): indices of its
     evaluation set (``Splits.evaluation``; an empty one gives ``eval_accuracy=None``).
     ``streams``: where the random numbers come from (module docstring; 'auto': 'exact' on the
     CPU, 'device' elsewhere). ``progress(epoch, n_epochs, loss, acc)`` after every epoch, with
     the means over the group of the models' running loss and accuracy. The global random state
-    is left untouched. Out of memory with K > 1: a warning, then the two halves of the group one
-    after the other (each model's result does not depend on its group, DP noise apart with device
-    streams); from then on, in this process, :func:`auto_parallel` plans at most K / 2 and a
-    larger group is trained in parts of that size without another try.
+    is left untouched. Out of memory with K > 1 (in a step, or moving the data to the device): a
+    warning, then the two halves of the group one after the other (each model's result does not
+    depend on its group, DP noise apart with device streams); from then on, in this process,
+    :func:`auto_parallel` plans at most K / 2 and a larger group is trained in parts of that size
+    without another try.
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
@@ -693,7 +694,6 @@ def train_batched(
         raise ValueError(f"need one evaluation set per model, got {len(eval_sets)} for {len(seeds)} models")
     dev = resolve_device(device)
     streams = resolve_streams(streams, dev)
-    x, y = x.to(dev, torch.float32), y.to(dev, torch.int64)
     sets = [_as_index(s, len(x), f"training set {k}") for k, s in enumerate(train_sets)]
     evals = (
         None
@@ -702,7 +702,8 @@ def train_batched(
     )
     k = _capped(track, recipe, dev, len(sets))
     if k == len(sets):
-        try:
+        try:  # moving the data (the whole dataset when given on the host) can run out of memory too
+            x, y = x.to(dev, torch.float32), y.to(dev, torch.int64)
             return _train_group(track, recipe, x, y, sets, list(seeds), evals, streams, progress)
         except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
             if k == 1 or not _is_oom(e):

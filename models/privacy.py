@@ -3,18 +3,41 @@ multiplier that meets a target epsilon.
 
 MICO used Microsoft's ``prv_accountant`` (``find_noise_multiplier``, eps_error 0.1); we use
 Opacus' built-in PRV accountant (the same method) with an epsilon tolerance of 0.01.
+
+Opacus is imported here, on first use (:func:`opacus`), and nowhere at import time: only DP
+training needs it, so non-private training, caching and every attack run without it (a GPU image
+may lack it, docs/gpu.md).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import warnings
 
 import numpy as np
-from opacus.accountants import create_accountant
 
 _PRV_EPS_TOLERANCE = 0.01  # noise multiplier search: final epsilon in [target - tol, target]
+OPACUS_FIX = (
+    "pip install 'opacus>=1.5', or without network: pip install --no-index --find-links .whl opacus "
+    "with the wheels of 'make gpu-wheels' (docs/gpu.md)"
+)
+
+
+class OpacusMissing(ImportError):
+    """DP training was asked for where opacus cannot be imported (the message says how to fix it)."""
+
+
+def opacus(module: str = "opacus"):
+    """Opacus' ``module`` (e.g. ``opacus.accountants``), imported on first use; without Opacus an
+    :class:`OpacusMissing` whose one-line message names the package and the fix."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        why = " ".join(str(e).split())
+        message = f"DP training needs the package opacus, not importable here ({why}): {OPACUS_FIX}"
+        raise OpacusMissing(message) from None
 
 
 def _quiet_prv_epsilon(accountant, delta: float) -> float:
@@ -28,7 +51,7 @@ def _quiet_prv_epsilon(accountant, delta: float) -> float:
 @functools.lru_cache(maxsize=1024)
 def prv_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """Epsilon (PRV upper bound) of ``steps`` DP-SGD steps at one noise level and sample rate."""
-    acc = create_accountant(mechanism="prv")
+    acc = opacus("opacus.accountants").create_accountant(mechanism="prv")
     acc.history = [(noise_multiplier, sample_rate, steps)]
     return _quiet_prv_epsilon(acc, delta)
 

@@ -40,12 +40,10 @@ from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
-from opacus import PrivacyEngine
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from challenges.tracks import DP_DELTA, SCENARIO_SUFFIXES, TRACKS
 from models.loading import build_model, plain_state_dict, resolve_device
-from models.privacy import find_noise_multiplier, prv_epsilon
+from models.privacy import find_noise_multiplier, opacus, prv_epsilon
 
 DeviceLike = Union[str, torch.device]
 ProgressFn = Callable[[int, int, float, float], None]
@@ -263,7 +261,7 @@ def _make_private(track: str, recipe: Recipe, model, optimizer, criterion, n: in
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off")
         warnings.filterwarnings("ignore", message=".*non-full backward hook")
         warnings.filterwarnings("ignore", message=".*Optimal order is the")
-        engine = PrivacyEngine(accountant="prv", secure_mode=False)
+        engine = opacus().PrivacyEngine(accountant="prv", secure_mode=False)
         # Stand-in loader over record indices: make_private only reads len(loader) (sample
         # rate 1/k, k = ceil(N/B)) and len(dataset) (expected batch size int(N/k)).
         # poisson_sampling=False: we sample the Poisson batches ourselves (see _dp_batches), because
@@ -293,7 +291,9 @@ def _dp_batches(n: int, steps_per_epoch: int, dev: torch.device):
     """Opacus' Poisson sampler: every record joins each batch independently with probability 1/k,
     for exactly k batches per epoch; the in-memory tensors are indexed directly instead of
     collating records one by one."""
-    sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=1.0 / steps_per_epoch, steps=steps_per_epoch)
+    sampler = opacus("opacus.utils.uniform_sampler").UniformWithReplacementSampler(
+        num_samples=n, sample_rate=1.0 / steps_per_epoch, steps=steps_per_epoch
+    )
     return lambda: (torch.as_tensor(ix, dtype=torch.int64).to(dev, non_blocking=True) for ix in sampler)
 
 

@@ -36,6 +36,7 @@ from challenges.splits import reconstruct
 from challenges.tracks import ChallengeParams, scenario_suffix
 from models.batched import auto_parallel, train_batched
 from models.loading import plain_state_dict
+from models.privacy import opacus
 from models.train import Recipe, TrainResult, recipe_for
 
 PARTIAL = ".partial"  # suffix of a model folder being assembled (``.model_<id>.<random>.partial``)
@@ -214,6 +215,8 @@ def train_jobs(
         return
     track = params.track
     recipe = recipe or recipe_for(track, scenario_suffix(jobs[0].md.scenario))
+    if recipe.private:
+        opacus("opacus.accountants")  # DP without opacus: its one-line error before any work
     k = parallel or auto_parallel(track, recipe, device, max(len(j.train) for j in jobs))
     x, y = to_tensor(track, dataset.x), torch.from_numpy(dataset.y)
     pending = list(jobs)

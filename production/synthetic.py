@@ -43,6 +43,7 @@ from challenges.tracks import (
     scenario_names,
     scenario_suffix,
 )
+from models.privacy import opacus
 from models.train import recipe_for
 from production.folders import model_seeds, private_seed, seeded_job, train_with_progress, training_secret
 
@@ -307,12 +308,15 @@ def build_synthetic(
     ``len_challenge`` (default MICO's 100) lets a benchmark keep MICO's proportions on a smaller
     dataset."""
     size = _resolve(track, n_points, len_training, n_train, n_dev, n_final, epochs, len_challenge, preset)
+    scenarios = scenarios or scenario_names(track)
+    overrides = {} if size.epochs is None else {"epochs": size.epochs}
+    if any(recipe_for(track, scenario_suffix(s), **overrides).private for s in scenarios):
+        opacus("opacus.accountants")  # DP without opacus: its one-line error before anything is built
     seed = 0 if seed is None else int(seed)
     params, secret = _prepare(data_dir, track, size, seed)
     dataset = load_dataset(params)
     counts = {"train": size.n_train, "dev": size.n_dev, "final": size.n_final}
-    overrides = {} if size.epochs is None else {"epochs": size.epochs}
-    for scenario in scenarios or scenario_names(track):
+    for scenario in scenarios:
         # Seeds are keyed by the scenario itself, not its place in the list, so building one
         # scenario at a time gives the same challenge as building all at once.
         si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))

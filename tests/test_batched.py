@@ -651,6 +651,37 @@ def test_library_out_of_memory_backs_off_too(monkeypatch, message):
         train_batched("purchase100", recipe, x, y, _sets(40, (30, 30)), (1, 2), device="cpu")
 
 
+def test_out_of_memory_moving_the_data_backs_off_too(monkeypatch):
+    # production.folders hands each group the dataset on the host; moving it to the device can run
+    # out of memory (another group's or process's memory not yet freed) as a step can: halve K and
+    # retry, not fail the run. One model with nothing to halve raises the error as it is.
+    monkeypatch.setattr(batched, "_BACKED_OFF", {})
+    x, y = _data("purchase100", 60)
+    moves = []
+    original = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if self is x:
+            moves.append(len(moves))
+            if len(moves) == 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected, moving the data)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    sets, seeds = _sets(60, (40, 30, 50)), (1, 2, 3)
+    recipe = recipe_for("purchase100", "inf", epochs=1, batch_size=16)
+    with pytest.warns(batched.BackOffWarning, match="out of memory training 3 purchase100 models at once"):
+        got = train_batched("purchase100", recipe, x, y, sets, seeds, device="cpu")
+    assert len(moves) == 3  # the failed move, then one per half
+    monkeypatch.setattr(torch.Tensor, "to", original)
+    _assert_same_models(got, _sequential("purchase100", recipe, x, y, sets, seeds), atol=1e-5)
+    assert auto_parallel("purchase100", recipe, "cpu") == 2
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    moves.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="moving the data"):
+        train_batched("purchase100", recipe, x, y, sets[:1], seeds[:1], device="cpu")
+
+
 def test_free_cuda_memory_counts_the_allocators_cache(monkeypatch):
     # Memory torch's caching allocator reserved for an earlier group but no longer uses is free to
     # the next group, though the driver's free figure does not include it.
