@@ -313,6 +313,8 @@ def aggregate(args) -> dict:
             reps[sc] = errors(c["truth"], scores, c["phase"], args.bootstrap, si)
             for lb in LABELS:
                 m = scoring.mean_over_groups(c["truth"], scores[lb], c["phase"])  # each phase, then their mean
+                pooled = scoring.score(c["truth"], scores[lb])[scoring.RANKING_KEY]  # the old way, for the record
+                rows[lb].setdefault("pooled TPR@10%", {})[sc] = pooled
                 rows[lb]["scenarios"][sc] = {
                     col: [m[key], scoring.paired_se(reps[sc][col][lb])] for col, key, _ in FPRS
                 }
@@ -323,6 +325,7 @@ def aggregate(args) -> dict:
             for col, _, _ in FPRS:
                 point = float(np.mean([v[col][0] for v in rows[lb]["scenarios"].values()]))
                 rows[lb][f"avg {col}"] = [point, scoring.paired_se(avgs[col][lb])]
+            rows[lb]["avg TPR@10% pooled"] = float(np.mean(list(rows[lb].pop("pooled TPR@10%").values())))
         avg = avgs["TPR@10%"]
         for lb in LABELS:
             r = rows[lb]
@@ -467,6 +470,23 @@ def summary_table(results: dict) -> list[str]:
             pm(s["rows"][lb]["avg TPR@10%"]) if not (lb == WINNER and s["shadows"]) else "—" for s in results.values()
         ]
         lines.append(f"| {lb} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def pooled_lines(results: dict) -> list[str]:
+    """How far scoring each phase on its own moved each row at k = 0 from one ROC over dev and final
+    pooled (what this bench did before), and the gap between auto and the winner both ways."""
+    rows = results["k0"]["rows"]
+    lines = [
+        "| attack | avg TPR@10%, each phase on its own | dev + final pooled (before) | moved |",
+        "|---|---|---|---|",
+    ]
+    for lb in LABELS:
+        new, old = rows[lb]["avg TPR@10%"][0], rows[lb]["avg TPR@10% pooled"]
+        lines.append(f"| {lb} | {new:.4f} | {old:.4f} | {new - old:+.4f} |")
+    per_phase = rows[AUTO]["avg TPR@10%"][0] - rows[WINNER]["avg TPR@10%"][0]
+    pooled = rows[AUTO]["avg TPR@10% pooled"] - rows[WINNER]["avg TPR@10% pooled"]
+    lines += ["", f"Auto minus the winner as submitted: {per_phase:+.4f} per phase, {pooled:+.4f} pooled."]
     return lines
 
 
@@ -698,6 +718,7 @@ def main(argv=None) -> int:
     t2 = time.time()
     results = aggregate(args)
     lines = ["## Average TPR@10%FPR against designed shadows", "", *summary_table(results), ""]
+    lines += ["## Each phase on its own against dev + final pooled (k = 0)", "", *pooled_lines(results), ""]
     lines += ["## Attack power", "", *table(results, args.scenarios), ""]
     lines += ["## What designed shadows add (gain over k = 0, paired SE; bold: > 2 SE)", "", *gains_table(results), ""]
     lines += ["Where shadows pay (the cheapest budget with a gain > 2 paired SE):", "", *paying_lines(results), ""]

@@ -1,11 +1,13 @@
 """Every benchmark in bench/ runs end to end at a tiny size, so a refactor cannot break one silently."""
 
 import importlib.util
+import json
 import os
 
+import numpy as np
 import pytest
 
-from challenges import report
+from challenges import report, scoring
 from tests.conftest import ROOT
 
 
@@ -54,6 +56,14 @@ def test_bench_attack_power(tmp_path, capsys, single_thread):
     assert sum(r.startswith("| ") and " | 0.5 | 2 | " in r for r in gains.splitlines()) == len(bench.LABELS) - 1
     assert md.count("- avg TPR@") == 3 and "- inf TPR@1%: " in md
     assert (out / "attack_power.png").stat().st_size > 0 and (out / "attack_power.json").exists()
+    # issue 22, item 2: dev and final each scored on its own, then their mean (not one pooled ROC)
+    cell = np.load(out / "scores" / "purchase100_inf_k0.npz")
+    assert sorted(set(cell["phase"].tolist())) == ["dev", "final"]
+    s, phase = cell[f"score {bench.WINNER}"], cell["phase"]
+    each = [scoring.score(cell["truth"][phase == ph], s[phase == ph])["TPR_FPR_1000"] for ph in ("dev", "final")]
+    res = json.load(open(out / "attack_power.json"))
+    assert res["k0"]["rows"][bench.WINNER]["avg TPR@10%"][0] == pytest.approx(np.mean(each))
+    assert "## Each phase on its own against dev + final pooled (k = 0)" in md
     # a rerun resumes: nothing is trained or scored again
     assert bench.main(argv) == 0
     assert "k=2: Auto" not in capsys.readouterr().out
