@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from attacks import auto
-from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, OFFLINE_TESTS, SIGNALS, AttackOptions
+from attacks.options import ATTACKS, CALIBRATIONS, MU_CHOICES, OFFLINE_TESTS, SIGNALS, STACK_OBJECTIVES, AttackOptions
 from attacks.suite import (
     AUTO_LINEUP,
     COMPARE,
@@ -132,6 +132,14 @@ def build_parser() -> cli.Parser:
     _option(cal, "--signal", choices=SIGNALS, help="signal to calibrate")
     _option(
         cal, "--calibration", choices=CALIBRATIONS, help="s - mu_in, s - (mu_in + mu_out)/2, or (s - mu_all)/sigma_all"
+    )
+    st = p.add_argument_group("stacked")
+    _option(
+        st,
+        "--stack-objective",
+        choices=STACK_OBJECTIVES,
+        help="logloss, or low-fpr: refit with the rows above the non-members' 80%% quantile weighted 4x "
+        "(docs/attacks_auto_stacked.md)",
     )
     return p
 

@@ -25,6 +25,7 @@ MU_CHOICES = ("mean", "median")
 OFFLINE_TESTS = ("one-sided", "reference")  # the paper's Phi(z) / the LiRA reference code's two-sided test
 SIGNALS = ("loss", "confidence")
 CALIBRATIONS = ("in", "mid", "z")
+STACK_OBJECTIVES = ("logloss", "low-fpr")  # attacks.stacked: log-loss, or the top of the ranking weighted (S4)
 # The options each attack reads besides ``attack``; setting any other does nothing (unused()).
 READS = {
     "lira": (
@@ -46,7 +47,7 @@ READS = {
     "mico-winner": (),
     "mico-winner-config": (),
     # Both run a line-up of the attacks above with the options the rows do not set themselves.
-    "stacked": ("min_shadows", "rmia_gamma", "rmia_population", "seed"),
+    "stacked": ("min_shadows", "rmia_gamma", "rmia_population", "seed", "stack_objective"),
     "auto": ("min_shadows", "rmia_gamma", "rmia_population", "seed"),
 }
 
@@ -63,10 +64,12 @@ class AttackOptions:
     ``'auto'`` runs the --compare line-up and keeps, per scenario, the attack with the best
     leave-one-out TPR@10%FPR on the train models (attacks.auto).
     ``rmia_a`` is a number in [0, 1] or ``'auto'`` (best leave-one-out AUC on the train phase).
-    ``seed`` drives sampling in RMIA and the classifier.
+    ``seed`` drives sampling in RMIA and the classifier. ``stack_objective`` (stacked only):
+    ``'logloss'``, or ``'low-fpr'``: the fit refitted with the top of the ranking weighted.
     """
 
     attack: str = "lira"
+    stack_objective: str = "logloss"  # first after attack: a row's command names it before shared flags
     as_submitted: bool = False
     global_variance: bool = False
     online_attack: bool = False
@@ -89,6 +92,7 @@ class AttackOptions:
             ("offline_test", self.offline_test, OFFLINE_TESTS),
             ("signal", self.signal, SIGNALS),
             ("calibration", self.calibration, CALIBRATIONS),
+            ("stack_objective", self.stack_objective, STACK_OBJECTIVES),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")

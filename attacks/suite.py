@@ -247,7 +247,7 @@ def _classifier(data, rows, exclude, o):
 
 def _stacked(data, rows, exclude, o):
     base = {label: make_attack(row) for label, row in with_shared(STACK_BASE, o)}
-    return stacked.stacked_attack(data, rows, exclude, base, seed=o.seed)
+    return stacked.stacked_attack(data, rows, exclude, base, seed=o.seed, objective=o.stack_objective)
 
 
 _RUN = {
@@ -281,6 +281,7 @@ WINNER = "MICO winner as submitted (calibrated, per scenario)"
 WINNER_CONFIGURATION = "MICO winner's configuration (calibrated, per scenario, every shadow)"
 REFERENCES = {WINNER: "winner", WINNER_CONFIGURATION: "winner's config", RUNNER_UP: "runner-up"}  # short names
 STACKED = "Stacked (logistic regression over 17 attacks' scores)"
+STACKED_LOW_FPR = "Stacked, low-FPR weights (the top of the ranking weighted)"
 COMPARE = (
     (WINNER, AttackOptions(attack="mico-winner")),
     (WINNER_CONFIGURATION, AttackOptions(attack="mico-winner-config")),
@@ -305,6 +306,7 @@ COMPARE = (
     ("Loss (starting kit)", AttackOptions(attack="loss")),
     ("Confidence", AttackOptions(attack="confidence")),
     (STACKED, AttackOptions(attack="stacked")),
+    (STACKED_LOW_FPR, AttackOptions(attack="stacked", stack_objective="low-fpr")),
 )
 # --attack auto chooses among every row of the line-up.
 AUTO_LINEUP = COMPARE
@@ -341,6 +343,7 @@ COMPARE_SETS = (
     "rmia_a",
     "signal",
     "calibration",
+    "stack_objective",
 )
 
 

@@ -94,3 +94,31 @@ def test_bad_inputs_raise():
     rows, exclude = _rows(few)
     with pytest.raises(ValueError, match="stacked: base attack LiRA offline cannot run with 1 shadows"):
         stacked.stacked_attack(few, rows, exclude, BASE)
+
+
+def test_low_fpr_objective_refits_with_the_top_of_the_ranking_weighted():
+    """Issue 24, item 3: 'low-fpr' refits (S4) with the fit rows above the non-members' (1 -
+    FOCUS_FPR) quantile weighted FOCUS_WEIGHT times; checked against the rounds done by hand."""
+    rng = np.random.default_rng(0)
+    y = rng.random(2000) < 0.5
+    x = np.column_stack(
+        [y * 1.0 + rng.normal(0, 1, 2000), (y & (rng.random(2000) < 0.1)) * 3.0 + rng.normal(0, 1, 2000)]
+    )
+    new = rng.normal(0, 1, (50, 2))
+    got = stacked.fit_predict(x, y, new, objective="low-fpr")
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    w = np.ones(len(y))
+    for _ in range(1 + stacked.FOCUS_ROUNDS):
+        m = LogisticRegression(C=1.0, max_iter=1000).fit(z, y, sample_weight=w)
+        p = m.predict_proba(z)[:, 1]
+        w = np.where(p >= np.quantile(p[~y], 1 - stacked.FOCUS_FPR), stacked.FOCUS_WEIGHT, 1.0)
+    np.testing.assert_allclose(got, m.predict_proba((new - x.mean(axis=0)) / x.std(axis=0))[:, 1], rtol=1e-10)
+    assert not np.allclose(got, stacked.fit_predict(x, y, new))  # the weights change the fit
+    with pytest.raises(ValueError, match="unknown stacking objective 'auc'"):
+        stacked.fit_predict(x, y, new, objective="auc")
+    data = fake_scenario(n_train=10, P=80)
+    rows, exclude = _rows(data)
+    scores = make_attack(AttackOptions(attack="stacked", stack_objective="low-fpr"))(data, rows, exclude)
+    assert roc_auc_score(data.solutions[rows].ravel(), scores.ravel()) > 0.7
+    with pytest.raises(ValueError, match="unknown stack_objective"):
+        AttackOptions(attack="stacked", stack_objective="auc")
