@@ -344,6 +344,11 @@ class LockFile:
                         os.utime(lock.marker)
 
     @staticmethod
+    def _forget() -> None:
+        """In a forked child: the parent's locks are the parent's (its exit must not remove them)."""
+        LockFile._held, LockFile._guard, LockFile._beating = {}, threading.Lock(), False
+
+    @staticmethod
     def _release_all() -> None:
         for lock in list(LockFile._held.values()):
             lock.close()
@@ -362,6 +367,9 @@ class LockFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+os.register_at_fork(after_in_child=LockFile._forget)
 
 
 def _read(path: str) -> str:

@@ -181,6 +181,24 @@ def test_waiting_for_a_lock_file_and_the_heartbeat(tmp_path, monkeypatch):
     assert not os.path.exists(path + HELD)
 
 
+def test_a_forked_child_leaves_the_parents_lock_files(tmp_path, monkeypatch):
+    """A child forked while the parent holds a lock file (a data loader's worker) does not remove it
+    when it exits: the exit handler it inherits releases only its own."""
+    monkeypatch.setenv("MICO_LOCKS", "files")
+    path = str(tmp_path / ".lock")
+    held = try_lock(path)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fileio.LockFile._release_all()  # what the child's normal exit runs (atexit)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.path.exists(path + HELD) and try_lock(path) is None
+    held.close()
+    assert not os.path.exists(path + HELD)
+
+
 # ---------------------------------------------------------------------------------------------
 # The scripts on a file system without flock
 # ---------------------------------------------------------------------------------------------
