@@ -67,7 +67,8 @@ def parse_args(argv=None):
         "--parallel",
         type=cli.positive_int,
         default=None,
-        help="models trained at once (default: as many as the device's free memory holds)",
+        help="models trained at once (default: as many as the device's free memory holds; "
+        "on the CPU, within a container's or SLURM job's memory limit)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     cli.add_threads(p)

@@ -20,7 +20,7 @@ import warnings
 
 from tqdm.auto import tqdm
 
-from .fileio import one_line
+from .fileio import LockWarning, one_line
 from .layout import LayoutWarning
 from .tracks import TRACKS, check_scenario
 
@@ -144,11 +144,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 def run(main, name: str) -> None:
     """Run a script's ``main()`` and exit with its code; an expected failure (ValueError, OSError, or
     an ImportError of a package only some runs need, such as opacus for DP training) becomes one line
-    on stderr naming the script, as does a :class:`LayoutWarning`, and Ctrl-C says how to resume."""
+    on stderr naming the script, as does a :class:`LayoutWarning` or
+    :class:`~challenges.fileio.LockWarning`, and Ctrl-C says how to resume."""
     show = warnings.showwarning
 
     def one_line_warning(message, category, *args, **kwargs):
-        if issubclass(category, LayoutWarning):
+        if issubclass(category, (LayoutWarning, LockWarning)):
             tqdm.write(f"{name}: warning: {one_line(message, None)}", file=sys.stderr)  # above any progress bar
         else:
             show(message, category, *args, **kwargs)

@@ -1,6 +1,7 @@
 """Writing files so that a reader never sees a partial one, a failure leaves nothing behind,
 concurrent writers never share a temporary name, and a file that is in place survives a power
-loss; file digests and one-line error texts.
+loss; the locks concurrent runs take (flock, or lock files where it is missing); file digests and
+one-line error texts.
 
 A file or folder ``<dir>/<name>`` is written inside a private folder ``<dir>/.<name>.<random><suffix>``
 (created with ``tempfile.mkdtemp``, so no two writers ever get the same one) and renamed to its
@@ -17,13 +18,21 @@ for trees assembled elsewhere (downloads).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import hashlib
 import os
+import secrets
 import shutil
+import socket
 import tempfile
+import threading
+import time
+import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -140,11 +149,54 @@ def remove_leftovers(path: str, suffix: str = ".tmp") -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def try_lock(path: str, wait: bool = False):
-    """``path`` (created if absent) opened with an exclusive flock, or None if another process holds
-    it; ``wait``: block until it is free instead. Closing the returned file releases the lock."""
+# ---------------------------------------------------------------- locks
+#
+# A lock is ``fcntl.flock`` on a file that stays in place (``.<name>.lock``, ``.locks/...``): the
+# kernel (or the network file system's lock manager) drops it when its process dies. Some cluster
+# file systems have no flock (Lustre mounted without ``-o flock``, NFS without its lock daemon):
+# flock fails there with ENOLCK, ENOSYS, EOPNOTSUPP or EINVAL. $MICO_LOCKS says what to do then:
+# ``auto`` (default) takes a lock file instead (one line says so, once per file system), ``flock``
+# stops with one line naming the folder and the fix, ``files`` always takes lock files (for a
+# network file system whose flock is local to each host). docs/guarantees.md says what lock files
+# cost when a holder is killed.
+
+LOCKS_ENV = "MICO_LOCKS"
+LOCK_MODES = ("auto", "flock", "files")
+NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL})
+HELD = ".held"  # a lock file: <lock>.held, created with O_EXCL, naming its holder
+HEARTBEAT_S = 30.0  # a lock file's holder touches it this often
+STALE_S = 300.0  # a lock file of another host (or a frozen holder) untouched this long is stale
+POLL_S = 1.0  # how often a waiter looks at a lock file again
+
+
+class LockWarning(UserWarning):
+    """flock does not work in a folder and lock files are used instead (printed as one line)."""
+
+
+def lock_mode() -> str:
+    """$MICO_LOCKS: 'auto' (default), 'flock' or 'files'; ValueError naming the variable otherwise."""
+    mode = os.environ.get(LOCKS_ENV) or "auto"
+    if mode not in LOCK_MODES:
+        raise ValueError(f"{LOCKS_ENV}={mode!r}: expected one of {', '.join(LOCK_MODES)} (docs/guarantees.md)")
+    return mode
+
+
+class LockError(OSError):
+    """A lock that cannot be taken where flock is missing and MICO_LOCKS=flock: one line."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class _NoFlock(Exception):
+    def __init__(self, e: OSError):
+        self.error = e
+
+
+def _flock(path: str, wait: bool):
+    """``path`` opened with an exclusive flock, None if another process holds it; _NoFlock where
+    the file system has none."""
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         f = open(path, "a")  # noqa: SIM115 - returned open: the lock lives as long as the file
     except OSError as e:
         raise write_error(path, e) from None
@@ -155,17 +207,242 @@ def try_lock(path: str, wait: bool = False):
         return None
     except OSError as e:
         f.close()
+        if e.errno in NO_FLOCK:
+            raise _NoFlock(e) from None
         raise write_error(path, e) from None
     return f
 
 
+_NOTED: set[int] = set()  # file systems (st_dev) where the switch to lock files was announced
+
+
+def _no_flock(path: str, e: OSError, mode: str) -> None:
+    """Stop (``MICO_LOCKS=flock``) or say once per file system that lock files take over."""
+    folder = os.path.dirname(os.path.abspath(path))
+    reason = f"flock fails there: {e.strerror or e} [{errno.errorcode.get(e.errno, e.errno)}]"
+    if mode == "flock":
+        raise LockError(
+            e.errno,
+            f"{folder}: {reason}; set {LOCKS_ENV}=files (lock files, docs/guarantees.md) or use a file system "
+            "with flock (local disk, Lustre mounted with -o flock), then rerun",
+        )
+    dev = os.stat(folder).st_dev
+    if dev not in _NOTED:
+        _NOTED.add(dev)
+        warnings.warn(f"{folder}: {reason}; using lock files instead (docs/guarantees.md)", LockWarning, stacklevel=4)
+
+
+def try_lock(path: str, wait: bool = False):
+    """An exclusive lock on ``path`` (created if absent), or None if another process holds it;
+    ``wait``: block until it is free instead. Closing the returned object releases the lock. flock,
+    or a lock file ``path + '.held'`` as $MICO_LOCKS says (see above)."""
+    mode = lock_mode()
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
+    if mode != "files":
+        try:
+            return _flock(path, wait)
+        except _NoFlock as e:
+            _no_flock(path, e.error, mode)
+    return LockFile.take(path + HELD, wait)
+
+
 @contextmanager
 def locked(path: str):
-    """Hold an exclusive advisory lock (``fcntl.flock``) on the file ``path``, created if absent;
-    waits while another process holds it. The lock dies with its process, so a killed run never
-    leaves a stale one."""
-    with try_lock(path, wait=True):  # closing the file releases the lock
+    """Hold an exclusive lock on the file ``path`` (:func:`try_lock`), created if absent; waits while
+    another process holds it. A flock dies with its process, so a killed run never leaves a stale
+    one; a lock file of a killed run is cleared as docs/guarantees.md says."""
+    with try_lock(path, wait=True):
         yield
+
+
+def _proc_stat(pid: int) -> tuple[str, str]:
+    """(state, start time in clock ticks since boot) of process ``pid``; ('-', '-') where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return "-", "-"
+
+
+@functools.cache
+def _machine() -> str:
+    """This host, boot and pid namespace: where a holder's pid can be looked up."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "-"
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = "-"
+    return f"{socket.gethostname()} {boot} {ns}"
+
+
+def _alive(pid: int, start: str) -> bool:
+    """Whether process ``pid``, started at ``start`` (ticks since boot), still runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's: it exists
+    state, now = _proc_stat(pid)
+    return state not in ("Z", "X") and start in ("-", now)  # a zombie is dead; another start: pid reused
+
+
+class LockFile:
+    """A lock held as the file ``marker``, created with O_EXCL and holding one line: host, boot id,
+    pid namespace, pid, start time and a random token. While held, a thread touches it every
+    HEARTBEAT_S; close() (or the process's normal exit) removes it. Another process takes over a
+    marker whose holder is dead (same machine: its pid is gone or reused) or, from another host,
+    one untouched for STALE_S."""
+
+    _held: dict[str, LockFile] = {}
+    _guard = threading.Lock()
+    _beating = False
+
+    def __init__(self, marker: str, record: str):
+        self.marker, self.record, self.touched = marker, record, time.monotonic()
+
+    @classmethod
+    def take(cls, marker: str, wait: bool):
+        pid = os.getpid()
+        record = f"{_machine()} {pid} {_proc_stat(pid)[1]} {secrets.token_hex(8)}"
+        while True:
+            if _create(marker, record):
+                return cls(marker, record)._hold()
+            if _break_if_stale(marker):
+                continue
+            if not wait:
+                return None
+            time.sleep(POLL_S)
+
+    def _hold(self):
+        with LockFile._guard:
+            LockFile._held[self.marker] = self
+            if not LockFile._beating:
+                LockFile._beating = True
+                threading.Thread(target=LockFile._beat, name="lock-heartbeat", daemon=True).start()
+                atexit.register(LockFile._release_all)
+        return self
+
+    @staticmethod
+    def _beat() -> None:
+        while True:
+            time.sleep(min(1.0, HEARTBEAT_S))
+            with LockFile._guard:
+                held = list(LockFile._held.values())
+            for lock in held:
+                if time.monotonic() - lock.touched >= HEARTBEAT_S:
+                    lock.touched = time.monotonic()
+                    with contextlib.suppress(OSError):
+                        os.utime(lock.marker)
+
+    @staticmethod
+    def _forget() -> None:
+        """In a forked child: the parent's locks are the parent's (its exit must not remove them)."""
+        LockFile._held, LockFile._guard, LockFile._beating = {}, threading.Lock(), False
+
+    @staticmethod
+    def _release_all() -> None:
+        for lock in list(LockFile._held.values()):
+            lock.close()
+
+    def close(self) -> None:
+        with LockFile._guard:
+            if LockFile._held.get(self.marker) is not self:
+                return
+            del LockFile._held[self.marker]
+        with contextlib.suppress(OSError):
+            if _read(self.marker) == self.record:  # still ours (not taken over as stale)
+                os.unlink(self.marker)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+os.register_at_fork(after_in_child=LockFile._forget)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _create(marker: str, record: str) -> bool:
+    """Create ``marker`` holding ``record``; False if it exists."""
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise write_error(marker, e) from None
+    try:
+        os.write(fd, record.encode())
+    except OSError as e:
+        os.close(fd)
+        os.unlink(marker)
+        raise write_error(marker, e) from None
+    os.close(fd)
+    return True
+
+
+def _look(marker: str):
+    """(stat, record) of ``marker``, None if it is gone."""
+    try:
+        return os.stat(marker), _read(marker)
+    except FileNotFoundError:
+        return None
+
+
+def _stale(st: os.stat_result, record: str) -> bool:
+    """Whether the holder ``record`` of a marker is gone: on this machine, its process; elsewhere (or
+    a record not yet written), STALE_S without a heartbeat."""
+    fields = record.split()
+    if len(fields) == 6 and " ".join(fields[:3]) == _machine() and fields[3].isdigit():
+        return not _alive(int(fields[3]), fields[4])
+    return time.time() - st.st_mtime > STALE_S
+
+
+def _break_if_stale(marker: str) -> bool:
+    """Remove ``marker`` if its holder is gone (under a guard file, so that of two processes that
+    judged it stale only one removes it, and never a fresh one); True if the caller may try again."""
+    seen = _look(marker)
+    if seen is None:
+        return True
+    if not _stale(*seen):
+        return False
+    guard = marker + ".break"
+    try:
+        fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - os.stat(guard).st_mtime > STALE_S:  # a breaker killed mid-way
+                os.unlink(guard)
+        return False
+    except OSError as e:
+        raise write_error(guard, e) from None
+    try:
+        again = _look(marker)
+        if again is not None and (again[0].st_ino, again[0].st_mtime_ns, again[1]) == (
+            seen[0].st_ino,
+            seen[0].st_mtime_ns,
+            seen[1],
+        ):
+            os.unlink(marker)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(guard)
+    return True
 
 
 def write_text(path: str, text: str) -> None:

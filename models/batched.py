@@ -69,7 +69,6 @@ from __future__ import annotations
 import functools
 import gc
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -81,6 +80,7 @@ from torch.func import functional_call, grad, vmap
 
 from challenges.tracks import TRACKS
 from models.loading import build_model, resolve_device
+from models.memory import available_memory
 from models.privacy import find_noise_multiplier, prv_epsilon
 from models.train import Recipe, TrainResult, check_data
 
@@ -800,17 +800,13 @@ def _results(
 
 def free_memory(dev: torch.device) -> int:
     """Bytes free on ``dev``: CUDA's free memory, with what torch's caching allocator holds but does
-    not use (an earlier group's, free to this process though not to the driver), or the host's
-    available memory for the CPU."""
+    not use (an earlier group's, free to this process though not to the driver), or the host
+    memory this process may still take for the CPU: the node's, its cgroup's or its SLURM job's,
+    whichever is least (:func:`models.memory.available_memory`)."""
     if dev.type == "cuda":
         cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
         return int(torch.cuda.mem_get_info(dev)[0]) + max(0, int(cached))
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available_memory()
 
 
 # Floats alive per sample of a step (layer outputs and their gradients, log-softmax, masks), by

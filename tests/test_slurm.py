@@ -24,8 +24,10 @@ TRACK, SCENARIO = "purchase100", "purchase100_inf"
 
 
 def _bash(script, env, *args):
-    """``bash script args`` with ``env`` added to a clean copy of the environment (no SLURM_*)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    """``bash script args`` with ``env`` added to a clean copy of the environment (no SLURM_*, no
+    thread counts)."""
+    keep = [k for k in os.environ if not k.startswith(("SLURM_", "SBATCH_")) and not k.endswith("_NUM_THREADS")]
+    base = {k: os.environ[k] for k in keep}
     return subprocess.run(
         ["bash", script, *args], env={**base, **env}, capture_output=True, text=True, timeout=60, check=False
     )
@@ -53,6 +55,8 @@ def test_submit_dry_run_chains_the_three_jobs():
     assert "--dependency=afterok:<train>:<preds>" in attack and attack.endswith("attack.sbatch")
     for line in (train, preds, attack):
         assert "--partition=gpu" in line and "--time=1:00" in line and f"--chdir={ROOT}" in line
+        exports = [o for o in line.split() if o.startswith("--export=")]  # a site may set SBATCH_EXPORT=NONE
+        assert len(exports) == 1 and exports[0].split(",")[0] == "--export=ALL", line
     assert "--gres=gpu:2" in train and "--gres=gpu:2" in preds and "--gres" not in attack
     cpu = _bash(os.path.join(SLURM, "submit.sh"), env)
     assert cpu.returncode == 0 and "--gres" not in cpu.stderr and "--partition" not in cpu.stderr
@@ -60,6 +64,71 @@ def test_submit_dry_run_chains_the_three_jobs():
     assert bad.returncode == 2 and "TASKS" in bad.stderr
     missing = _bash(os.path.join(SLURM, "submit.sh"), {"DRY_RUN": "1", "CHALLENGE": TRACK})
     assert missing.returncode != 0 and "SCENARIO" in missing.stderr
+
+
+FAKE_SBATCH = """#!/bin/bash
+# sbatch --parsable on a multi-cluster site: "<id>;<cluster>"; logs its arguments, one call a line.
+echo "$*" >> "$SBATCH_LOG"
+echo "$((100 + $(wc -l < "$SBATCH_LOG")));cluster-a"
+"""
+
+
+def test_submit_takes_the_job_id_before_the_cluster_name(tmp_path):
+    """sbatch --parsable prints "id;cluster" where several clusters are federated: the dependencies
+    and the printed ids use the id alone."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    log = tmp_path / "sbatch.log"
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SBATCH_LOG": str(log),
+        "SBATCH_EXPORT": "NONE",
+        "LOG_DIR": str(tmp_path / "logs"),
+        "CHALLENGE": TRACK,
+        "SCENARIO": SCENARIO,
+        "N": "4",
+        "TASKS": "2",
+    }
+    r = _bash(os.path.join(SLURM, "submit.sh"), env)
+    assert r.returncode == 0 and r.stdout.split() == ["101", "102", "103"], r.stderr
+    train, preds, attack = log.read_text().splitlines()
+    assert "--dependency=afterok:101 " in preds and "--dependency=afterok:101:102 " in attack
+    assert all(" --export=ALL" in line for line in (train, preds, attack))
+    (bin_dir / "sbatch").write_text("#!/bin/bash\necho 'sbatch: error: Batch job submission failed' >&2\nexit 1\n")
+    failed = _bash(os.path.join(SLURM, "submit.sh"), env)
+    assert failed.returncode != 0 and failed.stdout == ""
+    assert "submission failed" in failed.stderr and "for the train job, not a job id" in failed.stderr
+
+
+FAKE_PYTHON = """#!/bin/bash
+# The interpreter of a dry run: prints the thread variables and the command line.
+echo "OMP=${OMP_NUM_THREADS:-} MKL=${MKL_NUM_THREADS:-} OPENBLAS=${OPENBLAS_NUM_THREADS:-} $*"
+"""
+
+
+def test_job_scripts_take_threads_and_the_scenario_from_the_job(tmp_path):
+    """SLURM_CPUS_PER_TASK (sbatch --cpus-per-task) becomes --threads of training and caching and
+    the BLAS threads of the attack; SCENARIO limits caching and attack to that scenario."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    task = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2", "PYTHON": str(python), "CHALLENGE": TRACK}
+    job = {**task, "SLURM_CPUS_PER_TASK": "6", "SCENARIO": SCENARIO, "N": "4"}
+    train = _bash(os.path.join(SLURM, "train_shadows.sbatch"), job).stdout
+    assert "--shard 0/2 --threads 6" in train
+    preds = _bash(os.path.join(SLURM, "save_preds.sbatch"), {**job, "PREDS_ARGS": "--threads 2"}).stdout
+    assert f"save_preds.py --challenge {TRACK} --scenario {SCENARIO} --data-dir" in preds
+    assert preds.strip().endswith("--threads 6 --threads 2")  # the user's own flag comes last and wins
+    attack = _bash(os.path.join(SLURM, "attack.sbatch"), {**job, "MKL_NUM_THREADS": "3"}).stdout.splitlines()[-1]
+    assert attack.startswith("OMP=6 MKL=3 OPENBLAS=6 run_lira_mia.py")
+    assert f"run_lira_mia.py --challenge {TRACK} --scenario {SCENARIO} --data-dir" in attack
+    track = {**task, "N": "4", "SCENARIO": SCENARIO}
+    assert "--threads" not in _bash(os.path.join(SLURM, "train_shadows.sbatch"), track).stdout
+    preds = _bash(os.path.join(SLURM, "save_preds.sbatch"), task).stdout
+    attack = _bash(os.path.join(SLURM, "attack.sbatch"), task).stdout
+    assert "--scenario" not in preds + attack and "--threads" not in preds and "OMP= MKL= OPENBLAS= " in attack
 
 
 def test_job_scripts_dry_run(tmp_path):
