@@ -65,7 +65,7 @@ def build_parser() -> cli.Parser:
     syn.add_argument(
         "--n-train",
         type=cli.positive_int,
-        help="synthetic: number of models in train (the attacks' shadows; --evaluate needs 2)",
+        help="synthetic: number of models in train (the attacks' shadows; scoring them leave-one-out needs 2)",
     )
     syn.add_argument("--n-dev", type=cli.positive_int, help="synthetic: number of models in dev")
     syn.add_argument("--n-final", type=cli.positive_int, help="synthetic: number of models in final")

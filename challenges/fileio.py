@@ -43,6 +43,8 @@ class WriteError(OSError):
             fix = "raise the file-size limit (ulimit -f)"
         elif self.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = "make its folder writable"
+        elif self.errno == errno.ENOTDIR:
+            fix = f"{_not_a_folder(self.path)} is a file, not a folder; move it or choose another path"
         else:
             fix = "check its folder"
         return f"{self.path}: cannot write ({self.strerror}); {fix}, then rerun"
@@ -180,6 +182,37 @@ def file_digest(path: str, algorithm: str = "sha256") -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _not_a_folder(path: str) -> str:
+    """The first part of ``path`` that exists and is not a folder (``path`` itself, absolute, if none is)."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        head = os.sep.join(parts[:i])
+        if os.path.exists(head) and not os.path.isdir(head):
+            return head
+    return os.path.abspath(path)
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError that reached a script: the file or folder, the reason and the fix,
+    instead of Python's bare ``[Errno 13] Permission denied: 'path'``."""
+    if isinstance(e, WriteError) or not e.filename:
+        return one_line(e, None)
+    name, why = os.fspath(e.filename), e.strerror or str(e)
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "check the permissions of it and of its folder (read-only?), or choose another folder"
+    elif e.errno in (errno.ENOTDIR, errno.EEXIST) and not os.path.isdir(name):
+        head = _not_a_folder(name)
+        where = "" if head == os.path.abspath(name) else f"{head} "
+        return f"{name}: {where}is a file, not a folder; move it or choose another path"
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space there, then rerun"
+    elif e.errno == errno.EISDIR:
+        fix = "it is a folder; name a file instead"
+    else:
+        return one_line(f"{name}: {why}", None)
+    return one_line(f"{name}: {why}; {fix}", None)
 
 
 def one_line(text, limit: int | None = 200) -> str:
