@@ -16,6 +16,7 @@ import argparse
 import os
 import shlex
 import sys
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -324,6 +325,9 @@ def main(argv=None) -> int:
     args, options = parse_args(argv)
     # Reports of a challenge built with the test secret say that its targets are not private.
     warning = secret_warning(args.data_dir, args.challenge, load_params(args.data_dir, args.challenge))
+    missing = None if args.scenario else layout.missing_scenarios_note(args.data_dir, args.challenge)
+    if missing:
+        warnings.warn(missing, layout.LayoutWarning, stacklevel=1)
     if args.compare:
         path = compare(args, options, note=warning)
         with open(path) as f:
