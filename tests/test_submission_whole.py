@@ -2,9 +2,14 @@
 challenge's layout, each file as the last complete run wrote it, and every file that run listed
 still there; --output never replaces a file of the challenge."""
 
+import glob
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 
 import pytest
@@ -12,9 +17,9 @@ import pytest
 import run_lira_mia
 import save_preds
 import save_zip
-from challenges import layout, submission
+from challenges import fileio, layout, submission
 from challenges.tracks import challenge_json_path, scenario_names
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
 
 TRACK = "purchase100"
 
@@ -152,3 +157,70 @@ def test_output_refuses_a_folder_and_a_file_that_is_not_a_zip(tree, tmp_path, ca
     # A zip that an earlier save_zip.py wrote is replaced.
     out = str(tmp_path / "sub.zip")
     assert _zip(tree, capsys, out)[0] == 0 and _zip(tree, capsys, out)[0] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# What a killed writer leaves: removed by the next writer of the same file
+# ---------------------------------------------------------------------------------------------
+
+KILLED_WRITER = """
+import sys, time
+from challenges.fileio import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    open(tmp, "w").write("half")
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def _age(folder, seconds=60):
+    t = time.time() - seconds
+    os.utime(folder, (t, t))
+
+
+def test_a_killed_writers_folder_is_removed_by_the_next_writer_a_live_ones_is_not(tmp_path):
+    target = str(tmp_path / "prediction.csv")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", KILLED_WRITER, target], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "writing"
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        leftovers = glob.glob(str(tmp_path / ".prediction.csv.*.tmp"))
+        assert len(leftovers) == 2
+        for folder in leftovers:
+            _age(folder)
+        fileio.write_text(target, "whole\n")
+        (kept,) = glob.glob(str(tmp_path / ".prediction.csv.*.tmp"))  # the live writer's
+        assert open(os.path.join(kept, "prediction.csv")).read() == "half"
+        assert open(target).read() == "whole\n"
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate(timeout=30)
+    _age(kept)
+    fileio.write_text(target, "again\n")
+    assert glob.glob(str(tmp_path / ".prediction.csv.*.tmp")) == []
+
+
+def test_run_lira_mia_removes_a_killed_runs_temporary_prediction_folders(tree, tmp_path):
+    """Folders as a run killed mid-write leaves them (no process holds them), beside the dev models'
+    prediction.csv: the next run removes them; a lock file beside them stays."""
+    mds = [md for s in scenario_names(TRACK) for md in layout.models(tree, TRACK, s, ("dev", "final"))]
+    planted = []
+    for md in mds[:3]:
+        folder = os.path.join(md.path, ".prediction.csv.k1ll3d.tmp")
+        os.makedirs(folder)
+        open(os.path.join(folder, "prediction.csv"), "w").write("0.5,")
+        _age(folder)
+        planted.append(folder)
+    lock = os.path.join(mds[0].path, ".prediction.csv.lock")
+    open(lock, "w").close()
+    cache_dir = str(tmp_path / "cache")
+    base = ["--challenge", TRACK, "--data-dir", tree, "--cache-dir", cache_dir]
+    assert save_preds.main([*base, "--device", "cpu"]) == 0
+    assert run_lira_mia.main([*base, "--report-dir", str(tmp_path / "r"), "--attack", "loss"]) == 0
+    assert not any(os.path.exists(p) for p in planted) and os.path.exists(lock)
