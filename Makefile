@@ -17,18 +17,18 @@ DEPS := .make/deps
 # Installs only when requirements.txt changed since the last install (or never ran here).
 $(DEPS): requirements.txt
 	$(PYTHON) -m pip install -q -r requirements.txt $(DEV_TOOLS)
-	mkdir -p $(dir $@) && touch $@
+	mkdir -p "$(dir $@)" && touch "$@"
 
 install: $(DEPS)
 
 demo: $(DEPS)
-	$(PYTHON) download_files.py --challenge $(TRACK) --data-dir $(DATA) --synthetic $(THREADS_FLAG)
-	$(PYTHON) save_preds.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) $(THREADS_FLAG)
-	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir $(REPORT) --global_variance --evaluate
-	$(PYTHON) save_zip.py --challenge $(TRACK) --data-dir $(DATA) --output $(DATA)/predictions_$(TRACK).zip
+	$(PYTHON) download_files.py --challenge $(TRACK) --data-dir "$(DATA)" --synthetic $(THREADS_FLAG)
+	$(PYTHON) save_preds.py --challenge $(TRACK) --data-dir "$(DATA)" --cache-dir "$(CACHE)" $(THREADS_FLAG)
+	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir "$(DATA)" --cache-dir "$(CACHE)" --report-dir "$(REPORT)" --global_variance --evaluate
+	$(PYTHON) save_zip.py --challenge $(TRACK) --data-dir "$(DATA)" --output "$(DATA)/predictions_$(TRACK).zip"
 
 compare: $(DEPS)
-	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir $(DATA) --cache-dir $(CACHE) --report-dir $(REPORT) --compare
+	$(PYTHON) run_lira_mia.py --challenge $(TRACK) --data-dir "$(DATA)" --cache-dir "$(CACHE)" --report-dir "$(REPORT)" --compare
 
 # The default suite (tests marked slow are left out; see pyproject.toml).
 test: $(DEPS)
@@ -65,4 +65,4 @@ gpu-wheels:
 	ls -l .whl
 
 clean:
-	rm -rf $(DATA) $(CACHE) $(REPORT)
+	rm -rf "$(DATA)" "$(CACHE)" "$(REPORT)"

@@ -19,10 +19,10 @@ import save_preds
 from attacks.options import AttackOptions
 from attacks.suite import make_attack
 from challenges import cli, download, layout, scoring
-from challenges.fileio import one_line
+from challenges.fileio import one_line, os_error_line
 from challenges.scenario import load_scenario, target_truth
-from challenges.tracks import load_params, scenario_names, scenario_suffix
-from models import set_threads
+from challenges.tracks import load_params, scenario_names, scenario_suffix, secret_warning
+from models import resolve_device, set_threads
 from production.synthetic import PRESET_RANGES, PRESETS, build_synthetic
 
 SYNTHETIC_OPTIONS = ("n_points", "len_training", "n_train", "n_dev", "n_final", "seed", "device")
@@ -56,13 +56,19 @@ def build_parser() -> cli.Parser:
     syn.add_argument(
         "--synthetic", action="store_true", help="build an offline synthetic challenge instead of downloading"
     )
-    syn.add_argument("--n-points", type=int, help="synthetic: size of the base dataset")
+    syn.add_argument("--n-points", type=cli.positive_int, help="synthetic: size of the base dataset")
     syn.add_argument(
-        "--len-training", type=int, help="synthetic: training-set size per model; half of --n-points when omitted"
+        "--len-training",
+        type=cli.positive_int,
+        help="synthetic: training-set size per model; half of --n-points when omitted",
     )
-    syn.add_argument("--n-train", type=int, help="synthetic: number of models in train")
-    syn.add_argument("--n-dev", type=int, help="synthetic: number of models in dev")
-    syn.add_argument("--n-final", type=int, help="synthetic: number of models in final")
+    syn.add_argument(
+        "--n-train",
+        type=cli.positive_int,
+        help="synthetic: number of models in train (the attacks' shadows; scoring them leave-one-out needs 2)",
+    )
+    syn.add_argument("--n-dev", type=cli.positive_int, help="synthetic: number of models in dev")
+    syn.add_argument("--n-final", type=cli.positive_int, help="synthetic: number of models in final")
     syn.add_argument("--seed", type=cli.non_negative_int, help="synthetic: random seed")
     syn.add_argument("--device", help="synthetic: torch device for training, e.g. cpu or cuda")
     syn.add_argument("--epochs", type=cli.positive_int, help="synthetic: override the number of training epochs")
@@ -102,6 +108,11 @@ def parse_args(argv=None):
         ]
         if ignored:
             parser.error(f"--synthetic builds everything locally; drop {', '.join(ignored)}")
+        if args.device is not None:  # before anything is written
+            try:
+                resolve_device(args.device)
+            except ValueError as e:
+                parser.error(f"--device: {e}")
     else:
         given = [o for o in SYNTHETIC_OPTIONS + ("epochs", "threads", "preset") if getattr(args, o) is not None]
         if given:
@@ -165,13 +176,16 @@ def main(argv=None) -> int:
             set_threads(args.threads)
             options = {o: getattr(args, o) for o in SYNTHETIC_OPTIONS if getattr(args, o) is not None}
             scenarios = [args.scenario] if args.scenario else None
-            build_synthetic(
+            params = build_synthetic(
                 args.data_dir, args.challenge, epochs=args.epochs, scenarios=scenarios, preset=args.preset, **options
             )
             if args.preset:
                 print_difficulty(
                     args.data_dir, args.cache_dir, args.challenge, scenarios or scenario_names(args.challenge)
                 )
+            warning = secret_warning(args.data_dir, args.challenge, params)
+            if warning:  # last, where it is seen
+                print(f"download_files.py: warning: {warning}", file=sys.stderr)
         else:
             fetch(args)
     # ValueError: synthetic sizes or another challenge in place; ImportError: DP training without opacus
@@ -179,7 +193,7 @@ def main(argv=None) -> int:
         print(f"download_files.py: error: {one_line(e, None)}", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, permissions: the user's to fix, no traceback
-        print(f"download_files.py: error: {one_line(e)}", file=sys.stderr)
+        print(f"download_files.py: error: {os_error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("download_files.py: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -16,6 +16,7 @@ import argparse
 import os
 import shlex
 import sys
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,7 +42,7 @@ from challenges import cache, cli, evaluation, layout, report, scoring, submissi
 from challenges.datasets import load_dataset
 from challenges.fileio import write_text
 from challenges.scenario import load_scenario, runner_up_note, target_truth
-from challenges.tracks import TARGET_PHASES, TARGETS, load_params
+from challenges.tracks import TARGET_PHASES, TARGETS, load_params, secret_warning
 
 # AttackOptions field -> the flag that sets it (filled by build_parser), to render commands.
 OPTION_FLAGS: dict[str, str] = {}
@@ -210,7 +211,7 @@ def scenarios_data(args, fields, runs, runner_up: bool = False):
         yield data
 
 
-def compare(args, options: AttackOptions) -> str:
+def compare(args, options: AttackOptions, note: str | None = None) -> str:
     """Score every row of the line-up leave-one-out, then auto's rows and the paired bootstrap
     standard errors (train; dev and final where their truth is known); write report.md; return its path."""
     runs = with_shared(COMPARE, options)
@@ -230,9 +231,9 @@ def compare(args, options: AttackOptions) -> str:
             targets[label] = results
             bar.update()
         bar.set_postfix_str(f"{data.scenario}: auto's honest estimate")
-        train[AUTO], train[AUTO_HONEST], halves, choice, note = compare_auto(data, options, train, scores)
+        train[AUTO], train[AUTO_HONEST], halves, choice, said = compare_auto(data, options, train, scores)
         targets[AUTO] = targets[choice]
-        notes += note
+        notes += said
         rows = train[AUTO][0]
         replicates[data.scenario] = scoring.bootstrap_tpr(
             target_truth(data, rows),
@@ -256,7 +257,12 @@ def compare(args, options: AttackOptions) -> str:
     )
     commands = {label: " ".join(base_command(args) + option_flags(row)) for label, row in rows}
     return report.write_compare_report(
-        os.path.join(args.report_dir, args.challenge), scores, commands, references=REFERENCES, sections=sections
+        os.path.join(args.report_dir, args.challenge),
+        scores,
+        commands,
+        references=REFERENCES,
+        sections=sections,
+        note=note,
     )
 
 
@@ -380,8 +386,13 @@ def write_auto_report(args, attack: auto.AutoAttack) -> str:
 
 def main(argv=None) -> int:
     args, options = parse_args(argv)
+    # Reports of a challenge built with the test secret say that its targets are not private.
+    warning = secret_warning(args.data_dir, args.challenge, load_params(args.data_dir, args.challenge))
+    missing = None if args.scenario else layout.missing_scenarios_note(args.data_dir, args.challenge)
+    if missing:
+        warnings.warn(missing, layout.LayoutWarning, stacklevel=1)
     if args.compare:
-        path = compare(args, options)
+        path = compare(args, options, note=warning)
         with open(path) as f:
             print(f.read())
         print(f"report: {path}")
@@ -408,7 +419,7 @@ def main(argv=None) -> int:
     if isinstance(attack, auto.AutoAttack):
         print(f"auto's choices: {write_auto_report(args, attack)}")
     if args.evaluate:
-        print(report.scores_text(scores))
+        print(report.scores_text(scores, note=warning))
         paths = report.save_report(os.path.join(args.report_dir, args.challenge), scores)
         print("report: " + ", ".join(paths))
     return 0

@@ -48,7 +48,12 @@ def parse_args(argv=None):
         default=AttackOptions().rmia_population,
         help="dev/final models: also cache RMIA's population points (as run_lira_mia.py's flag; 0: own points only)",
     )
-    p.add_argument("--seed", type=int, default=AttackOptions().seed, help="RMIA's population seed (run_lira_mia.py's)")
+    p.add_argument(
+        "--seed",
+        type=cli.non_negative_int,
+        default=AttackOptions().seed,
+        help="RMIA's population seed (run_lira_mia.py's)",
+    )
     p.add_argument("--shard", type=cli.parse_shard, default="0/1", help="i/n: cache only models with index %% n == i")
     args = p.parse_args(argv)
     if args.rmia_population < 0:

@@ -14,6 +14,11 @@ targets, never submitted, never evaluated). A scenario holds one design (shadow/
 under a lock: a run with another --seed or --fraction is refused), which can grow by whole groups:
 --n 64 after --n 32 keeps the first 32.
 
+The recipe (--epochs, --batch-size, --lr over the scenario's MICO recipe, DP parameters included)
+is recorded with the shadows: in design.json, and for --design mico in <scenario>/extra_shadows.json
+and each extra's recipe.json. Growing either with another recipe is refused, naming the flag; a
+record from before recipes were recorded counts as MICO's recipe.
+
 Both: models train --parallel at a time with the batched trainer (default: as many as the
 device's memory holds), a folder appears only once complete, a rerun trains only what is missing
 (or incomplete: a model.pt deleted since), --shard i/n trains every n-th model from the i-th
@@ -91,14 +96,22 @@ def parse_args(argv=None):
     return args
 
 
-def plan(args, params, dataset) -> list:
+def plan(args, params, dataset, recipe) -> list:
     """Every job of the design (or of the MICO-random extras), said in one line for a design."""
     if args.design == "mico":
         return mico_jobs(
-            args.data_dir, args.challenge, args.scenario, params, len(dataset), args.n, args.seed, args.first_id
+            args.data_dir,
+            args.challenge,
+            args.scenario,
+            params,
+            len(dataset),
+            args.n,
+            args.seed,
+            args.first_id,
+            recipe=recipe,
         )
     jobs, design = designed_jobs(
-        args.data_dir, args.challenge, args.scenario, params, dataset, args.n, args.seed, args.fraction
+        args.data_dir, args.challenge, args.scenario, params, dataset, args.n, args.seed, args.fraction, recipe=recipe
     )
     moved = design.in_count != requested_in_count(args.n, args.fraction)
     why = f"; --fraction {args.fraction:g} cannot reach LEN_TRAINING here" if moved else ""
@@ -115,16 +128,17 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     params = load_params(args.data_dir, args.challenge)
     dataset = load_dataset(params)
-    jobs = plan(args, params, dataset)
+    overrides = {
+        k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None
+    }
+    recipe = recipe_for(args.challenge, scenario_suffix(args.scenario), **overrides)
+    jobs = plan(args, params, dataset, recipe)
     shard, n_shards = args.shard
     jobs = jobs[shard::n_shards]
     finished = sum(complete(j) for j in jobs)
     incomplete = sum(os.path.isdir(j.md.path) and not complete(j) for j in jobs)
     again = f"; {incomplete} incomplete folder(s) (a file deleted since) will be trained again" if incomplete else ""
     print(f"{args.scenario}: {finished} of {len(jobs)} shadow model(s) of this shard already done{again}")
-    overrides = {
-        k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None
-    }
     done = train_with_progress(
         jobs,
         params,
@@ -132,7 +146,7 @@ def main(argv=None) -> int:
         f"{args.scenario}: shadows",
         device=args.device,
         parallel=args.parallel,
-        recipe=recipe_for(args.challenge, scenario_suffix(args.scenario), **overrides),
+        recipe=recipe,
     )
     print(f"{args.scenario}: {len(done)} shadow model(s) trained by this run")
     return 0

@@ -176,7 +176,7 @@ def build(args) -> None:
             if not k:
                 continue
             recipe = recipe_for(TRACK, scenario_suffix(scenario), **({"epochs": args.epochs} if args.epochs else {}))
-            jobs, design = designed_jobs(view, TRACK, scenario, params, dataset, k, args.seed, f)
+            jobs, design = designed_jobs(view, TRACK, scenario, params, dataset, k, args.seed, f, recipe=recipe)
             if any(j % design.group for j in shadows_at(args, f)):
                 sys.exit(f"--shadows: a balanced design at f = {design.fraction:.3f} grows in groups of {design.group}")
             print(f"{scenario}: balanced design, {len(design.pool)} challenge points, f = {design.fraction:.3f}")

@@ -2,7 +2,7 @@
 
 - Every long option is accepted with underscores or hyphens (``--global_variance`` and
   ``--global-variance``, ``--min-shadows`` and ``--min_shadows``); ``--help`` shows the spelling
-  the option was declared with.
+  the option was declared with, and its note on spellings names an option every script has.
 - Defaults are shown in ``--help`` (where there is one).
 - ``--challenge`` / ``--data-dir`` / ``--scenario`` mean the same everywhere, and a scenario name is
   checked in one place (:func:`challenges.tracks.check_scenario`).
@@ -20,7 +20,7 @@ import warnings
 
 from tqdm.auto import tqdm
 
-from .fileio import LockWarning, one_line
+from .fileio import LockWarning, one_line, os_error_line
 from .layout import LayoutWarning
 from .tracks import TRACKS, check_scenario
 
@@ -75,7 +75,7 @@ def parser(
     description: str, *, scenario: str | None = "one scenario only, e.g. cifar10_hi; all when omitted", **kwargs
 ) -> Parser:
     """A :class:`Parser` with the common ``--challenge`` and ``--data-dir`` (and ``--scenario``)."""
-    note = "Long options take '_' or '-' alike (--global_variance = --global-variance)."
+    note = "Long options take '_' or '-' alike (--data-dir = --data_dir)."
     kwargs["epilog"] = f"{kwargs['epilog']} {note}" if kwargs.get("epilog") else note
     p = Parser(description=description, **kwargs)
     p.add_argument("--challenge", required=True, choices=sorted(TRACKS), help="MICO track")
@@ -160,6 +160,8 @@ def run(main, name: str) -> None:
             code = main()
     except KeyboardInterrupt:
         sys.exit(f"{name}: interrupted; rerun the same command to resume")
-    except (ValueError, OSError, ImportError) as e:
+    except OSError as e:  # a read-only or not-a-folder path, a full disk: named, with the fix
+        sys.exit(f"{name}: {os_error_line(e)}")
+    except (ValueError, ImportError) as e:
         sys.exit(f"{name}: {one_line(e, None)}")
     sys.exit(code)

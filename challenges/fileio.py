@@ -6,8 +6,10 @@ one-line error texts.
 A file or folder ``<dir>/<name>`` is written inside a private folder ``<dir>/.<name>.<random><suffix>``
 (created with ``tempfile.mkdtemp``, so no two writers ever get the same one) and renamed to its
 final name in one step. A run killed mid-write can leave such a hidden folder behind; it is never
-mistaken for the real file, and :func:`remove_leftovers` deletes it where a lock excludes other
-writers (it matches only those folders, never a lock file such as ``.<name>.lock``).
+mistaken for the real file. Each writer holds an ``flock`` on its private folder while it writes,
+so the next writer of the same name deletes the folders whose lock it can take: a killed run's
+(:func:`sweep_leftovers`); :func:`remove_leftovers` deletes them where a lock of the caller's
+excludes other writers. Both match only those folders, never a lock file such as ``.<name>.lock``.
 
 Before the rename every file (and folder) of the new tree is flushed to the disk with ``fsync``,
 and after it the parent folder, as databases and git do: a rename can otherwise reach the disk
@@ -52,6 +54,8 @@ class WriteError(OSError):
             fix = "raise the file-size limit (ulimit -f)"
         elif self.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = "make its folder writable"
+        elif self.errno == errno.ENOTDIR:
+            fix = f"{_not_a_folder(self.path)} is a file, not a folder; move it or choose another path"
         else:
             fix = "check its folder"
         return f"{self.path}: cannot write ({self.strerror}); {fix}, then rerun"
@@ -113,13 +117,16 @@ def atomic_path(path: str, suffix: str = ".tmp"):
     """
     parent = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
+    outer = _ASSEMBLING.get()
+    nested = any(parent.startswith(p + os.sep) for p in outer)
+    if not nested:
+        sweep_leftovers(path, suffix)
     try:
         private = tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=parent)
     except OSError as e:
         raise write_error(path, e) from None
+    held = _hold(private)  # while it lives, no sweeper takes this folder for a dead writer's
     tmp = os.path.join(private, name)  # the final name, so that suffix-sensitive writers (np.savez) keep it
-    outer = _ASSEMBLING.get()
-    nested = any(parent.startswith(p + os.sep) for p in outer)
     token = _ASSEMBLING.set((*outer, private))
     try:
         yield tmp
@@ -134,7 +141,47 @@ def atomic_path(path: str, suffix: str = ".tmp"):
         raise
     finally:
         _ASSEMBLING.reset(token)
+        if held is not None:
+            os.close(held)
     os.rmdir(private)
+
+
+LEFTOVER_GRACE_S = 2.0  # a folder younger than this may be a live writer's, between mkdtemp and its flock
+
+
+def _hold(folder: str) -> int | None:
+    """An open descriptor of ``folder`` holding an exclusive flock (None where the file system has none)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_leftovers(path: str, suffix: str = ".tmp") -> None:
+    """Delete the private folders that killed :func:`atomic_path` writers of ``path`` left behind,
+    without any lock of the caller's: a live writer holds an flock on its folder for as long as it
+    writes (:func:`atomic_path`), and the lock dies with its process, so a folder whose lock can be
+    taken (and older than LEFTOVER_GRACE_S) is a dead writer's. Every writer sweeps the name it
+    writes, so the next run to write a file removes what a killed one left beside it."""
+    parent, name = os.path.split(os.path.abspath(path))
+    pattern = os.path.join(glob.escape(parent), f".{glob.escape(name)}.*{glob.escape(suffix)}")
+    for leftover in glob.glob(pattern):
+        try:
+            if not os.path.isdir(leftover) or os.path.islink(leftover):
+                continue
+            if time.time() - os.stat(leftover).st_mtime < LEFTOVER_GRACE_S:
+                continue
+            fd = _hold(leftover)
+        except OSError:  # gone meanwhile, or not a folder
+            continue
+        if fd is not None:
+            try:
+                shutil.rmtree(leftover, ignore_errors=True)
+            finally:
+                os.close(fd)
 
 
 def remove_leftovers(path: str, suffix: str = ".tmp") -> None:
@@ -457,6 +504,37 @@ def file_digest(path: str, algorithm: str = "sha256") -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _not_a_folder(path: str) -> str:
+    """The first part of ``path`` that exists and is not a folder (``path`` itself, absolute, if none is)."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        head = os.sep.join(parts[:i])
+        if os.path.exists(head) and not os.path.isdir(head):
+            return head
+    return os.path.abspath(path)
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError that reached a script: the file or folder, the reason and the fix,
+    instead of Python's bare ``[Errno 13] Permission denied: 'path'``."""
+    if isinstance(e, WriteError) or not e.filename:
+        return one_line(e, None)
+    name, why = os.fspath(e.filename), e.strerror or str(e)
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "check the permissions of it and of its folder (read-only?), or choose another folder"
+    elif e.errno in (errno.ENOTDIR, errno.EEXIST) and not os.path.isdir(name):
+        head = _not_a_folder(name)
+        where = "" if head == os.path.abspath(name) else f"{head} "
+        return f"{name}: {where}is a file, not a folder; move it or choose another path"
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space there, then rerun"
+    elif e.errno == errno.EISDIR:
+        fix = "it is a folder; name a file instead"
+    else:
+        return one_line(f"{name}: {why}", None)
+    return one_line(f"{name}: {why}; {fix}", None)
 
 
 def one_line(text, limit: int | None = 200) -> str:

@@ -190,6 +190,19 @@ def scenarios(data_dir: str, track: str, scenario: str | None = None) -> list[st
     return found
 
 
+def missing_scenarios_note(data_dir: str, track: str) -> str | None:
+    """A line naming the scenarios found and those missing from ``<data_dir>/<track>`` when some but
+    not all are there (None otherwise): a run over what is there makes no whole submission."""
+    found = scenarios(data_dir, track)
+    missing = [s for s in scenario_names(track) if s not in found]
+    if not missing:
+        return None
+    return (
+        f"{os.path.join(data_dir, track)}: found {', '.join(found)} only; {', '.join(missing)} missing "
+        f"(save_zip.py needs all three: download or build {'it' if len(missing) == 1 else 'them'} first)"
+    )
+
+
 def models(data_dir: str, track: str, scenario: str, phases=MODEL_PHASES) -> list[ModelDir]:
     """Model folders of one scenario, phase by phase (train, shadow, dev, final), ids in numeric order."""
     out = []

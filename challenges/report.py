@@ -60,9 +60,10 @@ def score_table(scores_by_scenario: dict) -> str:
     return "\n".join(lines)
 
 
-def scores_text(scores: dict) -> str:
-    """One table per phase (scenarios as rows), ``scores``: {scenario: {phase: metrics}}."""
-    blocks = []
+def scores_text(scores: dict, note: str | None = None) -> str:
+    """One table per phase (scenarios as rows), ``scores``: {scenario: {phase: metrics}}; ``note``
+    (a warning about the challenge itself) goes first."""
+    blocks = [f"warning: {note}"] if note else []
     for ph in REPORT_PHASES:
         by_sc = {sc: phs[ph] for sc, phs in scores.items() if ph in phs}
         if by_sc:
@@ -173,13 +174,14 @@ def _compare_table(scores: dict, phase: str, references: dict | None = None) -> 
 
 
 def write_compare_report(
-    report_dir: str, scores: dict, commands: dict, references: dict | None = None, sections=()
+    report_dir: str, scores: dict, commands: dict, references: dict | None = None, sections=(), note=None
 ) -> str:
     """report.md and one ROC overlay PNG per scenario (train phase, leave-one-out).
 
     ``scores``: {attack label: {scenario: {phase: metrics}}}; ``commands``: {label: command line};
     ``references``: {label: short name} of the rows everything is compared against (drawn thick);
-    ``sections``: more markdown lines, placed after the tables.
+    ``sections``: more markdown lines, placed after the tables; ``note``: a warning about the
+    challenge itself (a test secret), placed first.
     """
     os.makedirs(report_dir, exist_ok=True)
     labels = list(scores)
@@ -193,6 +195,8 @@ def write_compare_report(
         "apart), then their mean. Best value per column in bold.",
         "",
     ]
+    if note:
+        md[1:1] = ["", f"**Warning:** {note}"]
     for phase in REPORT_PHASES:
         table = _compare_table(scores, phase, references)
         if table:

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import layout
 from .fileio import atomic_path, file_digest, write_text
-from .tracks import TARGET_PHASES
+from .tracks import TARGET_PHASES, ChallengeParams, scenario_names
 
 MANIFEST = "predictions.json"
 
@@ -83,10 +83,19 @@ def read_manifest(data_dir: str, track: str) -> dict:
     return record
 
 
-def not_from_run(mds: list, record: dict) -> list[str]:
-    """One message per prediction file of ``mds`` that the run ``record`` did not write as it is now."""
+def not_from_run(mds: list, record: dict, track_dir: str | None = None) -> list[str]:
+    """One message per prediction file of ``mds`` that the run ``record`` did not write as it is now,
+    and (with ``track_dir``) per file the record lists that is no longer among ``mds``' (its model
+    folder gone since the run)."""
     run = f"run {record['run_id']} ({record['finished']})"
     out = []
+    if track_dir is not None:
+        present = {prediction_key(md) for md in mds}
+        out += [
+            f"{os.path.join(track_dir, key)}: written by the last complete run_lira_mia.py {run}, gone since"
+            for key in record["files"]
+            if key not in present
+        ]
     for md in mds:
         want = record["files"].get(prediction_key(md))
         if want is None:
@@ -127,6 +136,47 @@ def check_prediction(path: str, n_expected: int) -> str | None:
     return None
 
 
+def _expected_ids(data_dir: str, track: str, params: ChallengeParams, phase: str, found: list[str]) -> range:
+    """The ids ``phase`` (dev or final) has in every scenario: from the model counts challenge.json
+    records (a synthetic challenge), else every id from the lowest to the highest any scenario has
+    (MICO: dev model_100..149, final model_150..199, the same in all three scenarios)."""
+    if params.models is not None:
+        n_train, n_dev, n_final = params.models
+        return range(n_train, n_train + n_dev) if phase == "dev" else range(n_train + n_dev, sum(params.models))
+    ids = [md.model_id for s in found for md in layout.models(data_dir, track, s, (phase,))]
+    return range(min(ids), max(ids) + 1) if ids else range(0)
+
+
+def missing_targets(data_dir: str, track: str, params: ChallengeParams) -> list[str]:
+    """One message per scenario, or dev or final model folder, of the track's layout that is not
+    there: MICO's scorer takes a submission only whole (all three scenarios, every dev and final model)."""
+    found = layout.scenarios(data_dir, track)
+    where = "challenge.json's model counts" if params.models is not None else "the other scenarios and ids"
+    fix = (
+        "rebuild it with download_files.py --synthetic and the challenge's settings (it adds what is missing)"
+        if params.synthetic
+        else "download it with download_files.py"
+    )
+    out = [
+        f"{os.path.join(data_dir, track, s)}: missing; a submission needs all three scenarios; {fix}"
+        for s in scenario_names(track)
+        if s not in found
+    ]
+    for phase in TARGET_PHASES:
+        ids = _expected_ids(data_dir, track, params, phase, found)
+        if not ids:
+            continue
+        span = f"{phase} model_{ids[0]}..model_{ids[-1]} in every scenario, from {where}"
+        for s in found:
+            have = {md.model_id for md in layout.models(data_dir, track, s, (phase,))}
+            out += [
+                f"{layout.ModelDir(data_dir, track, s, phase, i).path}: missing (the layout has {span}); {fix}"
+                for i in ids
+                if i not in have
+            ]
+    return out
+
+
 def target_models(data_dir: str, track: str) -> list[layout.ModelDir]:
     return [md for s in layout.scenarios(data_dir, track) for md in layout.models(data_dir, track, s, TARGET_PHASES)]
 
@@ -144,6 +194,24 @@ def validate(data_dir: str, track: str, n_expected: int) -> list[str]:
         for md in mds
         if (why := check_prediction(md.prediction_file, n_expected)) is not None
     ]
+
+
+def output_problem(out_path: str, data_dir: str, track: str) -> str | None:
+    """Why the zip must not be written to ``out_path`` (None if it may): inside the challenge's track
+    folder (predictions.json, challenge.json, model folders: nothing there is the zip's to replace),
+    an existing folder, or an existing file that is not a zip (a zip is one earlier save_zip.py wrote)."""
+    track_dir = os.path.abspath(os.path.join(data_dir, track))
+    out = os.path.abspath(out_path)
+    if out == track_dir or out.startswith(track_dir + os.sep):
+        return (
+            f"--output {out_path}: inside the challenge folder {os.path.join(data_dir, track)}; write the zip elsewhere"
+        )
+    if os.path.isdir(out_path):
+        example = os.path.join(out_path, f"predictions_{track}.zip")
+        return f"--output {out_path}: a folder; name the zip file, e.g. {example}"
+    if os.path.exists(out_path) and not zipfile.is_zipfile(out_path):
+        return f"--output {out_path}: an existing file that is not a zip; choose another name or remove it"
+    return None
 
 
 def write_zip(data_dir: str, track: str, out_path: str, comment: str = "") -> int:

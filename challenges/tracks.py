@@ -26,6 +26,11 @@ MODEL_PHASES = ("train", SHADOW_PHASE, "dev", "final")
 # MICO's, so its challenge points are not points to attack (a balanced design leaves them out).
 EXTRA_SHADOW_FILE = "extra_shadow"
 LEN_CHALLENGE = 100  # members = non-members = 100, so 200 challenge points per model
+# A synthetic challenge's training secret, in <data-dir>/<track>/solutions/ (production.folders):
+# only a synthetic build writes it, so it marks a tree as one.
+SECRET_FILE = "training_secret"
+TEST_SECRET_ENV = "MICO_TEST_TRAINING_SECRET"  # tests only: a known secret (production.folders)
+SECRET_ORIGINS = ("random", "test")  # os.urandom (private targets), $MICO_TEST_TRAINING_SECRET (none)
 
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
 CIFAR10_STD = (0.24703223, 0.24348513, 0.26158784)
@@ -93,11 +98,24 @@ class ChallengeParams:
     seed: int | None = None  # synthetic challenges: the seed every model's seeds derive from
     # synthetic purchase100: the data generator ('classes', the demo's; 'shoppers', --preset mico's)
     generator: str | None = None
+    # synthetic: the models per scenario (train, dev, final) and the --epochs override (None: MICO's
+    # recipe) it was built with; models None: not recorded (challenge.json written before they were)
+    models: tuple[int, int, int] | None = None
+    epochs: int | None = None
+    # synthetic: where its training secret came from (SECRET_ORIGINS); None: not recorded
+    training_secret: str | None = None
 
     def to_json(self, track_dir: str) -> dict:
         d = asdict(self)
         d["dataset"] = os.path.relpath(self.dataset, track_dir)
+        d["models"] = None if self.models is None else dict(zip(PHASES, self.models))
         return d
+
+    @property
+    def private_targets(self) -> bool:
+        """False for a challenge built with the test secret: its dev/final ground truth follows from
+        a known value. True otherwise (a random secret, the real challenge, or not recorded)."""
+        return self.training_secret != "test"
 
 
 def challenge_json_path(data_dir: str, track: str) -> str:
@@ -110,10 +128,12 @@ def load_params(data_dir: str, track: str) -> ChallengeParams:
     track_dir = os.path.join(data_dir, track)
     path = challenge_json_path(data_dir, track)
     if not os.path.exists(path):
+        if is_synthetic_tree(data_dir, track):  # MICO's constants would give every split wrong
+            raise ValueError(f"{path}: missing, but {track_dir} is a synthetic challenge; {_json_fix(data_dir, track)}")
         return ChallengeParams(
             track, spec.n_points, spec.len_training, LEN_CHALLENGE, os.path.join(track_dir, spec.dataset)
         )
-    fix = "delete it to use MICO's constants or regenerate it with download_files.py --synthetic"
+    fix = _json_fix(data_dir, track)
     try:
         with open(path) as f:
             d = json.load(f)
@@ -129,8 +149,11 @@ def load_params(data_dir: str, track: str) -> ChallengeParams:
             seed=None if d.get("seed") is None else int(d["seed"]),
             # written since there are two generators; before, a synthetic purchase100 was 'classes'
             generator=d.get("generator", "classes" if d.get("synthetic") and track == "purchase100" else None),
+            models=_model_counts(d.get("models")),
+            epochs=None if d.get("epochs") is None else int(d["epochs"]),
+            training_secret=_origin(d.get("training_secret")),
         )
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: malformed challenge parameters ({e}); {fix}") from None
     if not _inside(params.dataset, track_dir):
         raise ValueError(
@@ -138,6 +161,51 @@ def load_params(data_dir: str, track: str) -> ChallengeParams:
             f"dataset lives in its track folder); {fix}"
         )
     return params
+
+
+def is_synthetic_tree(data_dir: str, track: str) -> bool:
+    """Whether ``<data_dir>/<track>`` holds a synthetic challenge's training secret (only a build writes one)."""
+    return os.path.exists(os.path.join(data_dir, track, "solutions", SECRET_FILE))
+
+
+def _json_fix(data_dir: str, track: str) -> str:
+    """What brings back a usable challenge.json: a synthetic challenge's settings live only there; the
+    real challenge needs none (MICO's constants)."""
+    track_dir = os.path.join(data_dir, track)
+    if is_synthetic_tree(data_dir, track):
+        return (
+            f"restore challenge.json from a copy, or delete {track_dir} and build the challenge again "
+            "with download_files.py --synthetic (new private targets)"
+        )
+    return "delete it: the real challenge needs none (MICO's constants)"
+
+
+def _model_counts(value) -> tuple[int, int, int] | None:
+    """challenge.json's ``models`` ({"train": n, "dev": n, "final": n}) as a tuple; None if absent."""
+    if value is None:
+        return None
+    counts = tuple(int(value[ph]) for ph in PHASES)
+    if min(counts) < 0:
+        raise ValueError(f"negative model count in {value}")
+    return counts
+
+
+def _origin(value) -> str | None:
+    if value is not None and value not in SECRET_ORIGINS:
+        raise ValueError(f"training_secret {value!r}: expected one of {', '.join(SECRET_ORIGINS)}")
+    return value
+
+
+def secret_warning(data_dir: str, track: str, params: ChallengeParams) -> str | None:
+    """One line for a challenge built with the test secret (None otherwise): anyone holding that
+    known secret regenerates its dev and final targets, so they are not private."""
+    if params.private_targets:
+        return None
+    return (
+        f"{challenge_json_path(data_dir, track)}: built with the test secret (${TEST_SECRET_ENV}), so its "
+        "dev and final targets are not private (their ground truth follows from a known value); for "
+        "tests only: build without it for private targets"
+    )
 
 
 def _inside(path: str, folder: str) -> bool:

@@ -34,6 +34,8 @@ from challenges.datasets import BaseDataset
 from challenges.fileio import locked, write_text
 from challenges.scenario import challenge_pool
 from challenges.tracks import EXTRA_SHADOW_FILE, SCENARIO_SUFFIXES, SHADOW_PHASE, ChallengeParams, scenario_suffix
+from models.train import Recipe, recipe_for
+from production import recipes
 from production.folders import Job, model_seeds, seeded_job
 
 DESIGN_FILE = "design.json"
@@ -327,19 +329,30 @@ def claim_design(data_dir: str, track: str, scenario: str, want: dict, fraction:
     shadow_dir = os.path.join(data_dir, track, scenario, SHADOW_PHASE)
     path = os.path.join(shadow_dir, DESIGN_FILE)
     os.makedirs(shadow_dir, exist_ok=True)
+    default = recipes.default_record(track, scenario)  # what a design.json without a recipe trained with
     with locked(os.path.join(shadow_dir, ".design.lock")):
         have = _read_identity(path)
-        if have is not None and _core(have) != want:
-            raise _refusal(path, have, want, shadow_dir)
+        if have is not None:
+            _check_same(path, {recipes.RECIPE_KEY: default} | have, want, shadow_dir)
         for md in layout.models(data_dir, track, scenario, (SHADOW_PHASE,)):
             folder = os.path.join(md.path, DESIGN_FILE)
             theirs = _read_identity(folder)
             if theirs is None:
                 raise layout.LayoutError(f"{folder}: missing; delete {md.path} and rerun")
-            if _core(theirs) != want:
-                raise _refusal(md.path, theirs, want, shadow_dir)
+            _check_same(folder, {recipes.RECIPE_KEY: default} | theirs, want, shadow_dir)
         if have is None:
             write_text(path, json.dumps(want | ({} if fraction is None else {ASKED: fraction}), indent=2) + "\n")
+
+
+def _check_same(where: str, have: dict, want: dict, shadow_dir: str) -> None:
+    """Refuse adding shadows of ``want`` to the design ``have`` describes (at ``where``): another design,
+    or the same design trained with another recipe (naming the flag that differs)."""
+    key = recipes.RECIPE_KEY
+    if _core(have) == want:
+        return
+    if {k: v for k, v in _core(have).items() if k != key} != {k: v for k, v in want.items() if k != key}:
+        raise _refusal(where, have, want, shadow_dir)
+    raise recipes.refusal(where, have[key], want[key], f"delete {shadow_dir} to start a new design")
 
 
 def designed_jobs(
@@ -351,6 +364,7 @@ def designed_jobs(
     n: int,
     seed: int,
     fraction: float = 0.5,
+    recipe: Recipe | None = None,
 ) -> tuple[list[Job], Design]:
     """The jobs of a balanced design of ``n`` shadows for ``scenario`` (``<scenario>/shadow/model_<k>``),
     each challenge point IN for ``fraction`` of them (:func:`in_count`), or the scenario's design grown
@@ -362,7 +376,8 @@ def designed_jobs(
     design = balanced_design(
         dataset.y, pool, params.len_training, n, fraction=fraction, seed=[seed, 200 + si], share=share
     )
-    want = _identity(design, seed)
+    recipe = recipe or recipe_for(track, scenario_suffix(scenario))
+    want = _identity(design, seed) | {recipes.RECIPE_KEY: recipes.record(recipe)}
     claim_design(data_dir, track, scenario, want, fraction)
     text = json.dumps(want, indent=2) + "\n"
     jobs = []
@@ -392,17 +407,30 @@ def check_extra_ids(data_dir: str, track: str, scenario: str, first_id: int, n: 
 
 
 def mico_jobs(
-    data_dir: str, track: str, scenario: str, params: ChallengeParams, n_points: int, n: int, seed: int, first_id: int
+    data_dir: str,
+    track: str,
+    scenario: str,
+    params: ChallengeParams,
+    n_points: int,
+    n: int,
+    seed: int,
+    first_id: int,
+    recipe: Recipe | None = None,
 ) -> list[Job]:
     """The jobs of ``n`` extra MICO-random shadows: new train models ``first_id ..`` whose seeds come
     from (``seed``, scenario, id), revealed like MICO's train models and marked as extra shadows.
-    Ids of the challenge's own models are refused (:func:`check_extra_ids`)."""
+    Ids of the challenge's own models are refused (:func:`check_extra_ids`); so are extras of
+    another ``recipe`` (None: MICO's) than the scenario's extras (:func:`production.recipes.claim_extras`)."""
     check_extra_ids(data_dir, track, scenario, first_id, n)
+    recipe = recipe or recipe_for(track, scenario_suffix(scenario))
+    recipes.claim_extras(data_dir, track, scenario, recipe)
+    recipe_text = json.dumps(recipes.record(recipe), indent=2) + "\n"
     si = SCENARIO_SUFFIXES.index(scenario_suffix(scenario))
     jobs = []
     for model_id in range(first_id, first_id + n):
         md = layout.ModelDir(data_dir, track, scenario, "train", model_id)
         job = seeded_job(md, params, n_points, model_seeds(seed, 100 + si, model_id), reveal=True)
         job.files[EXTRA_SHADOW_FILE] = f"train_shadows.py --design mico --seed {seed}\n"
+        job.files[recipes.RECIPE_FILE] = recipe_text
         jobs.append(job)
     return jobs

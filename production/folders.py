@@ -33,7 +33,7 @@ from challenges.fileio import atomic_path, remove_leftovers, try_lock, write_tex
 from challenges.layout import ModelDir
 from challenges.membership import CHECKSUM, TRAINING_SET, write_training_set
 from challenges.splits import reconstruct
-from challenges.tracks import ChallengeParams, scenario_suffix
+from challenges.tracks import SECRET_FILE, TEST_SECRET_ENV, ChallengeParams, scenario_suffix
 from models.batched import auto_parallel, train_batched
 from models.loading import plain_state_dict
 from models.privacy import opacus
@@ -50,26 +50,50 @@ def model_seeds(*key: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 2**32, size=3, dtype=np.uint64))
 
 
-SECRET_FILE = "training_secret"  # in <data-dir>/<track>/solutions/, beside the ground truth
-# Tests only: a fixed secret (64 hex digits) for new challenges, so that the suite's fixtures train
-# the same models on every run. A challenge built with a known secret has no private targets.
-TEST_SECRET_ENV = "MICO_TEST_TRAINING_SECRET"
+# Tests only: $MICO_TEST_TRAINING_SECRET (TEST_SECRET_ENV), a fixed secret (64 hex digits) for new
+# challenges, so that the suite's fixtures train the same models on every run. A challenge built
+# with a known secret has no private targets, and its challenge.json says so (training_secret: test).
 
 
-def training_secret(data_dir: str, track: str) -> bytes:
+def _test_secret() -> str:
+    """``$MICO_TEST_TRAINING_SECRET`` (hex), or '' when unset; ValueError if it is not 64 hex digits."""
+    fixed = os.environ.get(TEST_SECRET_ENV, "").strip()
+    try:
+        ok = len(bytes.fromhex(fixed)) == 32
+    except ValueError:
+        ok = False
+    if fixed and not ok:
+        raise ValueError(f"${TEST_SECRET_ENV}: 64 hex digits (a test-only fixed secret), or unset it")
+    return fixed
+
+
+def secret_origin(data_dir: str, track: str) -> str | None:
+    """Where the secret of the challenge in ``<data_dir>/<track>`` comes from (tracks.SECRET_ORIGINS):
+    for a new one, 'test' if ``$MICO_TEST_TRAINING_SECRET`` is set, else 'random'. For a secret
+    already written (by a build that stopped before its challenge.json, before the two were written
+    in that order): 'test' if it is the test secret set now, else None (not known)."""
+    path = os.path.join(data_dir, track, "solutions", SECRET_FILE)
+    fixed = _test_secret()
+    if not os.path.exists(path):
+        return "test" if fixed else "random"
+    return "test" if fixed and open(path).read().strip() == fixed else None
+
+
+def training_secret(data_dir: str, track: str, origin: str | None = None) -> bytes:
     """The challenge's training secret: 32 bytes from ``os.urandom`` (or ``$MICO_TEST_TRAINING_SECRET``,
     for tests), written once (hex) to ``<data_dir>/<track>/solutions/training_secret`` and read back
     by every later build, so a rerun resumes with the same models. The caller holds the build lock.
+    ``origin``: what challenge.json records; a missing secret is written only from that source.
     Like MICO's ``--train_seed``, it never enters a model folder: no published file regenerates a model."""
     path = os.path.join(data_dir, track, "solutions", SECRET_FILE)
     if not os.path.exists(path):
-        fixed = os.environ.get(TEST_SECRET_ENV, "").strip()
-        try:
-            ok = len(bytes.fromhex(fixed)) == 32
-        except ValueError:
-            ok = False
-        if fixed and not ok:
-            raise ValueError(f"${TEST_SECRET_ENV}: 64 hex digits (a test-only fixed secret), or unset it")
+        fixed = _test_secret()
+        if origin is not None and origin != ("test" if fixed else "random"):
+            state = "set" if fixed else "unset"
+            raise ValueError(
+                f"{path}: missing, and challenge.json records a {origin} secret while ${TEST_SECRET_ENV} is "
+                f"{state}; rerun as the build began, or delete {os.path.join(data_dir, track)} and build it again"
+            )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_text(path, (fixed or os.urandom(32).hex()) + "\n")
     try:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from challenges.tracks import (
     ChallengeParams,
     challenge_json_path,
     get_track,
+    is_synthetic_tree,
     load_params,
     save_params,
     scenario_names,
@@ -45,7 +46,14 @@ from challenges.tracks import (
 )
 from models.privacy import opacus
 from models.train import recipe_for
-from production.folders import model_seeds, private_seed, seeded_job, train_with_progress, training_secret
+from production.folders import (
+    model_seeds,
+    private_seed,
+    secret_origin,
+    seeded_job,
+    train_with_progress,
+    training_secret,
+)
 
 
 @dataclass(frozen=True)
@@ -226,9 +234,68 @@ def _resolve(
     )
 
 
+# The settings that make a synthetic challenge what it is, each with the flag that sets it.
+IDENTITY = (
+    ("n_points", "--n-points"),
+    ("len_training", "--len-training"),
+    ("seed", "--seed"),
+    ("generator", "generator"),  # set by --preset
+    ("len_challenge", "len_challenge"),
+    ("synthetic", "synthetic"),
+)
+COUNT_FLAGS = ("--n-train", "--n-dev", "--n-final")
+
+
+def _differences(have: ChallengeParams, want: ChallengeParams) -> list[str]:
+    """Each setting of ``want`` that the challenge ``have`` was built with otherwise, as
+    '<flag> <have> (asked: <want>)'. Model counts and --epochs only where ``have`` records them."""
+    pairs = [(flag, getattr(have, k), getattr(want, k)) for k, flag in IDENTITY]
+    if have.models is not None:
+        pairs += list(zip(COUNT_FLAGS, have.models, want.models))
+        pairs.append(("--epochs", "MICO's" if have.epochs is None else have.epochs, want.epochs or "MICO's"))
+    out = [f"{flag} {a} (asked: {b})" for flag, a, b in pairs if a != b]
+    if not out and have.dataset != want.dataset:
+        out.append("another base dataset")
+    return out
+
+
+def _claim(data_dir: str, track: str, want: ChallengeParams) -> ChallengeParams:
+    """The challenge's parameters: those of its challenge.json, which must agree with ``want``, or
+    ``want`` written as the new challenge's (with where its secret comes from). The caller holds
+    the build lock, so of two concurrent builds with other settings the second is refused by name."""
+    track_dir = os.path.join(data_dir, track)
+    path = challenge_json_path(data_dir, track)
+    if os.path.exists(path):
+        have = load_params(data_dir, track)
+        diff = _differences(have, want)
+        if diff:
+            raise ValueError(
+                f"{path}: a different challenge is already there ({', '.join(diff)}); rerun with its "
+                f"settings, delete {track_dir}, or choose another --data-dir"
+            )
+        return have  # as written: fields an older challenge.json lacks stay unknown
+    if is_synthetic_tree(data_dir, track) and layout_started(data_dir, track):
+        raise ValueError(
+            f"{path}: missing, but {track_dir} is a synthetic challenge; restore challenge.json from a "
+            f"copy, or delete {track_dir} and build it again"
+        )
+    if layout_started(data_dir, track):
+        raise ValueError(
+            f"{track_dir}: holds a challenge without challenge.json (the real MICO "
+            "data?); pick another --data-dir for the synthetic one"
+        )
+    params = replace(want, training_secret=secret_origin(data_dir, track))
+    save_params(data_dir, params)
+    return params
+
+
+def layout_started(data_dir: str, track: str) -> bool:
+    return any(os.path.isdir(os.path.join(data_dir, track, s)) for s in scenario_names(track))
+
+
 def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> tuple[ChallengeParams, bytes]:
-    """Write (or reuse) the base dataset, challenge.json and the training secret; refuse to mix
-    with another challenge."""
+    """Claim the challenge's identity (challenge.json), then write (or reuse) the base dataset and
+    the training secret, all under ``.build.lock``; refuse to mix with another challenge."""
     spec = get_track(track)
     track_dir = os.path.join(data_dir, track)
     dataset = os.path.normpath(os.path.join(track_dir, spec.dataset))
@@ -241,27 +308,12 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> tuple
         synthetic=True,
         seed=seed,
         generator=size.generator if track == "purchase100" else None,
+        models=(size.n_train, size.n_dev, size.n_final),
+        epochs=size.epochs,
     )
-    if os.path.exists(challenge_json_path(data_dir, track)):
-        have = load_params(data_dir, track)
-        if have != want:
-            diff = ", ".join(
-                f"{k} {getattr(have, k)} (asked: {getattr(want, k)})"
-                for k in ("n_points", "len_training", "seed", "synthetic", "generator")
-                if getattr(have, k) != getattr(want, k)
-            )
-            raise ValueError(
-                f"{challenge_json_path(data_dir, track)}: a different challenge is already "
-                f"there ({diff or 'other base dataset'}); rerun with its parameters, remove "
-                "that folder, or pick another --data-dir"
-            )
-    elif any(os.path.isdir(os.path.join(track_dir, s)) for s in scenario_names(track)):
-        raise ValueError(
-            f"{track_dir}: holds a challenge without challenge.json (the real MICO "
-            "data?); pick another --data-dir for the synthetic one"
-        )
     os.makedirs(track_dir, exist_ok=True)
-    with locked(os.path.join(track_dir, ".build.lock")):  # concurrent builds write the dataset once
+    with locked(os.path.join(track_dir, ".build.lock")):  # one identity, the dataset written once
+        params = _claim(data_dir, track, want)
         if not os.path.exists(dataset):
             remove_leftovers(dataset)  # a killed build's partial copy
             rng = np.random.default_rng([seed, 0])
@@ -270,9 +322,8 @@ def _prepare(data_dir: str, track: str, size: SyntheticSize, seed: int) -> tuple
                 write_purchase_csv(dataset, *make(size.n_points, rng))
             else:
                 write_cifar_batches(dataset, *make_cifar_like(size.n_points, rng))
-        secret = training_secret(data_dir, track)
-    save_params(data_dir, want)
-    return want, secret
+        secret = training_secret(data_dir, track, params.training_secret)
+    return params, secret
 
 
 def _split_seeds(seed: int, secret: bytes, si: int, md: ModelDir) -> tuple[int, int, int]:

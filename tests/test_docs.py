@@ -101,8 +101,8 @@ def test_makefile_report_folder_can_be_overridden():
         check=True,
     ).stdout
     assert "report/demo" not in out
-    assert out.count("--report-dir /r ") == 2
-    assert "rm -rf /d /c /r" in out
+    assert out.count('--report-dir "/r" ') == 2
+    assert 'rm -rf "/d" "/c" "/r"' in out  # quoted: tests/test_makefile.py
 
 
 def test_as_submitted_refuses_the_six_combinations_the_docs_name():

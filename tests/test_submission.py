@@ -68,14 +68,19 @@ def test_accepts_what_the_scorer_accepts(tmp_path, text):
     assert check_prediction(str(path), 200) is None
 
 
+SCENARIOS = ("purchase100_inf", "purchase100_hi", "purchase100_lo")
+
+
 def _tree(root, texts):
-    """Dev models with these prediction files, recorded as one run's."""
+    """Dev models with these prediction files in purchase100_inf (valid ones in the other two
+    scenarios: a submission is whole), recorded as one run's."""
     digests = {}
-    for i, text in enumerate(texts):
-        d = root / "purchase100" / "purchase100_inf" / "dev" / f"model_{i}"
-        d.mkdir(parents=True)
-        (d / "prediction.csv").write_text(text)
-        digests[f"purchase100_inf/dev/model_{i}/prediction.csv"] = file_digest(str(d / "prediction.csv"))
+    for scenario in SCENARIOS:
+        for i, text in enumerate(texts):
+            d = root / "purchase100" / scenario / "dev" / f"model_{i}"
+            d.mkdir(parents=True)
+            (d / "prediction.csv").write_text(text if scenario == SCENARIOS[0] else GOOD)
+            digests[f"{scenario}/dev/model_{i}/prediction.csv"] = file_digest(str(d / "prediction.csv"))
     write_manifest(str(root), "purchase100", digests, "run_lira_mia.py --challenge purchase100")
 
 
@@ -94,9 +99,9 @@ def test_save_zip_accepts_valid_files(tmp_path):
     _tree(tmp_path, [GOOD, GOOD])
     out = tmp_path / "sub.zip"
     assert save_zip.main(["--challenge", "purchase100", "--data-dir", str(tmp_path), "--output", str(out)]) == 0
-    assert sorted(zipfile.ZipFile(out).namelist()) == [
-        f"purchase100/purchase100_inf/dev/model_{i}/prediction.csv" for i in (0, 1)
-    ]
+    assert sorted(zipfile.ZipFile(out).namelist()) == sorted(
+        f"purchase100/{s}/dev/model_{i}/prediction.csv" for s in SCENARIOS for i in (0, 1)
+    )
 
 
 def test_save_zip_refuses_an_edited_file(tmp_path, capsys):
