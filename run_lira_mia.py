@@ -133,6 +133,14 @@ def build_parser() -> cli.Parser:
     _option(
         cal, "--calibration", choices=CALIBRATIONS, help="s - mu_in, s - (mu_in + mu_out)/2, or (s - mu_all)/sigma_all"
     )
+    order = p.add_argument_group("training order (no extra model query; docs/attacks.md#training-order)")
+    _option(
+        order,
+        "--order-shift",
+        action="store_true",
+        help="online LiRA, online RMIA, calibrated in/mid, mico-winner-config: shift the IN side to a "
+        "first-trained member's, by the shift the train models' own members measure",
+    )
     return p
 
 

@@ -36,15 +36,16 @@ READS = {
         "mu",
         "min_shadows",
         "offline_test",
+        "order_shift",
     ),
-    "rmia": ("online_attack", "rmia_a", "rmia_gamma", "rmia_population", "seed"),
+    "rmia": ("online_attack", "rmia_a", "rmia_gamma", "rmia_population", "seed", "order_shift"),
     "loss": (),
     "confidence": (),
-    "calibrated": ("signal", "calibration"),
+    "calibrated": ("signal", "calibration", "order_shift"),
     "entropy": (),
     "classifier": ("seed",),
     "mico-winner": (),
-    "mico-winner-config": (),
+    "mico-winner-config": ("order_shift",),
     # Both run a line-up of the attacks above with the options the rows do not set themselves.
     "stacked": ("min_shadows", "rmia_gamma", "rmia_population", "seed"),
     "auto": ("min_shadows", "rmia_gamma", "rmia_population", "seed"),
@@ -64,6 +65,9 @@ class AttackOptions:
     leave-one-out TPR@10%FPR on the train models (attacks.auto).
     ``rmia_a`` is a number in [0, 1] or ``'auto'`` (best leave-one-out AUC on the train phase).
     ``seed`` drives sampling in RMIA and the classifier.
+    ``order_shift`` moves the IN side of online LiRA, online RMIA and the calibrated attack's 'in'
+    and 'mid' formulas (the winner's configuration's too) from "IN as filler" to "IN as a
+    first-trained member", by the shift the train models' own members measure (attacks.order).
     """
 
     attack: str = "lira"
@@ -81,6 +85,7 @@ class AttackOptions:
     signal: str = "loss"
     calibration: str = "mid"
     seed: int = 0
+    order_shift: bool = False
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -103,11 +108,17 @@ class AttackOptions:
 
     def unused(self) -> list[str]:
         """Options set away from their defaults that the attack never reads: flags that would do
-        nothing. The runner-up's code as submitted has no mu, min_shadows or offline test; online
-        LiRA has no offline test; the reference code's offline test has no mu or min_shadows."""
+        nothing. The runner-up's code as submitted has no mu, min_shadows, offline test or order
+        shift; online LiRA has no offline test; the reference code's offline test has no mu or
+        min_shadows; offline LiRA and RMIA, and the calibrated 'z' formula, have no IN side to shift."""
         reads = set(READS[self.attack])
+        no_in_side = (self.attack in ("lira", "rmia") and not self.online_attack) or (
+            self.attack == "calibrated" and self.calibration == "z"
+        )
+        if no_in_side:
+            reads.discard("order_shift")
         if self.as_submitted:
-            reads -= {"mu", "min_shadows", "offline_test"}
+            reads -= {"mu", "min_shadows", "offline_test", "order_shift"}
         elif self.online_attack:
             reads.discard("offline_test")
         elif self.offline_test == "reference":
