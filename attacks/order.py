@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import check_exclude, check_membership
-from .stats import SIGMA_FLOOR, group_sums, point_moments, query_moments
+from .stats import SIGMA_FLOOR, group_sums, point_moments
 
 FLAG = "--order-shift"
 MIN_IN = 2  # IN shadows a point needs (besides those left out) for a per-point IN sd
@@ -68,16 +68,34 @@ def deltas(x, shadow_in, shadow_first, exclude) -> np.ndarray:
     excl = check_exclude(exclude, len(np.atleast_1d(exclude)), x.shape[0])
     ks, ps = np.nonzero(first)
     cols, col = np.unique(ps, return_inverse=True)  # only the points that are first somewhere
-    xc, mc = x[:, cols], member[:, cols]
-    shadows = np.arange(x.shape[0])
+    xc = x[:, cols]
+    gs = group_sums(xc, member[:, cols])  # once; each (entry, target) pair downdates two shadows
     found = {}
     for e in np.unique(excl).tolist():
         keep = ks != e
-        n, mean, var = query_moments(group_sums(xc, mc, shadows != e), col[keep], ks[keep])[True]
+        k, c = ks[keep], col[keep]
+        n, mean, var = _in_moments(gs, c, (k, e))
         ok = n >= MIN_IN
-        z = (xc[ks[keep][ok], col[keep][ok]] - mean[ok]) / np.maximum(np.sqrt(var[ok]), SIGMA_FLOOR)
+        z = (xc[k[ok], c[ok]] - mean[ok]) / np.maximum(np.sqrt(var[ok]), SIGMA_FLOOR)
         found[e] = float(np.median(z)) if z.size else 0.0  # no evidence: no shift
     return np.array([found[e] for e in excl.tolist()], dtype=np.float64)
+
+
+def _in_moments(gs, idx, drops):
+    """Count, mean and ddof=0 variance of the IN signals at pool points ``idx`` (attacks.stats'
+    :func:`group_sums`), leaving out each shadow of ``drops``: distinct shadow indices (arrays
+    broadcastable to ``idx``, -1 for none), each downdated as :func:`query_moments` does one."""
+    n, c, a1, a2 = (a[idx] for a in gs[True])
+    for drop in drops:
+        e = gs["pos"][np.broadcast_to(drop, idx.shape)]
+        has = e >= 0
+        er = np.where(has, e, 0)
+        hit = gs["member"][er, idx] & has
+        d = np.where(hit, gs["d"][er, idx], 0.0)
+        n, a1, a2 = n - hit, a1 - d, a2 - d * d
+    safe = np.maximum(n, 1)
+    m1 = a1 / safe
+    return n, np.where(n > 0, c + m1, 0.0), np.where(n > 0, np.maximum(a2 / safe - m1 * m1, 0.0), 0.0)
 
 
 def in_shift(x, shadow_in, shadow_first, target_index, exclude) -> np.ndarray:
