@@ -76,6 +76,7 @@ class AttackOptions:
     online_attack: bool = False
     logit_scaling: bool = False
     stable_logit_scaling: bool = False
+    order_shift: bool = False  # declared here so a row's flags stay together in its command
     mu: str = "mean"
     min_shadows: int = 2
     offline_test: str = "one-sided"
@@ -85,7 +86,6 @@ class AttackOptions:
     signal: str = "loss"
     calibration: str = "mid"
     seed: int = 0
-    order_shift: bool = False
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
