@@ -142,6 +142,14 @@ def build_parser() -> cli.Parser:
         help="logloss, or low-fpr: refit with the rows above the non-members' 80%% quantile weighted 4x "
         "(docs/attacks_auto_stacked.md)",
     )
+    order = p.add_argument_group("training order (no extra model query; docs/attacks.md#training-order)")
+    _option(
+        order,
+        "--order-shift",
+        action="store_true",
+        help="online LiRA, online RMIA, calibrated in/mid, mico-winner-config: shift the IN side to a "
+        "first-trained member's, by the shift the train models' own members measure",
+    )
     return p
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from scipy.special import expit
 
 from .checks import check_array, check_exclude, check_index, check_membership
+from .order import in_shift
 from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap, point_moments
 
 CALIBRATION_MODES = ("in", "mid", "z")
@@ -147,7 +148,9 @@ def entropy_attack(
 # --------------------------------------------------------------------------- #
 # per-point calibrated attack
 # --------------------------------------------------------------------------- #
-def calibrated(target_signal, shadow_signal, shadow_in, target_index, exclude=None, *, mode: str = "mid") -> np.ndarray:
+def calibrated(
+    target_signal, shadow_signal, shadow_in, target_index, exclude=None, *, mode: str = "mid", shadow_first=None
+) -> np.ndarray:
     """Per-point difficulty calibration (Watson et al. 2022; MICO winners' form).
 
     Parameters
@@ -182,6 +185,11 @@ def calibrated(target_signal, shadow_signal, shadow_in, target_index, exclude=No
     target's points that have both (0 if none).  'z' needs just one shadow.
     ValueError if a target has no shadow at all left after leave-one-out.
 
+    ``shadow_first`` ((S, P) bool, 'in' and 'mid' only): True where the
+    shadow held the point as one of its own first-trained challenge members;
+    given, mu_in is shifted to "IN as a member" by the pooled shift those
+    entries measure on the view-averaged signal (attacks.order).
+
     Returns (T, K) float64 in [0, 1]: ONE min-max of the calibrated statistic
     over all targets of the call, so scores of different models stay
     comparable (pass all models of a scenario together).
@@ -199,6 +207,8 @@ def calibrated(target_signal, shadow_signal, shadow_in, target_index, exclude=No
     excl = check_exclude(exclude, T, S)
     if S - 1 < 1 and (excl >= 0).any():
         raise ValueError("leave-one-out with a single shadow leaves no shadow statistics")
+    if shadow_first is not None and mode == "z":
+        raise ValueError("shadow_first (the training-order shift) needs an IN side: mode 'in' or 'mid', not 'z'")
 
     mom = point_moments(x, member, idx, excl[:, None])
     if mode == "z":
@@ -212,5 +222,7 @@ def calibrated(target_signal, shadow_signal, shadow_in, target_index, exclude=No
         (n_in, m_in, _), (n_out, m_out, _) = mom[True], mom[False]
         gap = mean_gap(m_in, m_out, (n_in > 0) & (n_out > 0), axis=1)
         mu_in, mu_out = fill_by_gap(m_in, m_out, n_in > 0, n_out > 0, gap)
+        if shadow_first is not None:
+            mu_in = mu_in + in_shift(x, member, shadow_first, idx, excl)
         stat = s - (mu_in if mode == "in" else 0.5 * (mu_in + mu_out))
     return minmax(stat)

@@ -6,7 +6,7 @@ whole set left out, so that nothing about the held-out models (their signals as 
 membership) enters the statistics the others are scored with.
 
 A scenario here is anything shaped like ``challenges.scenario.ScenarioData`` (a dataclass with
-``models``, ``fields``, ``challenge``, ``shadow_in``, ``solutions``, ``runner_up_in``); it is read
+``models``, ``fields``, ``challenge``, ``shadow_in``, ``solutions``, ``runner_up_in``, ``shadow_first``); it is read
 only through those fields, so this package imports nothing outside ``attacks/``.
 """
 
@@ -50,6 +50,7 @@ def held_out(data, drop) -> tuple:
         shadow_in=data.shadow_in[kept],
         solutions=data.solutions[order],
         runner_up_in=runner_up_in,
+        shadow_first=None if data.shadow_first is None else data.shadow_first[kept],
     )
     return sub, new_row
 

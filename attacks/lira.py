@@ -56,6 +56,7 @@ import numpy as np
 from scipy.special import expit, ndtr
 
 from .checks import check_array, check_exclude, check_membership, pool_index
+from .order import in_shift
 from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap, point_moments
 
 SIGNAL_KINDS = ("prob", "logit", "stable_logit")
@@ -202,7 +203,7 @@ def _pooled(n, mean, var):
     return N, M, np.sqrt(v)
 
 
-def _view_statistic(s, mom, med, *, online, global_variance, min_shadows, sigma_floor):
+def _view_statistic(s, mom, med, *, online, global_variance, min_shadows, sigma_floor, in_shift=None):
     """One view: offline z-score (L1) or online llr (L2), (T, K), with fallbacks.
 
     Fallbacks when a point has fewer than ``min_shadows`` shadows in a group
@@ -217,6 +218,8 @@ def _view_statistic(s, mom, med, *, online, global_variance, min_shadows, sigma_
       sigma_in = sigma_out, so llr = 0 ("no evidence", score 1/2);
     - no OUT signal on any of the target's points: ValueError (nothing to test
       against).
+
+    ``in_shift`` (T, K), online only: added to mu_in after the fallbacks (attacks.order).
     """
     n_out, mean_out, var_out = mom[False]
     N_out, M_out, sd_pool_out = _pooled(n_out, mean_out, var_out)
@@ -245,6 +248,8 @@ def _view_statistic(s, mom, med, *, online, global_variance, min_shadows, sigma_
     gap_pool = np.where(N_in > 0, M_in - M_out, 0.0)
     gap = mean_gap(mu_in_pt, mu_out_pt, ok_in & ok_out, axis=1, default=gap_pool[:, None])
     mu_in, _ = fill_by_gap(mu_in_pt, mu_out, ok_in, True, gap)
+    if in_shift is not None:
+        mu_in = mu_in + in_shift
     # no IN signal at all: IN model = OUT model, so llr = 0 (no evidence either way)
     sd_in_fb = np.where(N_in[:, None] > 0, sd_pool_in[:, None], sd_out)
     if global_variance:
@@ -274,6 +279,7 @@ def lira(
     sigma_floor: float = SIGMA_FLOOR,
     offline_map: str = "cdf",
     chunk_targets: int = 16,
+    shadow_first=None,
 ) -> np.ndarray:
     """LiRA membership scores in [0, 1] (higher = more likely a member).
 
@@ -321,6 +327,11 @@ def lira(
         the ranking.  'squash': squash(Z), the same ranking without ties.
     chunk_targets : int
         Targets per chunk in the median gather (memory ~ chunk*K*S*8 bytes).
+    shadow_first : (S, P) bool, optional
+        Online only: True where the shadow held the point as one of its own
+        first-trained challenge members.  Given, each view's mu_in is shifted
+        to "IN as a member" by the pooled shift those entries measure
+        (attacks.order, (O1)-(O3)); ValueError where there is none.
 
     Returns
     -------
@@ -341,6 +352,8 @@ def lira(
     if not (np.isfinite(sigma_floor) and sigma_floor > 0):
         raise ValueError(f"sigma_floor must be a positive number, got {sigma_floor!r}")
     chunk_targets = max(int(chunk_targets), 1)
+    if shadow_first is not None and not online:
+        raise ValueError("shadow_first (the training-order shift) applies to online LiRA only")
 
     T, K, V = tgt.shape
     total = np.zeros((T, K))
@@ -348,6 +361,7 @@ def lira(
         x = shd[:, :, v].astype(np.float64)
         mom = point_moments(x, member, idx, excl[:, None])
         med = _loo_medians(x, member, idx, excl, chunk_targets) if mu_estimator == "median" else None
+        shift = None if shadow_first is None else in_shift(x, member, shadow_first, idx, excl)
         total += _view_statistic(
             tgt[:, :, v].astype(np.float64),
             mom,
@@ -356,6 +370,7 @@ def lira(
             global_variance=global_variance,
             min_shadows=min_shadows,
             sigma_floor=sigma_floor,
+            in_shift=shift,
         )
     if online:
         return squash(total / V)

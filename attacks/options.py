@@ -37,15 +37,16 @@ READS = {
         "mu",
         "min_shadows",
         "offline_test",
+        "order_shift",
     ),
-    "rmia": ("online_attack", "rmia_a", "rmia_gamma", "rmia_population", "seed"),
+    "rmia": ("online_attack", "rmia_a", "rmia_gamma", "rmia_population", "seed", "order_shift"),
     "loss": (),
     "confidence": (),
-    "calibrated": ("signal", "calibration"),
+    "calibrated": ("signal", "calibration", "order_shift"),
     "entropy": (),
     "classifier": ("seed",),
     "mico-winner": (),
-    "mico-winner-config": (),
+    "mico-winner-config": ("order_shift",),
     # Both run a line-up of the attacks above with the options the rows do not set themselves.
     "stacked": ("min_shadows", "rmia_gamma", "rmia_population", "seed", "stack_objective"),
     "auto": ("min_shadows", "rmia_gamma", "rmia_population", "seed"),
@@ -66,6 +67,9 @@ class AttackOptions:
     ``rmia_a`` is a number in [0, 1] or ``'auto'`` (best leave-one-out AUC on the train phase).
     ``seed`` drives sampling in RMIA and the classifier. ``stack_objective`` (stacked only):
     ``'logloss'``, or ``'low-fpr'``: the fit refitted with the top of the ranking weighted.
+    ``order_shift`` moves the IN side of online LiRA, online RMIA and the calibrated attack's 'in'
+    and 'mid' formulas (the winner's configuration's too) from "IN as filler" to "IN as a
+    first-trained member", by the shift the train models' own members measure (attacks.order).
     """
 
     attack: str = "lira"
@@ -75,6 +79,7 @@ class AttackOptions:
     online_attack: bool = False
     logit_scaling: bool = False
     stable_logit_scaling: bool = False
+    order_shift: bool = False  # declared here so a row's flags stay together in its command
     mu: str = "mean"
     min_shadows: int = 2
     offline_test: str = "one-sided"
@@ -107,11 +112,17 @@ class AttackOptions:
 
     def unused(self) -> list[str]:
         """Options set away from their defaults that the attack never reads: flags that would do
-        nothing. The runner-up's code as submitted has no mu, min_shadows or offline test; online
-        LiRA has no offline test; the reference code's offline test has no mu or min_shadows."""
+        nothing. The runner-up's code as submitted has no mu, min_shadows, offline test or order
+        shift; online LiRA has no offline test; the reference code's offline test has no mu or
+        min_shadows; offline LiRA and RMIA, and the calibrated 'z' formula, have no IN side to shift."""
         reads = set(READS[self.attack])
+        no_in_side = (self.attack in ("lira", "rmia") and not self.online_attack) or (
+            self.attack == "calibrated" and self.calibration == "z"
+        )
+        if no_in_side:
+            reads.discard("order_shift")
         if self.as_submitted:
-            reads -= {"mu", "min_shadows", "offline_test"}
+            reads -= {"mu", "min_shadows", "offline_test", "order_shift"}
         elif self.online_attack:
             reads.discard("offline_test")
         elif self.offline_test == "reference":

@@ -91,6 +91,7 @@ import numpy as np
 from scipy.special import expit
 
 from .checks import check_array, check_exclude, check_index, check_membership
+from .order import in_shift
 
 VIEW_MODES = ("vote", "mean")
 ONLINE_WEIGHTINGS = ("balanced", "all")
@@ -164,6 +165,13 @@ def _loo_sums(sums, x, member, pts, excl):
     return (n_in - ie, s_in - np.where(ie, xe, 0.0), n_out - oe, s_out - np.where(oe, xe, 0.0))
 
 
+def _shift_in(sums, shift):
+    """(n_in, s_in, n_out, s_out) with the IN mean raised by ``shift`` (attacks.order), kept a
+    probability: s_in / n_in stays in [0, 1]."""
+    n_in, s_in, n_out, s_out = sums
+    return n_in, np.clip(s_in + n_in * shift, 0.0, n_in), n_out, s_out
+
+
 def _fraction_below(lr_x, thr_z):
     """For each row t: fraction of thr_z[t, :] strictly below lr_x[t, k].  (T, K) float64.
 
@@ -230,6 +238,7 @@ def rmia(
     seed=0,
     chunk: int = 8,
     from_phi: bool = False,
+    shadow_first=None,
 ) -> np.ndarray:
     """RMIA membership scores in [0, 1] (higher = more likely a member).
 
@@ -273,6 +282,12 @@ def rmia(
         The inputs are phi (= logit of p), not p: p = sigmoid(phi) is taken
         in float64 on the entries used (saturates at phi ~ 36.7 instead of
         float32's ~ 16.6).
+    shadow_first : (S, P) bool, optional
+        Online only: True where the shadow held the point as one of its own
+        first-trained challenge members.  Given, mean_IN p(x) of a target's
+        own points (not the population's) is raised to "IN as a member" by
+        the pooled shift those entries measure, in each channel's
+        probabilities (attacks.order), and kept in [0, 1].
 
     Returns
     -------
@@ -286,6 +301,8 @@ def rmia(
     from_phi = bool(from_phi)
     tgt, shd, member, idx, excl = _check_inputs(target_prob, shadow_prob, shadow_in, target_index, exclude, from_phi)
     _check_options(a, gamma, n_population, views, online_weighting)
+    if shadow_first is not None and not online:
+        raise ValueError("shadow_first (the training-order shift) applies to online RMIA only")
     if shd.shape[0] - (excl >= 0).any() < 1:
         raise ValueError("no shadow left after leave-one-out")
     T, P, V = tgt.shape
@@ -301,7 +318,10 @@ def rmia(
     def ratios(x_sh, px, pz):
         """LR(x) (T, K) and gamma * LR(z) (T, n) for one channel (view or view mean)."""
         sums = _shadow_sums(x_sh, member)
-        lr_x = px / _pr(_loo_sums(sums, x_sh, member, idx, excl), a, online, online_weighting)
+        own = _loo_sums(sums, x_sh, member, idx, excl)
+        if shadow_first is not None:
+            own = _shift_in(own, in_shift(x_sh, member, shadow_first, idx, excl))
+        lr_x = px / _pr(own, a, online, online_weighting)
         lr_z = pz / _pr(_loo_sums(sums, x_sh, member, Z, excl), a, online, online_weighting)
         return lr_x, gamma * lr_z
 

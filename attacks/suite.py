@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from . import stacked
+from . import order, stacked
 from .auto import AutoAttack
 from .baselines import calibrated, confidence_attack, entropy_attack, loss_attack, loss_from_phi, prob_from_phi
 from .classifier import classifier_attack
@@ -140,6 +140,14 @@ def _winner_config(data, rows, exclude, o):
     return _calibrated(data, rows, exclude, replace(o, signal=choice.metric, calibration=choice.formula))
 
 
+def _first(data, o, has_in_side: bool = True):
+    """The shadows' first-trained members (ScenarioData.shadow_first) where ``o`` asks for the
+    training-order shift and the attack has an IN side to shift; else None (attacks.order)."""
+    if not (o.order_shift and has_in_side):
+        return None
+    return order.require(data.shadow_first, data.shadow_in.shape)
+
+
 def _lira(data, rows, exclude, o):
     if o.as_submitted:
         return _runner_up(data, rows, exclude, o)
@@ -153,6 +161,7 @@ def _lira(data, rows, exclude, o):
         global_variance=o.global_variance,
         mu_estimator=o.mu,
         min_shadows=o.min_shadows,
+        shadow_first=_first(data, o, o.online_attack),
     )
 
 
@@ -169,6 +178,7 @@ def _rmia_scores(data, rows, exclude, o, a):
         online=o.online_attack,
         seed=o.seed,
         from_phi=True,
+        shadow_first=_first(data, o, o.online_attack),
     )
 
 
@@ -220,6 +230,7 @@ def _calibrated(data, rows, exclude, o):
         data.challenge[rows],
         exclude,
         mode=o.calibration,
+        shadow_first=_first(data, o, o.calibration != "z"),
     )
 
 
@@ -274,42 +285,11 @@ def make_attack(o: AttackOptions):
     return lambda data, rows, exclude: np.clip(run(data, rows, exclude, o), 0.0, 1.0)
 
 
-# The --compare line-up. The runner-up submitted offline LiRA with global variance on the plain
-# probability; the two top MICO entries as submitted are the references every row is compared to.
+# The two top MICO entries as submitted are the references every row is compared to.
 RUNNER_UP = "Runner-up as submitted (LiRA offline, global variance)"
 WINNER = "MICO winner as submitted (calibrated, per scenario)"
 WINNER_CONFIGURATION = "MICO winner's configuration (calibrated, per scenario, every shadow)"
 REFERENCES = {WINNER: "winner", WINNER_CONFIGURATION: "winner's config", RUNNER_UP: "runner-up"}  # short names
-STACKED = "Stacked (logistic regression over 17 attacks' scores)"
-STACKED_LOW_FPR = "Stacked, low-FPR weights (the top of the ranking weighted)"
-COMPARE = (
-    (WINNER, AttackOptions(attack="mico-winner")),
-    (WINNER_CONFIGURATION, AttackOptions(attack="mico-winner-config")),
-    (RUNNER_UP, AttackOptions(global_variance=True, as_submitted=True)),
-    ("LiRA offline", AttackOptions()),
-    ("LiRA offline, reference code's two-sided test", AttackOptions(offline_test="reference")),
-    ("LiRA offline, global variance (runner-up, corrected)", AttackOptions(global_variance=True)),
-    ("LiRA offline, stable logit", AttackOptions(stable_logit_scaling=True)),
-    ("LiRA online", AttackOptions(online_attack=True)),
-    ("LiRA online, global variance", AttackOptions(online_attack=True, global_variance=True)),
-    ("LiRA online, stable logit", AttackOptions(online_attack=True, stable_logit_scaling=True)),
-    (
-        "LiRA online, stable logit, global variance",
-        AttackOptions(online_attack=True, stable_logit_scaling=True, global_variance=True),
-    ),
-    ("RMIA offline (a auto)", AttackOptions(attack="rmia", rmia_a="auto")),
-    ("RMIA online", AttackOptions(attack="rmia", online_attack=True)),
-    ("Calibrated loss (mid)", AttackOptions(attack="calibrated", signal="loss", calibration="mid")),
-    ("Calibrated loss (z)", AttackOptions(attack="calibrated", signal="loss", calibration="z")),
-    ("Classifier (ExtraTrees)", AttackOptions(attack="classifier")),
-    ("Modified entropy", AttackOptions(attack="entropy")),
-    ("Loss (starting kit)", AttackOptions(attack="loss")),
-    ("Confidence", AttackOptions(attack="confidence")),
-    (STACKED, AttackOptions(attack="stacked")),
-    (STACKED_LOW_FPR, AttackOptions(attack="stacked", stack_objective="low-fpr")),
-)
-# --attack auto chooses among every row of the line-up.
-AUTO_LINEUP = COMPARE
 # The stacked attack's features: cheap attacks whose leave-one-out scores never use the target's
 # membership (RMIA's a is fixed: 'auto' would run RMIA 11 more times per fold).
 STACK_BASE = (
@@ -329,7 +309,47 @@ STACK_BASE = (
     ("Modified entropy", AttackOptions(attack="entropy")),
     ("Loss", AttackOptions(attack="loss")),
     ("Confidence", AttackOptions(attack="confidence")),
+    ("LiRA online (training order)", AttackOptions(online_attack=True, order_shift=True)),
+    ("RMIA online (training order)", AttackOptions(attack="rmia", online_attack=True, order_shift=True)),
 )
+STACKED = f"Stacked (logistic regression over {len(STACK_BASE)} attacks' scores)"
+STACKED_LOW_FPR = "Stacked, low-FPR weights (the top of the ranking weighted)"
+# The --compare line-up. The runner-up submitted offline LiRA with global variance on the plain
+# probability. "(training order)": the IN side shifted to a first-trained member's (attacks.order).
+COMPARE = (
+    (WINNER, AttackOptions(attack="mico-winner")),
+    (WINNER_CONFIGURATION, AttackOptions(attack="mico-winner-config")),
+    (RUNNER_UP, AttackOptions(global_variance=True, as_submitted=True)),
+    ("LiRA offline", AttackOptions()),
+    ("LiRA offline, reference code's two-sided test", AttackOptions(offline_test="reference")),
+    ("LiRA offline, global variance (runner-up, corrected)", AttackOptions(global_variance=True)),
+    ("LiRA offline, stable logit", AttackOptions(stable_logit_scaling=True)),
+    ("LiRA online", AttackOptions(online_attack=True)),
+    ("LiRA online, global variance", AttackOptions(online_attack=True, global_variance=True)),
+    ("LiRA online, stable logit", AttackOptions(online_attack=True, stable_logit_scaling=True)),
+    (
+        "LiRA online, stable logit, global variance",
+        AttackOptions(online_attack=True, stable_logit_scaling=True, global_variance=True),
+    ),
+    ("LiRA online (training order)", AttackOptions(online_attack=True, order_shift=True)),
+    ("RMIA offline (a auto)", AttackOptions(attack="rmia", rmia_a="auto")),
+    ("RMIA online", AttackOptions(attack="rmia", online_attack=True)),
+    ("RMIA online (training order)", AttackOptions(attack="rmia", online_attack=True, order_shift=True)),
+    ("Calibrated loss (mid)", AttackOptions(attack="calibrated", signal="loss", calibration="mid")),
+    ("Calibrated loss (z)", AttackOptions(attack="calibrated", signal="loss", calibration="z")),
+    (
+        "MICO winner's configuration (training order)",
+        AttackOptions(attack="mico-winner-config", order_shift=True),
+    ),
+    ("Classifier (ExtraTrees)", AttackOptions(attack="classifier")),
+    ("Modified entropy", AttackOptions(attack="entropy")),
+    ("Loss (starting kit)", AttackOptions(attack="loss")),
+    ("Confidence", AttackOptions(attack="confidence")),
+    (STACKED, AttackOptions(attack="stacked")),
+    (STACKED_LOW_FPR, AttackOptions(attack="stacked", stack_objective="low-fpr")),
+)
+# --attack auto chooses among every row of the line-up.
+AUTO_LINEUP = COMPARE
 # What the rows choose; the other options (min_shadows, rmia_gamma, ...) come from the command line.
 COMPARE_SETS = (
     "attack",
@@ -344,6 +364,7 @@ COMPARE_SETS = (
     "signal",
     "calibration",
     "stack_objective",
+    "order_shift",
 )
 
 

@@ -197,6 +197,7 @@ def subset(data: ScenarioData, extra: list[int]) -> ScenarioData:
         shadow_in=data.shadow_in[shadows],
         solutions=data.solutions[rows],
         runner_up_in=None if data.runner_up_in is None else data.runner_up_in[: len(train)],
+        shadow_first=None if data.shadow_first is None else data.shadow_first[shadows],
     )
 
 

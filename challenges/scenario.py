@@ -34,6 +34,11 @@ class ScenarioData:
     # bool [n_train, P]: the membership the MICO runner-up's code *used* for the train models (its
     # index bug, challenges.splits.runner_up_train_positions); only when asked for
     runner_up_in: np.ndarray | None = None
+    # bool [n_shadows, P]: the shadow held the point as one of its own challenge members, which MICO's
+    # non-private runs train first, unshuffled, as a target trains its members (attacks.order); False
+    # for filler, for points it does not hold, and for every designed shadow (its pool points come
+    # first too, but as a block of thousands, not a first batch of m). None: not known.
+    shadow_first: np.ndarray | None = None
 
     @property
     def phi(self) -> np.ndarray:
@@ -158,6 +163,16 @@ def design_warning(mds, splits, points: np.ndarray, designed_in: np.ndarray) -> 
     )
 
 
+def first_matrix(points: np.ndarray, seeded: list, n_designed: int) -> np.ndarray:
+    """bool [len(seeded) + n_designed, len(points)]: ScenarioData.shadow_first. A seeded shadow's
+    (a train model's) own challenge members, from its split; nothing for a designed shadow."""
+    first = np.zeros((len(seeded) + n_designed, len(points)), dtype=bool)
+    for r, s in enumerate(seeded):
+        if s.member is not None:
+            first[r, np.searchsorted(points, s.member)] = True
+    return first
+
+
 def runner_up_len_training(params: ChallengeParams, n_points: int) -> int:
     """The LEN_TRAINING the runner-up's code would run with on this dataset.
 
@@ -208,8 +223,10 @@ def load_scenario(
     shadows = [i for i, md in enumerate(mds) if md.phase in ("train", "shadow")]
     if shadows != list(range(len(shadows))):
         raise AssertionError("layout.models must list the shadow phases first")
-    member = membership_matrix(n_points, [splits[k] for k in shadows if splits[k] is not None])[:, points]
+    seeded = [splits[k] for k in shadows if splits[k] is not None]
+    member = membership_matrix(n_points, seeded)[:, points]
     designed = [k for k in shadows if splits[k] is None]
+    first = first_matrix(points, seeded, len(designed))
     if designed:
         rows = np.zeros((len(designed), n_points), dtype=bool)
         for r, k in enumerate(designed):
@@ -231,4 +248,4 @@ def load_scenario(
     solutions = _solutions(mds, splits, m2)  # checked before the (slower) cache is read
     required = [cached_points(md, s, points, reads) for md, s in zip(mds, splits)]
     arrays = cache.load(cache_dir, mds, points, fields, required)
-    return ScenarioData(scenario, mds, points, arrays, challenge, member, solutions, quirky)
+    return ScenarioData(scenario, mds, points, arrays, challenge, member, solutions, quirky, first)

@@ -145,6 +145,8 @@ def test_attacks_use_designed_shadows(designed, tmp_path):
     data = load_scenario(data_dir, cache_dir, TRACK, SCENARIO, params, params.n_points)
     n_train = len(data.phase_rows("train"))
     assert data.n_shadows == n_train + 4 and [md.phase for md in data.models[: data.n_shadows]][-1] == "shadow"
+    # training order (attacks.order): a designed shadow's pool points come first as a block, never as a first batch
+    assert data.shadow_first[:n_train].any() and not data.shadow_first[n_train:].any()
     rows = np.concatenate([data.phase_rows(p) for p in ("train", "dev", "final")])
     exclude = np.where(rows < n_train, rows, -1)
     sig = signal_from_phi(data.phi, "prob")  # the default signal, as run_lira_mia's LiRA uses it
