@@ -97,6 +97,10 @@ ROWS = {
     "RMIA online": "RMIA online",
     "Classifier": "Classifier (ExtraTrees)",
     "Stacked": suite.STACKED,
+    # issue 24: training order (no extra query) and a combiner matched to the metric
+    "LiRA online (training order)": "LiRA online (training order)",
+    "RMIA online (training order)": "RMIA online (training order)",
+    "Stacked, low-FPR weights": suite.STACKED_LOW_FPR,
 }
 LABELS = (*ROWS, AUTO)
 INF = "purchase100_inf"
@@ -144,8 +148,12 @@ def make_view(out: str, f: float, scenarios) -> str:
 
 
 def _link(src: str, dst: str) -> None:
-    if not os.path.lexists(dst):
+    """``dst`` -> ``src``; a link another process (--build-only beside the full run) made first is kept."""
+    try:
         os.symlink(src, dst)
+    except FileExistsError:
+        if os.path.realpath(dst) != os.path.realpath(src):
+            raise
 
 
 def build(args) -> None:
