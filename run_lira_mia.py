@@ -88,7 +88,7 @@ def build_parser() -> cli.Parser:
         help="run every attack leave-one-out and write a comparison report instead of predictions",
     )
     _option(p, "--seed", type=cli.non_negative_int, help="seed for sampling in rmia and classifier")
-    lira = p.add_argument_group("LiRA (the runner-up's flags; --online_attack also selects online RMIA)")
+    lira = p.add_argument_group("LiRA (the runner-up's flags; --online_attack also selects online RMIA and neighbours)")
     _option(
         lira,
         "--as_submitted",

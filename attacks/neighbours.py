@@ -3,54 +3,60 @@
 A model's signal on a point is taken on V query views at once: view 0 the point itself (``orig``),
 then its neighbourhood views (``save_preds.py --neighbours K``: purchase100 records with a few
 purchase bits flipped, cifar10 images with pixel noise) and, on cifar10, the flips and shifts of
-``--augment``. A member tends to sit in a sharper basin than a non-member: its signal drops more
-from the point to its neighbours, which a per-point calibration of one signal cannot see. The
-views of one model are strongly correlated, so LiRA's rule of independent views (attacks.lira, L3)
-counts the same evidence V times; this attack models the correlation.
+``--augment``. A member may sit in a sharper basin than a non-member, its signal dropping more
+from the point to its neighbours, which one signal's per-point calibration cannot see. The views of
+one model are strongly correlated (about 0.95 between a purchase100 record and a copy with 4 bits
+flipped), so LiRA's rule of independent views (attacks.lira, L3) counts one piece of evidence V
+times; this attack models the correlation.
 
 Signal: s_v = phi on view v (the stable logit, LiRA's ``stable_logit_scaling``). Per point x and
 hypothesis g in {IN, OUT}:
 
-    (N1) s = (s_0 .. s_{V-1}) ~ N(mu_g(x), Sigma_g(x)),   Sigma_g(x) = D_g(x) R_g D_g(x)
+    (N1) s ~ N(mu_g(x), Sigma_g*)
+    (N2) online:  mu_g,v(x) = mu_g,0(x) + c_v(x) + o_g,v
 
-  mu_g(x) and D_g(x) = diag(sigma_g,v(x)): per-point, per-view mean and ddof=0 std of the shadows'
-  signals in group g, exactly LiRA's per-point statistics with its fallbacks (attacks.lira,
-  ``_view_statistic``: a point with fewer than ``min_shadows`` shadows in a group takes the
-  target's pooled values, IN shifted from OUT by the mean IN-OUT gap); R_g one correlation matrix
-  per group for every point:
+  mu_g,0(x): the per-point mean of view 0 over the group's shadows, LiRA's location, with its
+  fallbacks (a point with fewer than ``min_shadows`` shadows in a group takes the target's pooled
+  OUT mean, or the OUT location shifted by the mean IN-OUT gap); c_v(x) = m_v(x) - m_0(x), the
+  point's own view effect (how its flip, shift or neighbour moves the signal), from every shadow of
+  both groups; o_g,v, the group's further shift on view v (members' neighbours dropping more),
+  pooled: the mean over the points of mu_g,v(x) - mu_g,0(x) - c_v(x), each point weighted by its
+  count n_g(x). Why not a free per-point mean per view and group: the views are so correlated that
+  Sigma^{-1} weighs differences between views far more than their common direction, and per-point
+  differences of means from a handful of shadows are mostly noise there; on the demo challenge
+  (16 train models, 4 neighbours) free means lost about 0.03 TPR@10%FPR in purchase100_inf and
+  0.05 in purchase100_hi against (N2).
+  Offline (OUT shadows only) mu_out,v(x) is every view's own per-point OUT mean, the target's
+  pooled OUT mean of the view where a point has fewer than ``min_shadows`` OUT shadows.
 
-    (N2) R_g = sum_x n_g(x) C_g(x) / sum_x n_g(x)        over the pool points with n_g(x) >= 2,
+    (N3) Sigma_g = sum_x W_g(x) / sum_x (n_g(x) - 1)        pooled within-point covariance
 
-  C_g(x) the sample correlation matrix of group g's signal vectors at x (a view with no spread at
-  x has the identity's row and column there). A weighted mean of correlation matrices: symmetric,
-  positive semi-definite, unit diagonal. Per-point scales with a pooled correlation keep LiRA's
-  per-point calibration and estimate only V(V-1)/2 numbers from every (shadow, point) pair.
+  W_g(x) the scatter matrix of the group's signal vectors about their per-point, per-view means,
+  n_g(x) their count; then shrunk toward its diagonal: with D = diag(Sigma_g)^{1/2} and R = D^{-1}
+  Sigma_g D^{-1}, Sigma_g* = D ((1 - lam) R + lam I) D, lam the oracle approximating shrinkage of
+  Chen, Wiesel, Eldar and Hero (2010, "Shrinkage algorithms for MMSE covariance estimation",
+  eq. 23; the Gaussian refinement of Ledoit and Wolf's) with n = sum_x (n_g(x) - 1) degrees of
+  freedom. ``shrinkage`` fixes lam instead (1: independent views). Without a point holding two IN
+  shadows, Sigma_IN = Sigma_OUT. One covariance for every point, as LiRA's global variance is one
+  per target: per-point sigmas per view, estimated apart, put noise into the very differences
+  between views that the correlation magnifies (on the demo: 0.83 against 0.97 TPR@10%FPR).
 
-    (N3) R_g* = (1 - lam) R_g + lam I                       shrinkage toward the diagonal
+The tests, with z = D_out^{-1} (s - mu_out):
 
-  lam by the oracle approximating shrinkage of Chen, Wiesel, Eldar and Hero (2010, "Shrinkage
-  algorithms for MMSE covariance estimation", eq. 23), the Gaussian refinement of Ledoit and Wolf's,
-  with n = sum_x (n_g(x) - 1) residual degrees of freedom: a closed form in tr(R), tr(R^2), n and
-  V, so it is left out exactly along with R (below). Few shadows or points shrink toward the
-  identity, i.e. toward LiRA's independent views; ``shrinkage`` fixes lam instead.
+    (N4) offline: z ~ N(0, R_out*) under OUT, and the best linear test of a shift of every view
+         the same way is the generalised least squares combination
+             Z = 1' R_out*^{-1} z / sqrt(1' R_out*^{-1} 1),   N(0, 1) under OUT;
+         score Phi(Z) (Stouffer's Z of attacks.lira, L3, where R* = I).
+    (N5) online: llr = log N(s; mu_in, Sigma_in*) - log N(s; mu_out, Sigma_out*);
+         score squash(llr / V) (attacks.lira.squash). With lam = 1 the log ratio is the sum of
+         independent per-view Gaussians' (a product of densities), as in LiRA (L3).
 
-The tests, with z_g = D_g^{-1} (s - mu_g) the per-view z-scores:
-
-    (N4) offline (OUT shadows only): z_out ~ N(0, R_out) under OUT. The best linear test of a shift
-         of every view in the same direction is the generalised least squares combination
-             Z = 1' R_out^{-1} z_out / sqrt(1' R_out^{-1} 1),   N(0, 1) under OUT;
-         score Phi(Z). With R = I it is LiRA's Stouffer Z (L3), and LiRA's one-view test (L1).
-    (N5) online: llr = log N(s; mu_in, Sigma_in) - log N(s; mu_out, Sigma_out)
-             = sum_v log(sigma_out,v / sigma_in,v) + (logdet R_out - logdet R_in) / 2
-               + (z_out' R_out^{-1} z_out - z_in' R_in^{-1} z_in) / 2;
-         score squash(llr / V). With R = I it is LiRA online's score (L2, L3): the product of
-         independent per-view Gaussians, whose log ratio LiRA averages over views.
-
-Leave-one-out. A target that is shadow e (``exclude``) is left out of everything its score
-uses: the per-point moments (attacks.stats downdates) and R_g, whose per-point scatter matrices
-are downdated at every point, W' = W - n / (n - 1) d d' (d: e's deviation from the group mean),
-before the correlations are re-formed: the same R as from the shadows without e, in O(P V^2) per
-left-out shadow. So neither its signals nor its membership enter its own score.
+Leave-one-out. A target that is shadow e (``exclude``) is left out of everything its score uses:
+the per-point counts and means (its signal removed: (n m - x_e) / (n - 1)), the view effects and
+offsets, and Sigma_g, whose scatter is downdated at every point of e's group,
+W' = W - n / (n - 1) d d' (d: e's deviation from the group's mean there), in O(P V^2) per
+left-out shadow: the same as from the shadows without e. So neither its signals nor its
+membership enter its own score.
 
 Pure array maths: no I/O, no global state.
 """
@@ -61,16 +67,16 @@ import numpy as np
 from scipy.special import ndtr
 
 from .checks import check_array, check_exclude, check_membership, pool_index
-from .lira import _pooled, squash
-from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap, point_moments
+from .lira import squash
+from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap
 
 
-class GroupScatter:
-    """Per-point count, mean vector and scatter matrix of one group's (IN or OUT) signal vectors,
-    and the pooled correlation (N2) with any one shadow left out.
+class GroupSums:
+    """Per-point count, mean vector and scatter matrix of one group's (IN, OUT or every) signal
+    vectors, and the same with one shadow left out.
 
     x: (S, P, V) shadow signals (float32 from the cache is fine: read in float64 chunks of
-    ``chunk_points`` points); in_group: (S, P) bool, the shadows of the group at each point.
+    ``chunk_points`` points); in_group: (S, P) bool, the group's shadows at each point.
     """
 
     def __init__(self, x, in_group, chunk_points: int = 1024):
@@ -88,44 +94,26 @@ class GroupScatter:
             d = (xs - mean).transpose(1, 0, 2)  # (c, S, V)
             self.mean[sl] = mean
             self.scatter[sl] = (d * w.T[:, :, None]).transpose(0, 2, 1) @ d
-        self.weight, self.total, self.dof = self._sums(self.n, self.scatter)
 
-    @staticmethod
-    def _correlations(n, scatter):
-        """n * C(x) for each point (n >= 2), else 0: (P, V, V)."""
-        V = scatter.shape[-1]
-        var = np.einsum("pvv->pv", scatter) / np.maximum(n, 1.0)[:, None]
-        spread = var > SIGMA_FLOOR**2
-        sd = np.where(spread, np.sqrt(np.where(spread, var, 1.0)), 1.0) * np.sqrt(np.maximum(n, 1.0))[:, None]
-        corr = scatter / (sd[:, :, None] * sd[:, None, :])
-        both = spread[:, :, None] & spread[:, None, :]
-        corr = np.where(both, corr, np.eye(V))
-        return np.where((n >= 2)[:, None, None], n[:, None, None] * corr, 0.0)
-
-    def _sums(self, n, scatter):
-        """(sum of n C over points with n >= 2, sum of those n, sum of their n - 1)."""
-        ok = n >= 2
-        return self._correlations(n, scatter).sum(axis=0), n[ok].sum(), (n[ok] - 1).sum()
-
-    def correlation(self, exclude: int = -1) -> tuple[np.ndarray, float]:
-        """(R (V, V) from (N2), residual degrees of freedom) with shadow ``exclude`` left out (-1: none)."""
-        weight, total, dof = self.weight, self.total, self.dof
-        if exclude >= 0:
-            at = np.flatnonzero(self.in_group[exclude])
+    def left_out(self, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """(n (P,), mean (P, V), pooled scatter sum_x W(x) (V, V), its degrees of freedom
+        sum_x max(n(x) - 1, 0)) without shadow ``e`` (-1: with every shadow)."""
+        n, mean = self.n, self.mean
+        total = self.scatter.sum(axis=0)
+        if e >= 0:
+            at = np.flatnonzero(self.in_group[e])
             if at.size:
-                n = self.n[at]
-                d = self.x[exclude, at].astype(np.float64) - self.mean[at]  # (A, V)
-                factor = np.where(n > 1, n / np.maximum(n - 1, 1), 0.0)
-                new_scatter = self.scatter[at] - factor[:, None, None] * d[:, :, None] * d[:, None, :]
-                new_scatter = np.where((n > 1)[:, None, None], new_scatter, 0.0)
-                old = self._sums(n, self.scatter[at])
-                new = self._sums(n - 1, new_scatter)
-                weight, total, dof = weight - old[0] + new[0], total - old[1] + new[1], dof - old[2] + new[2]
-        V = weight.shape[0]
-        if total <= 0:  # no point with two shadows of the group: nothing to correlate
-            return np.eye(V), 0.0
-        R = weight / total
-        return (R + R.T) / 2, float(dof)
+                n, mean = n.copy(), mean.copy()
+                xe = self.x[e, at].astype(np.float64)
+                d = xe - mean[at]
+                na = n[at]
+                factor = np.where(na > 1, na / np.maximum(na - 1, 1), 0.0)
+                total = total - np.einsum("a,av,aw->vw", factor, d, d)
+                n[at] = na - 1
+                mean[at] = np.where(
+                    (na > 1)[:, None], (na[:, None] * mean[at] - xe) / np.maximum(na - 1, 1)[:, None], 0.0
+                )
+        return n, mean, total, float(np.maximum(n - 1, 0).sum())
 
 
 def oas_shrinkage(R, dof: float) -> float:
@@ -140,40 +128,80 @@ def oas_shrinkage(R, dof: float) -> float:
     return float(min(1.0, ((1 - 2 / V) * tr2 + tr * tr) / den))
 
 
-def shrunk(R, dof: float, shrinkage: float | None = None) -> tuple[np.ndarray, float]:
-    """(R* of (N3), the intensity used): ``shrinkage`` None for OAS, or a fixed number in [0, 1]."""
+def shrunk_covariance(scatter, dof: float, shrinkage: float | None = None, sigma_floor: float = SIGMA_FLOOR):
+    """(Sigma* (V, V) of (N3), lam): the pooled covariance ``scatter / dof`` with its correlation
+    shrunk toward the identity by ``shrinkage`` (None: OAS); each sigma at least ``sigma_floor``."""
+    V = scatter.shape[0]
+    cov = scatter / max(dof, 1.0)
+    sd = np.maximum(np.sqrt(np.maximum(np.diag(cov), 0.0)), sigma_floor)
+    R = cov / np.outer(sd, sd)
+    np.fill_diagonal(R, 1.0)
     lam = oas_shrinkage(R, dof) if shrinkage is None else float(shrinkage)
-    V = R.shape[0]
-    return (1 - lam) * R + lam * (np.trace(R) / V) * np.eye(V), lam
+    return np.outer(sd, sd) * ((1 - lam) * R + lam * np.eye(V)), lam
 
 
-def _per_view(s, mom, min_shadows, sigma_floor, online):
-    """Per-view z-scores and sigmas of one view, with LiRA's fallbacks (attacks.lira,
-    ``_view_statistic``, per-point sigma and mean): (z_out, sd_out, z_in, sd_in), each (T, K);
-    the IN ones None offline."""
-    n_out, mean_out, var_out = mom[False]
-    N_out, M_out, sd_pool_out = _pooled(n_out, mean_out, var_out)
+class Model:
+    """The shadows' statistics with shadow ``e`` left out (-1: none): per group (OUT; online also
+    IN) the per-point counts ``n`` and means ``mean``, the covariance ``cov`` (N3) and its
+    shrinkage ``lam``; online also the view effects ``effect`` and the offsets ``offset`` (N2)."""
+
+    def __init__(self, sums: dict, e: int, online: bool, shrinkage, sigma_floor: float):
+        self.n, self.mean, self.cov, self.lam, self.offset = {}, {}, {}, {}, {}
+        if online:
+            every = sums[None].left_out(e)[1]
+            self.effect = every - every[:, :1]  # c_v(x), (P, V)
+        for g in (False, True) if online else (False,):
+            n, mean, scatter, dof = sums[g].left_out(e)
+            self.n[g], self.mean[g] = n, mean
+            if online:  # each point weighted by the shadows behind its means
+                rel = mean - mean[:, :1] - self.effect
+                self.offset[g] = n @ rel / n.sum() if n.sum() > 0 else np.zeros(mean.shape[1])
+            if dof > 0 or not g:
+                self.cov[g], self.lam[g] = shrunk_covariance(scatter, dof, shrinkage, sigma_floor)
+            else:  # no point with two IN shadows: the IN spread is the OUT spread
+                self.cov[g], self.lam[g] = self.cov[False], self.lam[False]
+
+
+def _pooled_mean(n, mean) -> tuple[np.ndarray, np.ndarray]:
+    """(count, mean) of a group's view-0 signals over each target's points (T',), as attacks.lira's
+    pooled fallback; mean 0 where the count is 0."""
+    N = n.sum(axis=1)
+    return N, (n * mean).sum(axis=1) / np.maximum(N, 1.0)
+
+
+def _locations(model: Model, idx, min_shadows: int, online: bool) -> dict:
+    """{group: mu_g (T', K, V)} at the targets' points ``idx`` (T', K): online (N2), view 0 with
+    LiRA's fallbacks (attacks.lira, ``_view_statistic``); offline every view's OUT mean (N4), the
+    target's pooled OUT mean of the view where a point has fewer than ``min_shadows``."""
+    n_out, mean_out = model.n[False][idx], model.mean[False][idx, 0]
+    N_out, M_out = _pooled_mean(n_out, mean_out)
     if np.any(N_out == 0):
-        bad = np.flatnonzero(N_out == 0)
         raise ValueError(
-            f"target(s) {bad[:10].tolist()} have no OUT shadow signal on any of "
-            "their challenge points (after leave-one-out): the neighbourhood attack needs OUT shadows"
+            "a target has no OUT shadow on any of its challenge points (after leave-one-out): "
+            "the neighbourhood attack needs OUT shadows"
         )
     ok_out = n_out >= min_shadows
-    mu_out = np.where(ok_out, mean_out, M_out[:, None])
-    sd_out = np.maximum(np.where(ok_out, np.sqrt(var_out), sd_pool_out[:, None]), sigma_floor)
-    z_out = (s - mu_out) / sd_out
-    if not online:
-        return z_out, sd_out, None, None
-    n_in, mean_in, var_in = mom[True]
-    N_in, M_in, sd_pool_in = _pooled(n_in, mean_in, var_in)
+    if not online:  # OUT shadows only: every view's own per-point OUT mean (N4)
+        means = model.mean[False][idx]  # (T', K, V)
+        pooled = ((n_out[..., None] * means).sum(axis=1) / N_out[:, None])[:, None, :]  # (T', 1, V)
+        return {False: np.where(ok_out[..., None], means, pooled)}
+    mu0 = {False: np.where(ok_out, mean_out, M_out[:, None])}
+    n_in, mean_in = model.n[True][idx], model.mean[True][idx, 0]
+    N_in, M_in = _pooled_mean(n_in, mean_in)
     ok_in = n_in >= min_shadows
     gap_pool = np.where(N_in > 0, M_in - M_out, 0.0)
     gap = mean_gap(mean_in, mean_out, ok_in & ok_out, axis=1, default=gap_pool[:, None])
-    mu_in, _ = fill_by_gap(mean_in, mu_out, ok_in, True, gap)
-    sd_in_fb = np.where(N_in[:, None] > 0, sd_pool_in[:, None], sd_out)
-    sd_in = np.maximum(np.where(ok_in, np.sqrt(var_in), sd_in_fb), sigma_floor)
-    return z_out, sd_out, (s - mu_in) / sd_in, sd_in
+    mu0[True], _ = fill_by_gap(mean_in, mu0[False], ok_in, True, gap)
+    effect = model.effect[idx]  # (T', K, V)
+    return {g: m[..., None] + effect + model.offset[g] for g, m in mu0.items()}
+
+
+def _logpdf(s, mu, cov) -> np.ndarray:
+    """log N(s; mu, cov) for s, mu (..., V), one cov (V, V)."""
+    d = s - mu
+    sol = np.linalg.solve(cov, d.reshape(-1, d.shape[-1]).T).T.reshape(d.shape)
+    V = d.shape[-1]
+    return -0.5 * (np.einsum("...v,...v->...", d, sol) + np.linalg.slogdet(cov)[1] + V * np.log(2 * np.pi))
 
 
 def _check(target_signal, shadow_signal, shadow_in, target_index, exclude, min_shadows, shrinkage):
@@ -189,19 +217,6 @@ def _check(target_signal, shadow_signal, shadow_in, target_index, exclude, min_s
     if shrinkage is not None and not 0 <= shrinkage <= 1:
         raise ValueError(f"shrinkage must be None (OAS) or a number in [0, 1], got {shrinkage!r}")
     return tgt, shd, member, pool_index(target_index, T, K, P), check_exclude(exclude, T, S)
-
-
-def correlations(shadow_signal, shadow_in, exclude, *, online: bool, shrinkage=None) -> dict:
-    """{left-out shadow e: {group: (R_g* (V, V), lam)}} for each distinct value of ``exclude``
-    (N2, N3); the groups are OUT (False) and, online, IN (True)."""
-    x = np.asarray(shadow_signal)
-    member = np.asarray(shadow_in, dtype=bool)
-    groups = (False, True) if online else (False,)
-    scatter = {g: GroupScatter(x, member if g else ~member) for g in groups}
-    out = {}
-    for e in np.unique(exclude).tolist():
-        out[e] = {g: shrunk(*scatter[g].correlation(e), shrinkage) for g in groups}
-    return out
 
 
 def neighbourhood_lira(
@@ -220,40 +235,29 @@ def neighbourhood_lira(
 
     target_signal (T, K, V): each target's signal on its own K challenge points, every view;
     shadow_signal (S, P, V), shadow_in (S, P), target_index (T, K) and exclude (T,) as in
-    :func:`attacks.lira.lira`. ``shrinkage``: None for OAS (N3), or a fixed intensity in [0, 1]
-    (1: independent views, LiRA's rule). One view: LiRA with the stable logit signal, per-point
-    sigma and the mean, online or offline, exactly.
+    :func:`attacks.lira.lira`. ``shrinkage``: None for OAS (N3), or a fixed intensity in [0, 1].
 
-    Cost: LiRA's O(S*P*V) sums and O(T*K*V) downdates, plus O(S*P*V^2) once for the scatter
-    matrices and O(P*V^2) per distinct left-out shadow.
+    Cost: O(S*P*V^2) once for the scatter matrices, O(P*V^2) per distinct left-out shadow and
+    O(T*K*V^2) for the tests.
     """
     tgt, shd, member, idx, excl = _check(
         target_signal, shadow_signal, shadow_in, target_index, exclude, min_shadows, shrinkage
     )
     T, K, V = tgt.shape
-    parts = []
-    for v in range(V):
-        mom = point_moments(shd[:, :, v].astype(np.float64), member, idx, excl[:, None])
-        parts.append(_per_view(tgt[:, :, v].astype(np.float64), mom, min_shadows, sigma_floor, online))
-    z_out = np.stack([p[0] for p in parts], axis=-1)  # (T, K, V)
-    corr = correlations(shd, member, excl, online=online, shrinkage=shrinkage)
+    groups = {False: ~member}
+    if online:
+        groups |= {True: member, None: np.ones_like(member)}
+    sums = {g: GroupSums(shd, m) for g, m in groups.items()}
     total = np.empty((T, K))
-    if not online:
-        for e, by_group in corr.items():
-            t = excl == e
-            w = np.linalg.solve(by_group[False][0], np.ones(V))
-            total[t] = z_out[t] @ w / np.sqrt(w.sum())
-        return ndtr(total)
-    z_in = np.stack([p[2] for p in parts], axis=-1)
-    logsd = sum(np.log(p[1]) - np.log(p[3]) for p in parts)  # (T, K)
-    for e, by_group in corr.items():
+    for e in np.unique(excl).tolist():
         t = excl == e
-        (r_out, _), (r_in, _) = by_group[False], by_group[True]
-        logdet = np.linalg.slogdet(r_out)[1] - np.linalg.slogdet(r_in)[1]
-        total[t] = logsd[t] + 0.5 * logdet + 0.5 * (_quadratic(z_out[t], r_out) - _quadratic(z_in[t], r_in))
-    return squash(total / V)
-
-
-def _quadratic(z, R) -> np.ndarray:
-    """z' R^{-1} z for every vector of z (..., V)."""
-    return np.einsum("...v,...v->...", z, np.linalg.solve(R, z.reshape(-1, z.shape[-1]).T).T.reshape(z.shape))
+        model = Model(sums, e, online, shrinkage, sigma_floor)
+        mu = _locations(model, idx[t], min_shadows, online)
+        s = tgt[t].astype(np.float64)
+        if online:
+            total[t] = _logpdf(s, mu[True], model.cov[True]) - _logpdf(s, mu[False], model.cov[False])
+            continue
+        sd = np.sqrt(np.diag(model.cov[False]))
+        w = np.linalg.solve(model.cov[False] / np.outer(sd, sd), np.ones(V))
+        total[t] = ((s - mu[False]) / sd) @ w / np.sqrt(w.sum())
+    return squash(total / V) if online else ndtr(total)

@@ -20,6 +20,7 @@ rsync, an archive) keeps size and mtime but never inode and ctime, and a rewrite
 changes ctime. When the key differs the sha256 decides, so a copied tree, or an entry written
 before the key had inode and ctime, is still used. A file is reused by save_preds.py only if
 it came from this model.pt and its views match; points missing from it are computed and merged.
+An attack's :func:`load` refuses models of one scenario whose files hold different views.
 Files are written under a unique temporary name and renamed, while holding the file's own advisory
 lock (``.locks/<name>``), so a killed run leaves either the old file or the new one, runs on
 different models (``--shard``) never wait for each other, and concurrent runs on the same models

@@ -27,6 +27,7 @@ from challenges.tracks import CIFAR10_STD, get_track
 NEIGHBOUR_SEED = 0x6E62_7669_6577_7331  # "nbviews1"
 DEFAULT_FLIP_BITS = 4
 DEFAULT_NOISE = 0.03
+NEIGHBOUR_BLOCK = 2048  # points per block when building a neighbourhood view
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -125,6 +126,16 @@ def neighbour_inputs(x: torch.Tensor, points: np.ndarray, name: str) -> torch.Te
     points = np.asarray(points, dtype=np.int64)
     if len(points) != len(x):
         raise ValueError(f"{len(points)} point indices for {len(x)} inputs")
+    if len(x) > NEIGHBOUR_BLOCK:  # bounded temporaries (a block's hashes); the result is the same
+        blocks = range(0, len(x), NEIGHBOUR_BLOCK)
+        return torch.cat(
+            [_neighbours(x[i : i + NEIGHBOUR_BLOCK], points[i : i + NEIGHBOUR_BLOCK], name) for i in blocks]
+        )
+    return _neighbours(x, points, name)
+
+
+def _neighbours(x: torch.Tensor, points: np.ndarray, name: str) -> torch.Tensor:
+    k, kind, value = parse_neighbour(name)
     n = int(np.prod(x.shape[1:]))
     if kind == "flip":
         b = int(value)

@@ -8,20 +8,22 @@ import os
 import numpy as np
 import pytest
 import torch
-from scipy.stats import multivariate_normal
+from scipy.special import ndtr
+from scipy.stats import multivariate_normal, norm
 
 import run_lira_mia
 import save_preds
 from attacks.auto import AutoAttack
 from attacks.classifier import _features, neighbourhood
-from attacks.lira import lira, squash
-from attacks.neighbours import GroupScatter, correlations, neighbourhood_lira, oas_shrinkage
+from attacks.lira import squash
+from attacks.neighbours import GroupSums, neighbourhood_lira, oas_shrinkage
 from attacks.options import AttackOptions
 from attacks.suite import COMPARE, NEIGHBOURS_OFFLINE, NEIGHBOURS_ONLINE, make_attack, runnable
 from challenges import cache, layout
 from challenges.datasets import load_dataset, to_tensor
 from challenges.tracks import CIFAR10_STD, load_params
 from models import load_model
+from models import query as query_module
 from models.query import apply_view, neighbour_inputs, query, view_names
 from tests.conftest import run_script
 from tests.fake_scenario import fake_scenario, permute_membership
@@ -44,7 +46,7 @@ def test_view_names_say_how_the_neighbours_were_made():
         view_names(False, 0, 1, "purchase100", flip_bits=601)
 
 
-def test_purchase_neighbours_are_a_fixed_function_of_the_record():
+def test_purchase_neighbours_are_a_fixed_function_of_the_record(monkeypatch):
     """Each neighbour flips exactly b bits, chosen by (point, k) alone: the same in any batch, order
     or subset (every model, dev and final ones on their own points, sees the same neighbours)."""
     rng = np.random.default_rng(0)
@@ -64,6 +66,8 @@ def test_purchase_neighbours_are_a_fixed_function_of_the_record():
     assert ((eight != x).sum(1) == 8).all()
     with pytest.raises(ValueError, match="dataset indices"):
         apply_view(x, "nb1:flip4")
+    monkeypatch.setattr(query_module, "NEIGHBOUR_BLOCK", 7)  # built block by block: the same
+    assert torch.equal(neighbour_inputs(x, points, "nb1:flip4"), a)
 
 
 def test_cifar_neighbours_add_fixed_pixel_noise():
@@ -204,58 +208,85 @@ def _loo(data):
     return rows, np.where(rows < data.n_shadows, rows, -1)
 
 
+def _balanced(S=12, P=30, V=3, T=4, seed=0):
+    """Arrays of S shadows (each point IN for exactly S/2 of them) and T dev/final-like targets, V
+    correlated views whose member shift differs by view."""
+    rng = np.random.default_rng(seed)
+    member = np.zeros((S + T, P), dtype=bool)
+    for p in range(P):
+        member[rng.permutation(S)[: S // 2], p] = True
+    member[S:] = rng.random((T, P)) < 0.5
+    common = rng.normal(0, 1, (S + T, P, 1))
+    noise = 0.8 * common + 0.6 * rng.normal(0, 1, (S + T, P, V))
+    effect = rng.normal(0, 0.5, (1, P, V))  # each point's own view effects
+    phi = rng.normal(1.0, 1.0, (1, P, 1)) + effect + noise + member[:, :, None] * np.linspace(1.5, 0.8, V)
+    return phi, member
+
+
+def _reference(phi, member, S, t, exclude, online, lam):
+    """Target row ``t``'s llr (online) or Z (offline) on every pool point, straight from (N1)-(N5):
+    the shadows but ``exclude``, loops and scipy's densities; no point lacks a group here."""
+    keep = [s for s in range(S) if s != exclude]
+    x, m = phi[keep], member[keep]
+    P, V = phi.shape[1:]
+    means = {g: np.array([x[m[:, p] == g, p].mean(axis=0) for p in range(P)]) for g in (True, False)}
+    every = x.mean(axis=0)
+    effect = every - every[:, :1]
+    cov, offset = {}, {}
+    for g in (True, False):
+        resid = [x[m[:, p] == g, p] - means[g][p] for p in range(P)]
+        pooled = sum(r.T @ r for r in resid) / sum(len(r) - 1 for r in resid)
+        sd = np.sqrt(np.diag(pooled))
+        R = pooled / np.outer(sd, sd)
+        cov[g] = np.outer(sd, sd) * ((1 - lam) * R + lam * np.eye(V))
+        counts = np.array([(m[:, p] == g).sum() for p in range(P)])
+        offset[g] = (counts[:, None] * (means[g] - means[g][:, :1] - effect)).sum(axis=0) / counts.sum()
+    out = []
+    for p in range(P):
+        s = phi[t, p]
+        if not online:
+            sd = np.sqrt(np.diag(cov[False]))
+            w = np.linalg.solve(cov[False] / np.outer(sd, sd), np.ones(V))
+            out.append(((s - means[False][p]) / sd) @ w / np.sqrt(w.sum()))
+            continue
+        mu = {g: means[g][p, 0] + effect[p] + offset[g] for g in (True, False)}
+        if lam == 1:  # independent views: a product of one-dimensional densities
+            logpdf = {g: norm.logpdf(s, mu[g], np.sqrt(np.diag(cov[g]))).sum() for g in (True, False)}
+        else:
+            logpdf = {g: multivariate_normal(mu[g], cov[g]).logpdf(s) for g in (True, False)}
+        out.append(logpdf[True] - logpdf[False])
+    return np.array(out)
+
+
 @pytest.mark.parametrize("online", [False, True])
-def test_identity_correlation_is_lira_with_independent_views(online):
-    """With R = I (shrinkage 1) the test is the product of independent per-view Gaussians, LiRA's
-    rule (stable logit, per-point sigma): offline Stouffer's Z, online the mean per-view llr."""
-    data = _fake()
-    rows, exclude = _loo(data)
-    phi = data.phi.astype(np.float64)
-    args = (phi[rows[:, None], data.challenge], phi[: data.n_shadows], data.shadow_in, data.challenge, exclude)
-    ours = neighbourhood_lira(*args, online=online, shrinkage=1.0)
-    np.testing.assert_allclose(ours, lira(*args, online=online), rtol=0, atol=1e-12)
-    one = (args[0][..., :1], args[1][..., :1], *args[2:])  # one view: LiRA whatever the shrinkage
-    np.testing.assert_allclose(neighbourhood_lira(*one, online=online), lira(*one, online=online), atol=1e-12)
-    assert not np.allclose(neighbourhood_lira(*args, online=online), ours)  # the correlation matters
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+def test_attack_agrees_with_a_direct_reference(online, lam):
+    """(N1)-(N5) against a from-scratch computation per target, train models left out (the
+    reference drops the shadow itself) and dev/final-like targets; lam = 1 is the product of
+    independent per-view Gaussians."""
+    S, V = 12, 3
+    phi, member = _balanced(S=S, V=V)
+    P = phi.shape[1]
+    rows = np.arange(len(phi))
+    exclude = np.where(rows < S, rows, -1)
+    idx = np.broadcast_to(np.arange(P), (len(rows), P))
+    scores = neighbourhood_lira(phi, phi[:S], member[:S], idx, exclude, online=online, shrinkage=lam, min_shadows=1)
+    for t in (0, 5, S, S + 3):
+        ref = _reference(phi, member, S, t, exclude[t], online, lam)
+        expected = squash(ref / V) if online else ndtr(ref)
+        np.testing.assert_allclose(scores[t], expected, rtol=0, atol=1e-10)
 
 
-def test_online_llr_is_the_multivariate_normal_log_ratio():
-    """(N5) against scipy's multivariate normal densities with Sigma = D R D, R the shrunk pooled
-    correlations the attack estimates, for dev/final targets (nothing left out)."""
-    data = _fake(V=3)
-    targets = np.arange(data.n_shadows, len(data.models))
-    exclude = np.full(len(targets), -1)
-    phi = data.phi.astype(np.float64)
-    shadow = phi[: data.n_shadows]
-    tgt = phi[targets[:, None], data.challenge[targets]]
-    scores = neighbourhood_lira(tgt, shadow, data.shadow_in, data.challenge[targets], exclude, online=True)
-    R = correlations(shadow, data.shadow_in, exclude, online=True)[-1]
-    for t in range(len(targets)):
-        for k in range(0, data.challenge.shape[1], 5):
-            p = data.challenge[targets[t], k]
-            if not 2 <= data.shadow_in[:, p].sum() <= data.n_shadows - 2:
-                continue  # LiRA's fallbacks apply there
-            logpdf = {}
-            for g in (True, False):
-                x = shadow[data.shadow_in[:, p] == g, p]  # (n, V)
-                sd = x.std(axis=0)
-                cov = np.diag(sd) @ R[g][0] @ np.diag(sd)
-                logpdf[g] = multivariate_normal(x.mean(axis=0), cov).logpdf(tgt[t, k])
-            assert scores[t, k] == pytest.approx(squash((logpdf[True] - logpdf[False]) / 3), abs=1e-9)
-
-
-def test_left_out_correlation_equals_one_computed_without_the_shadow():
+def test_left_out_sums_equal_ones_computed_without_the_shadow():
     data = _fake(V=3)
     shadow = data.phi[: data.n_shadows]
     for group in (data.shadow_in, ~data.shadow_in):
-        full = GroupScatter(shadow, group)
+        full = GroupSums(shadow, group)
         for e in (0, 4, 9):
             keep = np.arange(data.n_shadows) != e
-            R, dof = full.correlation(e)
-            R_ref, dof_ref = GroupScatter(shadow[keep], group[keep]).correlation()
-            np.testing.assert_allclose(R, R_ref, atol=1e-12)
-            assert dof == dof_ref
-            assert np.allclose(np.diag(R), 1) and np.all(np.linalg.eigvalsh(R) > 0)
+            got, ref = full.left_out(e), GroupSums(shadow[keep], group[keep]).left_out(-1)
+            for a, b in zip(got, ref):
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
 
 
 def test_oas_shrinks_little_with_many_residuals_and_fully_with_none():
