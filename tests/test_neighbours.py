@@ -156,6 +156,21 @@ def test_models_cached_with_other_views_are_refused(small_copy, tmp_path, capsys
     assert code == 1 and "query views" in err[-1] and "differ" in err[-1] and "--flip-bits" in err[-1]
 
 
+def test_cache_load_refuses_views_of_the_same_count_but_other_names(small_copy):
+    """One model's file holds another view than the others (same count): the shapes agree, so only
+    the names can tell; cache.load refuses them instead of mixing."""
+    data_dir, cache_dir = small_copy
+    assert _save_preds(data_dir, cache_dir) == 0
+    mds = layout.models(data_dir, TRACK, SCENARIO)
+    path = cache.cache_file(cache_dir, mds[1])
+    entry = cache.read(path)
+    stamp = {k: entry[k] for k in (*cache.KEY, "model_sha256")}
+    cache.write(path, entry["points"], ["nb1:flip4"], stamp, {"phi": entry["phi"], "mentr": entry["mentr"]})
+    points = cache.read(cache.cache_file(cache_dir, mds[0]))["points"]
+    with pytest.raises(cache.CacheError, match="query views .* differ from"):
+        cache.load(cache_dir, mds[:2], points)
+
+
 @pytest.mark.parametrize(
     "bad, says",
     [
@@ -171,10 +186,22 @@ def test_neighbour_flag_checks(small_challenge, tmp_path, bad, says, capsys):
     assert code != 0 and says in err[-1]
 
 
-def test_cifar_noise_flag_is_for_cifar_only(tiny_challenges, tmp_path, capsys):
-    argv = ["--challenge", "cifar10", "--data-dir", tiny_challenges, "--cache-dir", str(tmp_path)]
+def test_cifar_neighbours_beside_flips(tiny_copy, tmp_path, capsys):
+    """cifar10: the flips of --augment and the pixel-noise neighbours together, every model the same
+    views; the attack runs on them; --flip-bits is purchase100's."""
+    cache_dir = str(tmp_path / "cache")
+    argv = ["--challenge", "cifar10", "--data-dir", tiny_copy, "--cache-dir", cache_dir, "--scenario", "cifar10_inf"]
     code, err = run_script(save_preds.main, "save_preds.py", argv + ["--neighbours", "1", "--flip-bits", "2"], capsys)
     assert code == 2 and "--flip-bits does not apply to cifar10" in err[-1]
+    assert save_preds.main(argv + ["--device", "cpu", "--augment", "--neighbours", "1", "--noise", "0.05"]) == 0
+    mds = layout.models(tiny_copy, "cifar10", "cifar10_inf")
+    views = ["orig", "flip", "nb1:noise0.05"]
+    assert all(list(cache.read(cache.cache_file(cache_dir, md))["views"]) == views for md in mds)
+    attack = ["--attack", "neighbours", "--online_attack", "--report-dir", str(tmp_path)]
+    assert run_lira_mia.main(argv + attack) == 0
+    for md in layout.models(tiny_copy, "cifar10", "cifar10_inf", ["dev", "final"]):
+        values = layout.read_row(md.prediction_file)
+        assert values.shape == (200,) and np.all((values >= 0) & (values <= 1))
 
 
 # ---------------------------------------------------------------------------------------------
