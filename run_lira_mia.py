@@ -27,6 +27,7 @@ from attacks.suite import (
     AUTO_LINEUP,
     COMPARE,
     COMPARE_SETS,
+    MIN_VIEWS,
     REFERENCES,
     STACKED,
     WINNER,
@@ -34,8 +35,10 @@ from attacks.suite import (
     fields_needed,
     make_attack,
     needs_runner_up,
+    runnable,
     target_reads,
     uses_logits,
+    views_missing,
     with_shared,
 )
 from challenges import cache, cli, evaluation, layout, report, scoring, submission
@@ -87,7 +90,7 @@ def build_parser() -> cli.Parser:
         help="run every attack leave-one-out and write a comparison report instead of predictions",
     )
     _option(p, "--seed", type=cli.non_negative_int, help="seed for sampling in rmia and classifier")
-    lira = p.add_argument_group("LiRA (the runner-up's flags; --online_attack also selects online RMIA)")
+    lira = p.add_argument_group("LiRA (the runner-up's flags; --online_attack also selects online RMIA and neighbours)")
     _option(
         lira,
         "--as_submitted",
@@ -187,12 +190,22 @@ def cache_fields(args, options: AttackOptions) -> tuple:
     """Cache fields the attack reads; logits only where save_preds.py stored them for every model."""
     if not uses_logits(options):
         return fields_needed(options)
-    mds = [
+    mds = _all_models(args)
+    return fields_needed(options, bool(mds) and all(cache.has_field(args.cache_dir, md, "logits") for md in mds))
+
+
+def _all_models(args) -> list:
+    return [
         md
         for sc in layout.scenarios(args.data_dir, args.challenge, args.scenario)
         for md in layout.models(args.data_dir, args.challenge, sc)
     ]
-    return fields_needed(options, bool(mds) and all(cache.has_field(args.cache_dir, md, "logits") for md in mds))
+
+
+def cache_views(args) -> int:
+    """The fewest query views any model's cache file holds (1 where none can be read: loading the
+    scenario then names the problem). Attacks that need more are left out of the line-up."""
+    return min((len(v) for md in _all_models(args) if (v := cache.views(args.cache_dir, md))), default=1)
 
 
 def scenarios_data(args, fields, runs, runner_up: bool = False):
@@ -222,7 +235,9 @@ def scenarios_data(args, fields, runs, runner_up: bool = False):
 def compare(args, options: AttackOptions, note: str | None = None) -> str:
     """Score every row of the line-up leave-one-out, then auto's rows and the paired bootstrap
     standard errors (train; dev and final where their truth is known); write report.md; return its path."""
-    runs = with_shared(COMPARE, options)
+    n_views = cache_views(args)
+    runs, left_out = runnable(with_shared(COMPARE, options), n_views)
+    lineup = runnable(with_shared(AUTO_LINEUP, options), n_views)[0]
     fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o)}))
     scores = {label: {} for label, _ in runs} | {AUTO: {}, AUTO_HONEST: {}}
     notes, replicates, target_reps = [], {}, {}
@@ -239,7 +254,7 @@ def compare(args, options: AttackOptions, note: str | None = None) -> str:
             targets[label] = results
             bar.update()
         bar.set_postfix_str(f"{data.scenario}: auto's honest estimate")
-        train[AUTO], train[AUTO_HONEST], halves, choice, said = compare_auto(data, options, train, scores)
+        train[AUTO], train[AUTO_HONEST], halves, choice, said = compare_auto(data, lineup, train, scores, options.seed)
         targets[AUTO] = targets[choice]
         notes += said
         rows = train[AUTO][0]
@@ -251,13 +266,15 @@ def compare(args, options: AttackOptions, note: str | None = None) -> str:
             by_stratum=(AUTO_HONEST,),
         )
         # auto's in-sample score is the best of the line-up: each resample makes the choice again
-        lineup = [lb for lb, _ in AUTO_LINEUP]
-        replicates[data.scenario][AUTO] = np.max([replicates[data.scenario][lb] for lb in lineup], axis=0)
+        replicates[data.scenario][AUTO] = np.max([replicates[data.scenario][lb] for lb, _ in lineup], axis=0)
         target_reps[data.scenario] = targets_replicates(data, targets, seed=i)
         bar.update()
     bar.close()
     sections = ["## Auto: the attack chosen per scenario", ""] + notes + [""]
-    sections += bootstrap_section(scores, replicates)
+    if left_out:
+        why = next(iter(left_out.values()))
+        sections += [f"Left out of this comparison and of auto's line-up: {', '.join(left_out)} ({why}).", ""]
+    sections += bootstrap_section(scores, replicates, [lb for lb, o in runs if o.attack != "stacked"])
     if all(target_reps.values()):
         sections += targets_section(scores, target_reps)
     rows = runs + with_shared(
@@ -288,17 +305,16 @@ def targets_replicates(data, targets: dict, seed: int) -> dict:
     return scoring.phase_replicates(truth, {lb: s for lb, (_, s, _) in known.items()}, phases, seed=seed)
 
 
-def compare_auto(data, options: AttackOptions, train: dict, scores: dict):
-    """Auto's two rows from the line-up's results: (its train rows and scores, the honest
-    estimate's, each train model's half, the label chosen, the report's lines); ``scores`` gets both
-    rows for this scenario, the honest one scored half by half (attacks.auto)."""
-    lineup = with_shared(AUTO_LINEUP, options)
+def compare_auto(data, lineup: list, train: dict, scores: dict, seed: int):
+    """Auto's two rows from the results of its line-up [(label, options)]: (its train rows and
+    scores, the honest estimate's, each train model's half, the label chosen, the report's lines);
+    ``scores`` gets both rows for this scenario, the honest one scored half by half (attacks.auto)."""
     rows = auto.train_rows(data)
     choice = auto.choose_and_estimate(
         data,
         {label: make_attack(o) for label, o in lineup},
         {label: train[label][1] for label, _ in lineup},
-        seed=options.seed,
+        seed=seed,
     )
     scores[AUTO][data.scenario] = scores[choice.label][data.scenario]
     h = choice.honest
@@ -307,16 +323,16 @@ def compare_auto(data, options: AttackOptions, train: dict, scores: dict):
     return train[choice.label], (rows, h.scores), h.half, choice.label, auto.describe(data.scenario, choice)
 
 
-def bootstrap_section(scores: dict, replicates: dict) -> list[str]:
+def bootstrap_section(scores: dict, replicates: dict, singles: list) -> list[str]:
     """report.md's standard errors: the train phase's average TPR@10%FPR of every row, and the
-    stacked attack against the best single attack per scenario; paired bootstrap over the train
-    models of each scenario (``replicates``: {scenario: {label: (B,)}}, resampled independently)."""
+    stacked attack against the best of ``singles`` (the single attacks compared) per scenario;
+    paired bootstrap over the train models of each scenario (``replicates``: {scenario: {label:
+    (B,)}}, resampled independently)."""
     labels = list(next(iter(replicates.values())))
     by_sc = {sc: {lb: scores[lb][sc]["train"][scoring.RANKING_KEY] for lb in labels} for sc in replicates}
     point = {lb: float(np.mean([v[lb] for v in by_sc.values()])) for lb in labels}
     reps = {lb: np.mean([r[lb] for r in replicates.values()], axis=0) for lb in labels}
     n = len(reps[labels[0]])
-    singles = [lb for lb, o in COMPARE if o.attack != "stacked"]
     return [
         f"## Standard errors (train, leave-one-out; paired bootstrap over the train models, {n} resamples)",
         "",
@@ -405,6 +421,9 @@ def main(argv=None) -> int:
             print(f.read())
         print(f"report: {path}")
         return 0
+    missing = views_missing(options, cache_views(args)) if options.attack in MIN_VIEWS else None
+    if missing:
+        raise cache.CacheError(f"--attack {options.attack} {missing}")
     attack = make_attack(options)
     scores, done = {}, []
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))

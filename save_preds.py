@@ -8,6 +8,9 @@ a new need brought (new shadow models, another population); an unreadable cache 
 another model.pt, is recomputed. --shard i/n caches only every n-th model of each scenario (SLURM:
 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); shards never touch the same file, and runs
 sharing a cache split the models between them (one another run holds is left for last).
+--neighbours K adds K neighbourhood query views per point (purchase100: --flip-bits purchase bits
+flipped; cifar10: Gaussian pixel noise of std --noise), each a fixed function of the record, the
+same for every model; a cache file holding other views is recomputed with the new ones.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from challenges.datasets import load_dataset, to_tensor
 from challenges.scenario import cached_points, scenario_points
 from challenges.tracks import load_params
 from models import load_model, resolve_device, set_threads
-from models.query import query, view_names
+from models.query import DEFAULT_FLIP_BITS, DEFAULT_NOISE, is_neighbour, neighbour_inputs, query, view_names
 
 
 def parse_args(argv=None):
@@ -42,6 +45,24 @@ def parse_args(argv=None):
     )
     p.add_argument("--augment", action="store_true", help="cifar10: add query views (horizontal flip, shifts)")
     p.add_argument("--shifts", type=int, default=0, help="with --augment: pixel shifts up to k (reflect padding)")
+    p.add_argument(
+        "--neighbours",
+        type=cli.non_negative_int,
+        default=0,
+        help="add K neighbourhood query views per point (for --attack neighbours; K+1 forward passes per point)",
+    )
+    p.add_argument(
+        "--flip-bits",
+        type=cli.positive_int,
+        default=None,
+        help=f"purchase100, with --neighbours: purchase bits flipped per neighbour (default {DEFAULT_FLIP_BITS})",
+    )
+    p.add_argument(
+        "--noise",
+        type=cli.positive_float,
+        default=None,
+        help=f"cifar10, with --neighbours: std of the Gaussian pixel noise, pixels in [0, 1] (default {DEFAULT_NOISE})",
+    )
     p.add_argument(
         "--rmia-population",
         type=int,
@@ -62,7 +83,24 @@ def parse_args(argv=None):
         p.error("--shifts takes a non-negative k and needs --augment")
     if args.augment and args.challenge != "cifar10":
         p.error("--augment applies to cifar10 images only")
+    given = {"--flip-bits": args.flip_bits, "--noise": args.noise}
+    own = "--flip-bits" if args.challenge == "purchase100" else "--noise"
+    other = next(flag for flag in given if flag != own)
+    if given[other] is not None:
+        p.error(f"{other} does not apply to {args.challenge} (its neighbours take {own})")
+    if given[own] is not None and not args.neighbours:
+        p.error(f"{own} needs --neighbours K")
     return args
+
+
+def query_views(args) -> list[str]:
+    """The views every model of this run is queried on (models.query.view_names)."""
+    bits = DEFAULT_FLIP_BITS if args.flip_bits is None else args.flip_bits
+    noise = DEFAULT_NOISE if args.noise is None else args.noise
+    try:
+        return view_names(args.augment, args.shifts, args.neighbours, args.challenge, bits, noise)
+    except ValueError as e:
+        raise ValueError(f"--flip-bits: {e}") from None
 
 
 class UnionQuery:
@@ -73,14 +111,27 @@ class UnionQuery:
         self.args, self.dataset, self.scenario, self.union = args, dataset, scenario, union
         self.views, self.device = views, device
         self.x = self.y = None
+        self.neighbours = {}  # view name -> its inputs for the whole union, built once
 
     def __call__(self, md, todo: np.ndarray, keep_logits: bool) -> dict:
         if self.x is None:
             self.x = to_tensor(self.args.challenge, self.dataset.x[self.union]).to(self.device)
             self.y = torch.from_numpy(self.dataset.y[self.union]).to(self.device)
-        rows = torch.from_numpy(np.searchsorted(self.union, todo)).to(self.device)
+            for name in filter(is_neighbour, self.views):
+                self.neighbours[name] = neighbour_inputs(self.x, self.union, name)
+        pos = np.searchsorted(self.union, todo)
+        rows = torch.from_numpy(pos).to(self.device)
         model = load_model(self.args.challenge, md.model_file, self.device)
-        out = query(model, self.x[rows], self.y[rows], self.views, self.args.batch_size, keep_logits=keep_logits)
+        out = query(
+            model,
+            self.x[rows],
+            self.y[rows],
+            self.views,
+            self.args.batch_size,
+            keep_logits=keep_logits,
+            points=self.union[pos],
+            view_inputs={name: x[rows] for name, x in self.neighbours.items()},
+        )
         return {k: v.numpy() for k, v in out.items()}
 
 
@@ -108,7 +159,7 @@ def cache_models(args, outputs: UnionQuery, work: list) -> collections.Counter:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    views = view_names(args.augment, args.shifts)
+    views = query_views(args)
     set_threads(args.threads)
     device = resolve_device(args.device)
     params = load_params(args.data_dir, args.challenge)

@@ -130,6 +130,7 @@ class Choice:
     label: str
     train_tpr: dict
     honest: Honest
+    left_out: dict = field(default_factory=dict)  # label -> why it is not in this scenario's line-up
 
 
 def choose_and_estimate(data, lineup: dict, train_scores: dict, *, seed: int = 0) -> Choice:
@@ -153,6 +154,9 @@ def describe(scenario: str, c: Choice) -> list[str]:
     ]
     if c.honest.skipped:
         lines.append(f"  Could not run on half the shadows: {', '.join(c.honest.skipped)}.")
+    if c.left_out:
+        why = next(iter(c.left_out.values()))
+        lines.append(f"  Not in the line-up here: {', '.join(c.left_out)} ({why}).")
     return lines
 
 
@@ -161,17 +165,24 @@ class AutoAttack:
 
     Runs every line-up attack on the requested rows and on the train models leave-one-out,
     returns the chosen attack's scores (A1), and records a :class:`Choice` per scenario in
-    ``choices`` (with the honest estimate, A3) for the report.
+    ``choices`` (with the honest estimate, A3) for the report. ``skip``: {label: f(n_views) -> why
+    not, or None}: such an attack is left out of a scenario whose signals have ``n_views`` query
+    views where f says why (the neighbourhood attack on a cache with one view).
     """
 
-    def __init__(self, lineup: dict, seed: int = 0):
+    def __init__(self, lineup: dict, seed: int = 0, skip: dict | None = None):
         if not lineup:
             raise ValueError("auto: the line-up is empty")
-        self.lineup = dict(lineup)
+        self.full = dict(lineup)
+        self.lineup = self.full
+        self.skip = dict(skip or {})
         self.seed = seed
         self.choices: dict[str, Choice] = {}
 
     def __call__(self, data, rows, exclude):
+        n_views = data.fields["phi"].shape[2]
+        left_out = {lb: why for lb, f in self.skip.items() if (why := f(n_views))}
+        self.lineup = {lb: a for lb, a in self.full.items() if lb not in left_out}
         rows = np.asarray(rows, dtype=np.int64)
         exclude = np.asarray(exclude, dtype=np.int64)
         train = train_rows(data)
@@ -184,5 +195,6 @@ class AutoAttack:
         at = np.array([loo[t, t] for t in train.tolist()], dtype=np.int64)
         scores = {lb: attack(data, all_rows, all_excl) for lb, attack in self.lineup.items()}
         choice = choose_and_estimate(data, self.lineup, {lb: s[at] for lb, s in scores.items()}, seed=self.seed)
+        choice.left_out = left_out
         self.choices[data.scenario] = choice
         return scores[choice.label][: len(rows)]

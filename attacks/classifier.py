@@ -15,12 +15,19 @@ Features of one (model, point) pair; "bar" = mean over the query views:
   decreasing order, first k = min(top_k, C) entries, averaged over views
   (k features); then phi_bar and Mentr_bar (2 features);
 - without logits: phi_v and Mentr_v of every view (2V features).
+- with V >= 2 views (neighbourhood views, ``save_preds.py --neighbours``, or
+  cifar10's flips and shifts), the neighbourhood's shape: with view 0 the
+  point itself, nb = mean_{v>=1} phi_v - phi_0 (how much the signal moves
+  off the point; MERLIN-style) and the spread (ddof=0) of phi_1..phi_{V-1}
+  (2 features).  Without logits the classifier also sees every view's phi
+  and Mentr itself; with logits it sees only their means over the views.
 - calibration features (``calibration=True``, default), in the spirit of
   per-point difficulty calibration (Watson et al., ICLR 2022) and LiRA: with
   mu_in, mu_out, sd_out the IN/OUT means and OUT spread (ddof=0) of phi_bar
   over the shadows at that point,
       phi_bar - mu_out,  phi_bar - mu_in,  (phi_bar - mu_out) / sd_out,
-      Mentr_bar - mu_out(Mentr_bar)                           (4 features).
+      Mentr_bar - mu_out(Mentr_bar)                           (4 features),
+  and with V >= 2 also nb - mu_out(nb) (1 feature).
   A raw phi mixes "the model trained on x" with "x is easy"; these
   differences remove most of the per-point difficulty, which a classifier
   cannot learn from shadow rows of other points.  They cost O(S*P) sums.
@@ -89,11 +96,12 @@ class _Calibrator:
     floored at SIGMA_FLOOR.
     """
 
-    def __init__(self, phib, mentrb, member, avail):
+    def __init__(self, phib, mentrb, member, avail, nb=None):
         P = phib.shape[1]
         allp = np.arange(P)
         self.sums, self.glob = {}, {}
-        for name, x in (("phi", phib), ("mentr", mentrb)):
+        signals = (("phi", phib), ("mentr", mentrb)) + ((("nb", nb),) if nb is not None else ())
+        for name, x in signals:
             gs = group_sums(x, member, avail)
             mom = query_moments(gs, allp, -1)
             (n_in, m_in, _), (n_out, m_out, v_out) = mom[True], mom[False]
@@ -111,16 +119,32 @@ class _Calibrator:
         sd = np.maximum(np.where(n_out >= 2, np.sqrt(v_out), sd_pool), SIGMA_FLOOR)
         return mu_in, mu_out, sd
 
-    def features(self, pts, excl, phib, mentrb) -> np.ndarray:
-        """(N, 4) calibration features of rows at pool points ``pts`` (N,), leaving out shadow excl (N,)."""
+    def features(self, pts, excl, phib, mentrb, nb=None) -> np.ndarray:
+        """(N, 4) calibration features of rows at pool points ``pts`` (N,), leaving out shadow excl
+        (N,); (N, 5) with the neighbourhood signal ``nb`` (N,) (the calibrator's own given too)."""
         mu_in, mu_out, sd = self._stats("phi", pts, excl)
         _, me_out, _ = self._stats("mentr", pts, excl)
-        return np.stack([phib - mu_out, phib - mu_in, (phib - mu_out) / sd, mentrb - me_out], axis=1)
+        cols = [phib - mu_out, phib - mu_in, (phib - mu_out) / sd, mentrb - me_out]
+        if "nb" in self.sums:
+            cols.append(nb - self._stats("nb", pts, excl)[1])
+        return np.stack(cols, axis=1)
+
+
+def neighbourhood(phi) -> np.ndarray | None:
+    """(..., 2): mean_{v>=1} phi_v - phi_0 and the spread (ddof=0) of phi_1..phi_{V-1}, of phi
+    (..., V); None with one view."""
+    if phi.shape[-1] < 2:
+        return None
+    rest = phi[..., 1:]
+    return np.stack([rest.mean(axis=-1, dtype=np.float64) - phi[..., 0], rest.std(axis=-1, dtype=np.float64)], axis=-1)
 
 
 def _features(phi, mentr, logits, calib, top_k: int) -> np.ndarray:
     """Feature matrix (N, F) float32 of N rows: phi, mentr (N, V); logits (N, V, C) or None."""
     cols = []
+    nb = neighbourhood(phi)
+    if nb is not None:
+        cols.append(nb)
     if logits is not None:
         k = min(top_k, logits.shape[-1])
         cols.append(_softmax_topk(logits, k))
@@ -204,8 +228,13 @@ def _build(phi, mentr, logits, pts, ex, cal, top_k: int, chunk_rows: int) -> np.
             arr, i0, i1 = logits
             lg = check_array(arr[i0[sl], i1[sl]], "logits", 3)
         if cal is not None:
+            nb = neighbourhood(phi[sl])
             cf = cal.features(
-                pts[sl], ex[sl], phi[sl].mean(axis=1, dtype=np.float64), mentr[sl].mean(axis=1, dtype=np.float64)
+                pts[sl],
+                ex[sl],
+                phi[sl].mean(axis=1, dtype=np.float64),
+                mentr[sl].mean(axis=1, dtype=np.float64),
+                None if nb is None else nb[:, 0],
             )
         out.append(_features(phi[sl], mentr[sl], lg, cf, top_k))
     return np.concatenate(out, axis=0)
@@ -306,6 +335,7 @@ def classifier_attack(
     fold[rng.permutation(S)] = np.arange(S) % n_f
     phib = sphi.mean(axis=2, dtype=np.float64)
     mentrb = smen.mean(axis=2, dtype=np.float64)
+    nb_shadow = None if V < 2 else sphi[..., 1:].mean(axis=2, dtype=np.float64) - sphi[..., 0]  # (S, P)
 
     scores = np.full((T, K), np.nan)
     groups = [(-1, excl < 0)] + [(f, (excl >= 0) & (fold[np.maximum(excl, 0)] == f)) for f in range(n_f)]
@@ -318,7 +348,7 @@ def classifier_attack(
         flat = np.arange(total) if total <= max_train else rng.choice(total, size=int(max_train), replace=False)
         flat.sort()  # row-major reads of the shadow arrays
         s_idx, p_idx = a_rows[flat // P], flat % P
-        cal = _Calibrator(phib, mentrb, member, avail) if calibration else None
+        cal = _Calibrator(phib, mentrb, member, avail, nb_shadow) if calibration else None
         X = _build(
             sphi[s_idx, p_idx],
             smen[s_idx, p_idx],

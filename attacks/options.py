@@ -20,6 +20,7 @@ ATTACKS = (
     "mico-winner-config",
     "stacked",
     "auto",
+    "neighbours",
 )
 MU_CHOICES = ("mean", "median")
 OFFLINE_TESTS = ("one-sided", "reference")  # the paper's Phi(z) / the LiRA reference code's two-sided test
@@ -50,6 +51,7 @@ READS = {
     # Both run a line-up of the attacks above with the options the rows do not set themselves.
     "stacked": ("min_shadows", "rmia_gamma", "rmia_population", "seed", "stack_objective"),
     "auto": ("min_shadows", "rmia_gamma", "rmia_population", "seed"),
+    "neighbours": ("online_attack", "min_shadows"),
 }
 
 
@@ -63,7 +65,8 @@ class AttackOptions:
     ``'mico-winner-config'`` its per-scenario signal and formula on our calibrated attack.
     ``'stacked'`` fits a logistic regression over several attacks' scores (attacks.stacked);
     ``'auto'`` runs the --compare line-up and keeps, per scenario, the attack with the best
-    leave-one-out TPR@10%FPR on the train models (attacks.auto).
+    leave-one-out TPR@10%FPR on the train models (attacks.auto). ``'neighbours'`` scores a point's
+    query views jointly, a multivariate Gaussian per point (attacks.neighbours), offline or online.
     ``rmia_a`` is a number in [0, 1] or ``'auto'`` (best leave-one-out AUC on the train phase).
     ``seed`` drives sampling in RMIA and the classifier. ``stack_objective`` (stacked only):
     ``'logloss'``, or ``'low-fpr'``: the fit refitted with the top of the ranking weighted.

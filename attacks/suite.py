@@ -23,6 +23,7 @@ from .baselines import calibrated, confidence_attack, entropy_attack, loss_attac
 from .classifier import classifier_attack
 from .folds import held_out, split_rows
 from .lira import lira, signal_from_phi, signal_kind
+from .neighbours import neighbourhood_lira
 from .options import CALIBRATIONS, SIGNALS, AttackOptions
 from .rmia import population, rmia
 from .submitted import WINNER_CONFIG, mico_winner, reference_offline, runner_up_lira, runner_up_signal, winner_signal
@@ -38,6 +39,29 @@ def fields_needed(o: AttackOptions, have_logits: bool = False) -> tuple:
     if o.attack in ("entropy", "classifier", "stacked", "auto"):  # stacked: entropy; auto: every row
         return ("phi", "mentr") + logits
     return ("phi",) + logits
+
+
+# Query views beyond orig an attack needs to mean anything (save_preds.py --neighbours K, or
+# cifar10's --augment); with one view the neighbourhood attack would be LiRA again.
+MIN_VIEWS = {"neighbours": 2}
+
+
+def views_missing(o: AttackOptions, n_views: int) -> str | None:
+    """Why the attack of ``o`` does not run on a cache of ``n_views`` query views, or None."""
+    need = MIN_VIEWS.get(o.attack, 1)
+    if n_views >= need:
+        return None
+    return (
+        f"needs {need - 1} or more query views beyond orig and the cache holds {n_views - 1}; "
+        "run save_preds.py --neighbours K (cifar10: or --augment) first"
+    )
+
+
+def runnable(lineup, n_views: int) -> tuple[list, dict]:
+    """(the rows of ``lineup`` [(label, options)] that run on a cache of ``n_views`` query views,
+    {label: why not} of the others)."""
+    why = {label: views_missing(o, n_views) for label, o in lineup}
+    return [(label, o) for label, o in lineup if why[label] is None], {lb: w for lb, w in why.items() if w}
 
 
 def needs_runner_up(o: AttackOptions) -> bool:
@@ -165,6 +189,19 @@ def _lira(data, rows, exclude, o):
     )
 
 
+def _neighbours(data, rows, exclude, o):
+    """The query views scored jointly (attacks.neighbours) on the stable logit phi."""
+    return neighbourhood_lira(
+        _own(data.phi, data, rows),
+        data.phi[: data.n_shadows],
+        data.shadow_in,
+        data.challenge[rows],
+        exclude,
+        online=o.online_attack,
+        min_shadows=o.min_shadows,
+    )
+
+
 def _rmia_scores(data, rows, exclude, o, a):
     return rmia(
         data.phi[rows],
@@ -272,6 +309,7 @@ _RUN = {
     "mico-winner": _winner,
     "mico-winner-config": _winner_config,
     "stacked": _stacked,
+    "neighbours": _neighbours,
 }
 
 
@@ -280,7 +318,9 @@ def make_attack(o: AttackOptions):
     if not isinstance(o, AttackOptions):
         raise TypeError(f"attack options must be an AttackOptions, got {type(o).__name__}")
     if o.attack == "auto":  # an object: it records its choice per scenario (AutoAttack.choices)
-        return AutoAttack({label: make_attack(row) for label, row in with_shared(AUTO_LINEUP, o)}, seed=o.seed)
+        lineup = with_shared(AUTO_LINEUP, o)
+        skip = {label: functools.partial(views_missing, row) for label, row in lineup if row.attack in MIN_VIEWS}
+        return AutoAttack({label: make_attack(row) for label, row in lineup}, seed=o.seed, skip=skip)
     run = _RUN[o.attack]
     return lambda data, rows, exclude: np.clip(run(data, rows, exclude, o), 0.0, 1.0)
 
@@ -314,6 +354,9 @@ STACK_BASE = (
 )
 STACKED = f"Stacked (logistic regression over {len(STACK_BASE)} attacks' scores)"
 STACKED_LOW_FPR = "Stacked, low-FPR weights (the top of the ranking weighted)"
+# Need query views beyond orig (views_missing): left out of --compare and auto on a cache without.
+NEIGHBOURS_OFFLINE = "Neighbourhood offline (query views jointly, one Gaussian)"
+NEIGHBOURS_ONLINE = "Neighbourhood online (query views jointly, IN vs OUT Gaussians)"
 # The --compare line-up. The runner-up submitted offline LiRA with global variance on the plain
 # probability. "(training order)": the IN side shifted to a first-trained member's (attacks.order).
 COMPARE = (
@@ -331,6 +374,8 @@ COMPARE = (
         "LiRA online, stable logit, global variance",
         AttackOptions(online_attack=True, stable_logit_scaling=True, global_variance=True),
     ),
+    (NEIGHBOURS_OFFLINE, AttackOptions(attack="neighbours")),
+    (NEIGHBOURS_ONLINE, AttackOptions(attack="neighbours", online_attack=True)),
     ("LiRA online (training order)", AttackOptions(online_attack=True, order_shift=True)),
     ("RMIA offline (a auto)", AttackOptions(attack="rmia", rmia_a="auto")),
     ("RMIA online", AttackOptions(attack="rmia", online_attack=True)),

@@ -20,6 +20,7 @@ rsync, an archive) keeps size and mtime but never inode and ctime, and a rewrite
 changes ctime. When the key differs the sha256 decides, so a copied tree, or an entry written
 before the key had inode and ctime, is still used. A file is reused by save_preds.py only if
 it came from this model.pt and its views match; points missing from it are computed and merged.
+An attack's :func:`load` refuses models of one scenario whose files hold different views.
 Files are written under a unique temporary name and renamed, while holding the file's own advisory
 lock (``.locks/<name>``), so a killed run leaves either the old file or the new one, runs on
 different models (``--shard``) never wait for each other, and concurrent runs on the same models
@@ -242,16 +243,24 @@ def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",
 
     ``required``: per model, the sorted points its file must hold (None: all of ``points``, also
     for a None entry); points a file does not hold are NaN. Raises CacheError naming the first
-    model whose cache is missing, corrupt, computed from another model.pt, or lacks a field or a
-    required point.
+    model whose cache is missing, corrupt, computed from another model.pt, lacks a field or a
+    required point, or holds other query views than the first model's.
     """
-    out = {}
+    out, first = {}, None
     for k, md in enumerate(mds):
         path = cache_file(cache_dir, md)
         rerun = f"rerun save_preds.py --challenge {md.track}"
         entry = read(path)
         if entry is None:
             raise CacheError(f"{path}: missing; run save_preds.py --challenge {md.track} first")
+        views = [str(v) for v in entry["views"]]
+        if first is None:
+            first = (path, views)
+        elif views != first[1]:  # the same count of other views would otherwise mix silently
+            raise CacheError(
+                f"{path}: query views {views} differ from {first[0]}'s {first[1]}; {rerun} with the view flags "
+                "(--augment, --shifts, --neighbours, --flip-bits, --noise) wanted for every model"
+            )
         if source_stamp(entry, md.model_file) is None:
             raise CacheError(f"{path}: stale, {md.model_file} is not the model it was computed from; {rerun}")
         need = points if required is None or required[k] is None else required[k]
@@ -272,6 +281,16 @@ def load(cache_dir: str, mds: list[ModelDir], points: np.ndarray, fields=("phi",
                 )
             out[field][k] = arr
     return out
+
+
+def views(cache_dir: str, md: ModelDir) -> list[str] | None:
+    """The query views of the model's cache file (reads that array only); None if it is absent or
+    unreadable (load() names the problem)."""
+    try:
+        with np.load(cache_file(cache_dir, md), allow_pickle=False) as z:
+            return [str(v) for v in z["views"]]
+    except Exception:  # noqa: BLE001 - absent or unreadable: load() names the problem
+        return None
 
 
 def has_field(cache_dir: str, md: ModelDir, field: str) -> bool:
