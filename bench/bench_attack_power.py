@@ -16,7 +16,7 @@ then their mean, with the first k designed shadows next to MICO's train models, 
 - the MICO winner as submitted (train models only) and the winner's configuration (its
   per-scenario signal and formula on our calibrated attack, every shadow);
 - LiRA offline and online, RMIA offline (a auto) and online, the classifier, the stacked attack;
-- auto: per scenario the line-up attack (attacks.suite.AUTO_LINEUP, 20 rows) with the best
+- auto: per scenario the line-up attack (attacks.suite.AUTO_LINEUP, the rows that run on the cached views) with the best
   leave-one-out TPR@10%FPR on the train models; on dev + final that is an honest score (the choice
   never sees a target). Its honest split-half estimate on the train models (attacks.auto, as
   run_lira_mia.py --compare reports it) is printed next to it.
@@ -88,7 +88,7 @@ MAX_SHADOWS = 256  # the aim allows at most 256 designed shadows per scenario
 FPRS = (("TPR@10%", "TPR_FPR_1000", 0.1), ("TPR@1%", "TPR_FPR_100", 0.01), ("TPR@0.1%", "TPR_FPR_10", 0.001))
 WINNER, CONFIG, AUTO = "MICO winner, as submitted", "MICO winner's configuration", "Auto"
 # The table's rows: {label here: label in attacks.suite.AUTO_LINEUP}; auto comes after them.
-ROWS = {
+BASE_ROWS = {
     WINNER: suite.WINNER,
     CONFIG: suite.WINNER_CONFIGURATION,
     "LiRA offline": "LiRA offline",
@@ -102,7 +102,18 @@ ROWS = {
     "RMIA online (training order)": "RMIA online (training order)",
     "Stacked, low-FPR weights": suite.STACKED_LOW_FPR,
 }
+NEIGHBOUR_ROWS = {"Neighbourhood online": suite.NEIGHBOURS_ONLINE}  # with --neighbours K only
+ROWS = dict(BASE_ROWS)
 LABELS = (*ROWS, AUTO)
+
+
+def use_rows(neighbours: int) -> None:
+    """The rows scored and shown: the neighbourhood attack's only where its views are cached."""
+    global ROWS, LABELS
+    ROWS = BASE_ROWS | (NEIGHBOUR_ROWS if neighbours else {})
+    LABELS = (*ROWS, AUTO)
+
+
 INF = "purchase100_inf"
 AIM = (
     "The aim (issue 16): on the faithful challenge, --attack auto with at most 256 designed shadows per "
@@ -232,7 +243,8 @@ def score_cell(args, data: ScenarioData, pool: list, f, k: int, seed: int) -> di
     train = auto.train_rows(sub)
     rows, excl = np.concatenate([targets, train]), np.concatenate([np.full(len(targets), -1), train])
     truth, phases = target_truth(sub, targets), np.array([sub.models[r].phase for r in targets])
-    lineup = dict(suite.with_shared(suite.AUTO_LINEUP, AttackOptions(seed=args.seed)))
+    n_views = sub.phi.shape[2]  # the neighbourhood rows run only where their views are cached, as in --compare
+    lineup = dict(suite.runnable(suite.with_shared(suite.AUTO_LINEUP, AttackOptions(seed=args.seed)), n_views)[0])
     attacks = {lb: suite.make_attack(o) for lb, o in lineup.items()}
     first = [ROWS[lb] for lb in ROWS]
     order = first + [lb for lb in lineup if lb not in first]
@@ -358,6 +370,9 @@ def load_cell(path: str) -> dict:
     """A kept cell's arrays; one kept before the bench scored each phase on its own (no 'phase') is
     refused with the fix: its targets' phases were not recorded."""
     c = dict(np.load(path))
+    missing = [lb for lb in LABELS if f"score {lb}" not in c]
+    if missing:
+        sys.exit(f"{path}: scored without {', '.join(missing)}; delete it and rerun (only the scores are recomputed)")
     if "phase" not in c:
         sys.exit(
             f"{path}: kept before each phase was scored on its own (no 'phase' array); delete "
@@ -681,6 +696,13 @@ def parse_args(argv=None):
     p.add_argument("--scenarios", nargs="+", choices=scenario_names(TRACK), default=scenario_names(TRACK))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        help="cache K neighbourhood query views per point (save_preds.py --neighbours, K more forward passes "
+        "per point and model) and score the neighbourhood attack; 0: orig only, that row left out",
+    )
+    p.add_argument(
         "--build-only",
         action="store_true",
         help="train the challenge and the shadows, then stop: run it beside the full command (the same "
@@ -713,6 +735,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    use_rows(args.neighbours)
     t0 = time.time()
     build(args)
     t1 = time.time()
@@ -722,7 +745,8 @@ def main(argv=None) -> int:
     for f in args.fractions:
         v = view_dir(args.out, f)
         argv_sp = ["--challenge", TRACK, "--data-dir", os.path.join(v, "data"), "--cache-dir", os.path.join(v, "cache")]
-        save_preds.main(argv_sp + ["--device", args.device, "--seed", str(args.seed)])
+        views = ["--neighbours", str(args.neighbours)] if args.neighbours else []
+        save_preds.main(argv_sp + ["--device", args.device, "--seed", str(args.seed), *views])
     score_all(args)
     t2 = time.time()
     results = aggregate(args)
