@@ -73,3 +73,16 @@ def check_exclude(exclude, T: int, S: int) -> np.ndarray:
     if e.size and (e.min() < -1 or e.max() >= S):
         raise ValueError(f"exclude entries must be -1 (none) or a shadow index in [0, {S})")
     return e.astype(np.intp)
+
+
+def check_signals(target_signal, shadow_signal, shadow_in, target_index, exclude):
+    """A signal attack's inputs checked: (target (T, K, V), shadows (S, P, V), membership (S, P),
+    pool index (T, K), exclude (T,)), the view counts equal."""
+    tgt = check_array(target_signal, "target_signal", 3)
+    shd = check_array(shadow_signal, "shadow_signal", 3)
+    T, K, V = tgt.shape
+    S, P, Vs = shd.shape
+    if Vs != V:
+        raise ValueError(f"view count differs: target_signal has {V}, shadow_signal has {Vs}")
+    member = check_membership(shadow_in, (S, P))
+    return tgt, shd, member, pool_index(target_index, T, K, P), check_exclude(exclude, T, S)

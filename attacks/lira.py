@@ -55,7 +55,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, ndtr
 
-from .checks import check_array, check_exclude, check_membership, pool_index
+from .checks import check_signals
 from .order import in_shift
 from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap, point_moments
 
@@ -143,15 +143,6 @@ def squash(x) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # input checks
 # --------------------------------------------------------------------------- #
-def _check_inputs(target_signal, shadow_signal, shadow_in, target_index, exclude):
-    tgt = check_array(target_signal, "target_signal", 3)
-    shd = check_array(shadow_signal, "shadow_signal", 3)
-    T, K, V = tgt.shape
-    S, P, Vs = shd.shape
-    if Vs != V:
-        raise ValueError(f"view count differs: target_signal has {V}, shadow_signal has {Vs}")
-    member = check_membership(shadow_in, (S, P))
-    return tgt, shd, member, pool_index(target_index, T, K, P), check_exclude(exclude, T, S)
 
 
 # --------------------------------------------------------------------------- #
@@ -342,7 +333,7 @@ def lira(
     Cost: O(S*P*V) for the sums, O(T*K*V) for the downdates; the median adds
     a sort of T*K*S values per view.
     """
-    tgt, shd, member, idx, excl = _check_inputs(target_signal, shadow_signal, shadow_in, target_index, exclude)
+    tgt, shd, member, idx, excl = check_signals(target_signal, shadow_signal, shadow_in, target_index, exclude)
     if mu_estimator not in MU_ESTIMATORS:
         raise ValueError(f"mu_estimator must be one of {MU_ESTIMATORS}, got {mu_estimator!r}")
     if offline_map not in OFFLINE_MAPS:

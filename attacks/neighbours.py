@@ -66,7 +66,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-from .checks import check_array, check_exclude, check_membership, pool_index
+from .checks import check_signals
 from .lira import squash
 from .stats import SIGMA_FLOOR, fill_by_gap, mean_gap
 
@@ -205,18 +205,12 @@ def _logpdf(s, mu, cov) -> np.ndarray:
 
 
 def _check(target_signal, shadow_signal, shadow_in, target_index, exclude, min_shadows, shrinkage):
-    tgt = check_array(target_signal, "target_signal", 3)
-    shd = check_array(shadow_signal, "shadow_signal", 3)
-    T, K, V = tgt.shape
-    S, P, Vs = shd.shape
-    if Vs != V:
-        raise ValueError(f"view count differs: target_signal has {V}, shadow_signal has {Vs}")
-    member = check_membership(shadow_in, (S, P))
+    checked = check_signals(target_signal, shadow_signal, shadow_in, target_index, exclude)
     if isinstance(min_shadows, bool) or int(min_shadows) != min_shadows or min_shadows < 1:
         raise ValueError(f"min_shadows must be an integer >= 1, got {min_shadows!r}")
     if shrinkage is not None and not 0 <= shrinkage <= 1:
         raise ValueError(f"shrinkage must be None (OAS) or a number in [0, 1], got {shrinkage!r}")
-    return tgt, shd, member, pool_index(target_index, T, K, P), check_exclude(exclude, T, S)
+    return checked
 
 
 def neighbourhood_lira(

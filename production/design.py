@@ -276,16 +276,7 @@ def _refusal(where: str, have: dict, want: dict, shadow_dir: str) -> layout.Layo
 
 def _read_identity(path: str) -> dict | None:
     """A design.json's identity; None if absent. LayoutError if unreadable."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            have = json.load(f)
-    except (OSError, ValueError):
-        have = None
-    if not isinstance(have, dict):
-        raise layout.LayoutError(f"{path}: unreadable design identity; delete {os.path.dirname(path)} and rerun")
-    return have
+    return recipes.read_record(path, f"unreadable design identity; delete {os.path.dirname(path)} and rerun")
 
 
 ASKED = "fraction_asked"  # the --fraction that made a design: kept beside its identity, not part of it

@@ -56,8 +56,9 @@ def refusal(where: str, have: dict, want: dict, fix: str) -> layout.LayoutError:
     )
 
 
-def _read(path: str) -> dict | None:
-    """A recipe record (a JSON object); None if absent; LayoutError if unreadable."""
+def read_record(path: str, fix: str) -> dict | None:
+    """A JSON object record (a recipe, a design's identity); None if absent; a LayoutError naming the
+    file and ``fix`` if it is unreadable or not an object."""
     if not os.path.exists(path):
         return None
     try:
@@ -66,8 +67,13 @@ def _read(path: str) -> dict | None:
     except (OSError, ValueError):
         have = None
     if not isinstance(have, dict):
-        raise layout.LayoutError(f"{path}: unreadable recipe record; delete it and the shadows it describes, and rerun")
+        raise layout.LayoutError(f"{path}: {fix}")
     return have
+
+
+def _read(path: str) -> dict | None:
+    """A recipe record; None if absent; LayoutError if unreadable."""
+    return read_record(path, "unreadable recipe record; delete it and the shadows it describes, and rerun")
 
 
 def claim_extras(data_dir: str, track: str, scenario: str, recipe: Recipe) -> None:
