@@ -51,7 +51,7 @@ sys.path.insert(0, ROOT)
 import run_lira_mia  # noqa: E402
 from attacks.options import AttackOptions  # noqa: E402
 from attacks.suite import AUTO_LINEUP, COMPARE, target_reads  # noqa: E402
-from challenges import cache  # noqa: E402
+from challenges import cache, cli  # noqa: E402
 from challenges.fileio import write_text  # noqa: E402
 from challenges.layout import ModelDir  # noqa: E402
 from challenges.scenario import cached_points, scenario_points  # noqa: E402
@@ -244,13 +244,11 @@ def result(run: Run, limit_gib: float, log: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.Formatter)
     p.add_argument("--track", choices=sorted(SIZES), default="purchase100", help="which MICO track's sizes")
-    p.add_argument("--out", required=True, help="where the challenge tree, cache, reports and logs go (kept)")
-    p.add_argument("--n-points", type=int, default=None, help="dataset size N (default: the track's, MICO's)")
-    p.add_argument("--len-training", type=int, default=None, help="training-set size (default: MICO's)")
+    p.add_argument("--out", required=True, help="folder of the tree, cache, reports and logs (kept; a rerun reuses it)")
+    p.add_argument("--n-points", type=int, default=None, help="dataset size N (MICO's when omitted)")
+    p.add_argument("--len-training", type=int, default=None, help="training-set size (MICO's when omitted)")
     p.add_argument("--len-challenge", type=int, default=LEN_CHALLENGE, help="members (= non-members) per model")
     p.add_argument("--train-models", type=int, default=N_TRAIN, help="train models (shadows)")
     p.add_argument("--target-models", type=int, default=N_TARGET, help="dev models, and as many final ones")
