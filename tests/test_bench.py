@@ -87,3 +87,27 @@ def test_bench_train(cases, capsys, monkeypatch, single_thread):
     out = capsys.readouterr().out.splitlines()
     for case in cases:
         assert any(line.startswith(f"{case}: sequential ") and "speedup" in line for line in out)
+
+
+def test_bench_memory(tmp_path, capsys):
+    bench = _bench("bench_memory")
+    argv = ["--track", "cifar10", "--out", str(tmp_path), "--n-points", "2000", "--len-training", "1000"]
+    argv += ["--len-challenge", "10", "--train-models", "8", "--target-models", "2"]
+    argv += ["--need-gib", "0", "--floor-gib", "0"]
+    # every line-up attack, then auto and --compare, each a case of its own
+    names = [name for name, _ in bench.cases("purchase100", "purchase100_inf", str(tmp_path))]
+    assert names == list(dict(bench.COMPARE + bench.AUTO_LINEUP)) + ["--attack auto", "--compare"]
+    # auto runs every attack of the line-up on the cache: logits, Mentr and the runner-up's membership
+    assert bench.main([*argv, "--only=--attack auto"]) == 0
+    out = capsys.readouterr().out
+    assert "N = 2,000, 18 view(s), logits kept" in out
+    row = next(line for line in out.splitlines() if line.startswith("| --attack auto |"))
+    assert row.endswith(" | ok |") and "GiB" in row
+    # the watchdog kills a run past --kill-gib (the interpreter alone is more than 0.01 GiB); the
+    # cache is reused, not rebuilt
+    stamp = os.stat(tmp_path / "bench.json").st_mtime_ns
+    assert bench.main([*argv, "--only", "Confidence", "--kill-gib", "0.01"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| Confidence |"))
+    assert "over the limit: killed at" in row and "(reused)" in out
+    assert os.stat(tmp_path / "bench.json").st_mtime_ns == stamp

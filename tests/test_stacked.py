@@ -33,6 +33,27 @@ def test_held_out_reorders_and_relabels():
         folds.held_out(data, [6])
 
 
+class _Unread(np.ndarray):
+    """A cached field that fails the test when any of it is read (copied, reordered)."""
+
+    def __getitem__(self, key):
+        raise AssertionError("a field no attack of the call reads was copied")
+
+
+def test_held_out_copies_a_field_only_when_read():
+    """A held-out scenario reorders a field when an attack first reads it: the stacked attack's
+    folds never copy the logits (4 GiB a copy at MICO's cifar10 size; bench/bench_memory.py)."""
+    data = fake_scenario()
+    data.fields["logits"] = np.zeros(data.phi.shape + (3,), dtype=np.float32).view(_Unread)
+    rows, exclude = _rows(data)
+    stacked.stacked_attack(data, rows, exclude, BASE)  # LiRA, RMIA, calibrated, entropy: phi and Mentr
+    sub, new_row = folds.held_out(data, [1, 4])
+    assert "logits" in sub.fields and list(sub.fields) == list(data.fields) and len(sub.fields) == 3
+    assert sub.fields.get("nothing") is None
+    assert sub.fields["mentr"] is sub.fields["mentr"]  # reordered once, then kept
+    assert np.array_equal(sub.fields["mentr"][new_row], data.fields["mentr"])
+
+
 def test_features_and_fit_predict():
     x = stacked.features([np.array([0.0, 0.5, 1.0]), np.array([0.2, 0.2, 0.2])])
     assert x.shape == (3, 2) and np.isfinite(x).all() and x[1, 0] == 0.0
