@@ -357,6 +357,7 @@ def aggregate(args) -> dict:
                     d = r["scenarios"][INF]["TPR@1%"][0] - rows[ref]["scenarios"][INF]["TPR@1%"][0]
                     r[f"inf TPR@1% - {ref}"] = [d, scoring.paired_se(reps[INF]["TPR@1%"][lb], reps[INF]["TPR@1%"][ref])]
             r["aim"] = aim_gaps(r, rows[WINNER], INF in cells)
+        against_plain(rows, avgs, reps)
         if base is None:  # k = 0 comes first: what designed shadows add is measured against it
             base = rows, avgs, reps
         else:
@@ -379,6 +380,48 @@ def load_cell(path: str) -> dict:
             f"{os.path.dirname(path)} and rerun: the models and signals are kept, only the scores are recomputed"
         )
     return c
+
+
+# issue 24's rows and what each is measured against: the same attack without the new signal
+PLAIN = {
+    "LiRA online (training order)": "LiRA online",
+    "RMIA online (training order)": "RMIA online",
+    "Stacked, low-FPR weights": "Stacked",
+    "Neighbourhood online": "LiRA online",
+}
+
+
+def against_plain(rows: dict, avgs: dict, reps: dict) -> None:
+    """Each issue-24 row's difference from its plain counterpart (PLAIN), ± the paired SE (the same
+    resamples): scenario averages at 10%, 1% and 0.1% FPR and purchase100_inf's TPR@1%FPR."""
+    for lb, plain in PLAIN.items():
+        if lb not in rows:
+            continue
+        g = {}
+        for col, _, _ in FPRS:
+            d = rows[lb][f"avg {col}"][0] - rows[plain][f"avg {col}"][0]
+            g[f"avg {col}"] = [d, scoring.paired_se(avgs[col][lb], avgs[col][plain])]
+        if INF in reps:
+            d = rows[lb]["scenarios"][INF]["TPR@1%"][0] - rows[plain]["scenarios"][INF]["TPR@1%"][0]
+            g["inf TPR@1%"] = [d, scoring.paired_se(reps[INF]["TPR@1%"][lb], reps[INF]["TPR@1%"][plain])]
+        rows[lb]["vs plain"] = g
+
+
+def plain_table(results: dict) -> list[str]:
+    """Markdown: what each new signal adds over the same attack without it, at each setting; a gain
+    (or loss) beyond twice its paired SE in bold."""
+    lines = []
+    for s in results.values():
+        for lb, plain in PLAIN.items():
+            g = s["rows"].get(lb, {}).get("vs plain")
+            if not g:
+                continue
+            if not lines:
+                lines = ["| row | against | setting | " + " | ".join(f"Δ {c}" for c in g) + " |"]
+                lines.append("|" + "---|" * (3 + len(g)))
+            cells = [f"**{dpm(v)}**" if abs(v[0]) > 2 * v[1] else dpm(v) for v in g.values()]
+            lines.append(f"| {lb} | {plain} | {setting_text(s)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def share_used(out: str, f: float, scenario: str) -> str:
@@ -752,6 +795,7 @@ def main(argv=None) -> int:
     results = aggregate(args)
     lines = ["## Average TPR@10%FPR against designed shadows", "", *summary_table(results), ""]
     lines += ["## Each phase on its own against dev + final pooled (k = 0)", "", *pooled_lines(results), ""]
+    lines += ["## What each new signal adds over the same attack without it (paired SE)", "", *plain_table(results), ""]
     lines += ["## Attack power", "", *table(results, args.scenarios), ""]
     lines += ["## What designed shadows add (gain over k = 0, paired SE; bold: > 2 SE)", "", *gains_table(results), ""]
     lines += ["Where shadows pay (the cheapest budget with a gain > 2 paired SE):", "", *paying_lines(results), ""]

@@ -64,6 +64,9 @@ def test_bench_attack_power(tmp_path, capsys, single_thread):
     res = json.load(open(out / "attack_power.json"))
     assert res["k0"]["rows"][bench.WINNER]["avg TPR@10%"][0] == pytest.approx(np.mean(each))
     assert "## Each phase on its own against dev + final pooled (k = 0)" in md
+    # issue 24: each new signal against the same attack without it, with its paired SE
+    added = md.split("## What each new signal adds")[1].split("## ")[0]
+    assert "| LiRA online (training order) | LiRA online | k = 0 | " in added and " ± " in added
     # a rerun resumes: nothing is trained or scored again
     assert bench.main(argv) == 0
     assert "k=2: Auto" not in capsys.readouterr().out
