@@ -16,6 +16,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -240,7 +241,7 @@ def compare(args, options: AttackOptions, note: str | None = None) -> str:
     lineup = runnable(with_shared(AUTO_LINEUP, options), n_views)[0]
     fields = tuple(sorted({f for _, o in runs for f in cache_fields(args, o)}))
     scores = {label: {} for label, _ in runs} | {AUTO: {}, AUTO_HONEST: {}}
-    notes, replicates, target_reps = [], {}, {}
+    notes, replicates, target_reps, seconds = [], {}, {}, {}
     n_scenarios = len(layout.scenarios(args.data_dir, args.challenge, args.scenario))
     bar = tqdm(total=(len(runs) + 1) * n_scenarios, desc="compare", unit="run")
     rows = [o for _, o in runs]
@@ -248,7 +249,9 @@ def compare(args, options: AttackOptions, note: str | None = None) -> str:
         train, targets = {}, {}
         for label, o in runs:
             bar.set_postfix_str(f"{data.scenario}: {label}")
+            start = time.perf_counter()
             results = evaluation.attack_scenario(data, make_attack(o), evaluate=True)
+            seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - start
             scores[label][data.scenario] = evaluation.score_results(data, results, seed=i)
             train[label] = results["train"]
             targets[label] = results
@@ -277,6 +280,7 @@ def compare(args, options: AttackOptions, note: str | None = None) -> str:
     sections += bootstrap_section(scores, replicates, [lb for lb, o in runs if o.attack != "stacked"])
     if all(target_reps.values()):
         sections += targets_section(scores, target_reps)
+    sections += cost_section(runs, seconds, n_views)
     rows = runs + with_shared(
         [(AUTO, AttackOptions(attack="auto")), (AUTO_HONEST, AttackOptions(attack="auto"))], options
     )
@@ -289,6 +293,17 @@ def compare(args, options: AttackOptions, note: str | None = None) -> str:
         sections=sections,
         note=note,
     )
+
+
+def cost_section(runs, seconds: dict, n_views: int) -> list[str]:
+    """report.md's cost of each row: its wall time here (every scenario, train leave-one-out plus dev
+    and final) and what it reads of the cache beyond the original query (extra forward passes)."""
+    lines = ["## Cost of each row (wall time in this run, every scenario)", ""]
+    lines += ["| attack | seconds | extra model queries it needs |", "|---|---|---|"]
+    for label, o in runs:
+        extra = f"query views: {n_views - 1} per point and model here" if o.attack in MIN_VIEWS else "none"
+        lines.append(f"| {label} | {seconds.get(label, 0.0):.1f} | {extra} |")
+    return lines + [""]
 
 
 def targets_replicates(data, targets: dict, seed: int) -> dict:

@@ -406,6 +406,9 @@ def test_compare_report(cached, tmp_path):
     targets = report.split("## Standard errors (dev and final, each phase scored on its own")[1]
     assert f"| {run_lira_mia.AUTO} | " in targets and "held fixed" in targets
     assert "each resample makes auto's choice again" in report and "in-sample" in run_lira_mia.AUTO
+    # issue 24: each row's cost (its wall time, and the model queries it needs)
+    cost = report.split("## Cost of each row")[1].split("## ")[0]
+    assert "| LiRA online (training order) | " in cost and "| none |" in cost
     for scenario in ("purchase100_inf", "purchase100_hi", "purchase100_lo"):
         assert (tmp_path / "purchase100" / f"compare_roc_{scenario}.png").exists()
     assert not any(
