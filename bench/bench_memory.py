@@ -17,7 +17,8 @@ every attack of the --compare line-up (which is also --attack auto's), ``--attac
 
     | <case> | <wall> s | <peak RSS> GiB | <result> |
 
-Peak RSS is the child's own (``os.wait4``'s ru_maxrss). A watchdog polls the child's resident
+Peak RSS is the child's own: its VmHWM, polled by the watchdog (``os.wait4``'s ru_maxrss would
+also count the pages shared at fork, i.e. this process's RSS then). A watchdog polls the child's resident
 memory and kills it past ``--kill-gib`` (result "over the limit: killed at <x> GiB") or when the
 machine's available memory falls under ``--floor-gib`` (so a run cannot take the machine down);
 a run is started only when at least ``--need-gib`` is available (it waits up to ``--wait`` s).
@@ -179,7 +180,7 @@ class Run:
     why the watchdog killed it (None if it did not)."""
 
     def __init__(self):
-        self.wall, self.peak_gib, self.rc, self.killed = 0.0, 0.0, 0, None
+        self.wall, self.peak_gib, self.rc, self.killed, self.hwm_gib = 0.0, 0.0, 0, None, 0.0
 
 
 def _watch(pid: int, done: threading.Event, kill_gib: float, floor_gib: float, run: Run, poll: float) -> None:
@@ -188,6 +189,9 @@ def _watch(pid: int, done: threading.Event, kill_gib: float, floor_gib: float, r
     never another process)."""
     while not done.wait(poll):
         rss = (_kib(f"/proc/{pid}/status", "VmRSS") or 0) / 2**20
+        # the high-water mark of the child's own memory since its exec; ru_maxrss would also count
+        # the pages it shared with this process when it was forked (this process's RSS then)
+        run.hwm_gib = max(run.hwm_gib, (_kib(f"/proc/{pid}/status", "VmHWM") or 0) / 2**20)
         reason = None
         if rss > kill_gib:
             reason = f"over the limit: killed at {rss:.2f} GiB"
@@ -217,7 +221,9 @@ def measure(argv: list[str], log: str, kill_gib: float, floor_gib: float, poll: 
         watchdog.join()
         _, status, usage = os.wait4(child.pid, 0)
     child.returncode = run.rc = os.waitstatus_to_exitcode(status)
-    run.peak_gib = usage.ru_maxrss / 2**20  # KiB on Linux
+    # VmHWM as last polled (it misses at most the last poll interval); ru_maxrss (KiB on Linux) where
+    # the child ended before the first poll
+    run.peak_gib = run.hwm_gib or usage.ru_maxrss / 2**20
     return run
 
 
