@@ -392,19 +392,24 @@ PLAIN = {
 
 
 def against_plain(rows: dict, avgs: dict, reps: dict) -> None:
-    """Each issue-24 row's difference from its plain counterpart (PLAIN), ± the paired SE (the same
-    resamples): scenario averages at 10%, 1% and 0.1% FPR and purchase100_inf's TPR@1%FPR."""
+    """Each issue-24 row's difference from its plain counterpart (PLAIN) in the same setting."""
     for lb, plain in PLAIN.items():
-        if lb not in rows:
-            continue
-        g = {}
-        for col, _, _ in FPRS:
-            d = rows[lb][f"avg {col}"][0] - rows[plain][f"avg {col}"][0]
-            g[f"avg {col}"] = [d, scoring.paired_se(avgs[col][lb], avgs[col][plain])]
-        if INF in reps:
-            d = rows[lb]["scenarios"][INF]["TPR@1%"][0] - rows[plain]["scenarios"][INF]["TPR@1%"][0]
-            g["inf TPR@1%"] = [d, scoring.paired_se(reps[INF]["TPR@1%"][lb], reps[INF]["TPR@1%"][plain])]
-        rows[lb]["vs plain"] = g
+        if lb in rows:
+            rows[lb]["vs plain"] = paired_gain((rows, avgs, reps), lb, (rows, avgs, reps), plain)
+
+
+def paired_gain(now: tuple, lb: str, then: tuple, lb0: str) -> dict:
+    """Row ``lb`` of ``now`` minus row ``lb0`` of ``then`` (each (rows, avgs, reps) of a setting), ±
+    the paired SE (the same targets and bootstrap draws): scenario averages at each FPR, and
+    purchase100_inf's TPR@1%FPR."""
+    (rows, avgs, reps), (rows0, avgs0, reps0), g = now, then, {}
+    for col, _, _ in FPRS:
+        d = rows[lb][f"avg {col}"][0] - rows0[lb0][f"avg {col}"][0]
+        g[f"avg {col}"] = [d, scoring.paired_se(avgs[col][lb], avgs0[col][lb0])]
+    if INF in reps:
+        d = rows[lb]["scenarios"][INF]["TPR@1%"][0] - rows0[lb0]["scenarios"][INF]["TPR@1%"][0]
+        g["inf TPR@1%"] = [d, scoring.paired_se(reps[INF]["TPR@1%"][lb], reps0[INF]["TPR@1%"][lb0])]
+    return g
 
 
 def plain_table(results: dict) -> list[str]:
@@ -449,14 +454,7 @@ def gains(rows: dict, avgs: dict, reps: dict, rows0: dict, avgs0: dict, reps0: d
     targets are the same and each scenario's bootstrap draws are the same in every setting, so the
     replicates pair. Scenario averages at each FPR, and purchase100_inf's TPR@1%FPR."""
     for lb in LABELS:
-        g = {}
-        for col, _, _ in FPRS:
-            d = rows[lb][f"avg {col}"][0] - rows0[lb][f"avg {col}"][0]
-            g[f"avg {col}"] = [d, scoring.paired_se(avgs[col][lb], avgs0[col][lb])]
-        if INF in reps:
-            d = rows[lb]["scenarios"][INF]["TPR@1%"][0] - rows0[lb]["scenarios"][INF]["TPR@1%"][0]
-            g["inf TPR@1%"] = [d, scoring.paired_se(reps[INF]["TPR@1%"][lb], reps0[INF]["TPR@1%"][lb])]
-        rows[lb]["gain over k=0"] = g
+        rows[lb]["gain over k=0"] = paired_gain((rows, avgs, reps), lb, (rows0, avgs0, reps0), lb)
 
 
 def auto_cell(c: dict, n_boot: int, seed: int) -> dict:
