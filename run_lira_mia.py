@@ -252,7 +252,8 @@ def compare(args, options: AttackOptions, note: str | None = None) -> str:
             start = time.perf_counter()
             results = evaluation.attack_scenario(data, make_attack(o), evaluate=True)
             seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - start
-            scores[label][data.scenario] = evaluation.score_results(data, results, seed=i)
+            # no per-row bootstrap: targets_replicates resamples every row together below
+            scores[label][data.scenario] = evaluation.score_results(data, results, errors=False)
             train[label] = results["train"]
             targets[label] = results
             bar.update()

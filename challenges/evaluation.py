@@ -65,11 +65,12 @@ def write_run(data_dir: str, track: str, done: list, command: str) -> dict:
     return write_manifest(data_dir, track, digests, command)
 
 
-def score_results(data: ScenarioData, results: dict, seed: int = 0) -> dict:
+def score_results(data: ScenarioData, results: dict, seed: int = 0, errors: bool = True) -> dict:
     """{phase: MICO metrics} over every model of a phase pooled, where all truth is known (read
     here, never handed to the attack: challenges.scenario.target_truth); where dev and final are
     both scored, also :data:`TARGETS`: each scored on its own, then their mean, ± bootstrap SEs
-    (challenges.scoring.phase_mean; ``seed`` its resamples)."""
+    (challenges.scoring.phase_mean; ``seed`` its resamples). ``errors=False`` leaves the SEs out (a
+    caller that resamples every attack together, as --compare does, needs no per-row bootstrap)."""
     out, known = {}, {}
     for ph, (rows, scores) in results.items():
         truth = target_truth(data, rows)
@@ -78,7 +79,10 @@ def score_results(data: ScenarioData, results: dict, seed: int = 0) -> dict:
             known[ph] = truth, scores
     if all(ph in known for ph in TARGET_PHASES):
         truth, scores, phases = targets_by_phase(known)
-        out[TARGETS] = scoring.phase_mean(truth, scores, phases, seed=seed)
+        if errors:
+            out[TARGETS] = scoring.phase_mean(truth, scores, phases, seed=seed)
+        else:
+            out[TARGETS] = scoring.mean_over_groups(truth, scores, phases)
     return out
 
 
