@@ -334,9 +334,15 @@ def compare_auto(data, lineup: list, train: dict, scores: dict, seed: int):
     )
     scores[AUTO][data.scenario] = scores[choice.label][data.scenario]
     h = choice.honest
-    honest = scoring.mean_over_groups(target_truth(data, rows), h.scores, h.half)
-    scores[AUTO_HONEST][data.scenario] = {"train": honest}
+    scores[AUTO_HONEST][data.scenario] = {"train": honest_score(data, choice)}
     return train[choice.label], (rows, h.scores), h.half, choice.label, auto.describe(data.scenario, choice)
+
+
+def honest_score(data, choice: auto.Choice) -> dict:
+    """MICO's metrics of auto's honest split-half estimate: each half of the train models scored on
+    its own pooled ROC, then their mean (as attacks.auto scores it)."""
+    h = choice.honest
+    return scoring.mean_over_groups(target_truth(data, auto.train_rows(data)), h.scores, h.half)
 
 
 def bootstrap_section(scores: dict, replicates: dict, singles: list) -> list[str]:
@@ -404,8 +410,8 @@ def base_command(args) -> list[str]:
 def auto_train_scores(data, choice: auto.Choice, scores: dict) -> dict:
     """--attack auto --evaluate: the train phase's in-sample score (auto chose on it) renamed as such,
     and the honest split-half estimate beside it, scored half by half (attacks.auto)."""
-    h, out = choice.honest, dict(scores)
-    out[report.HONEST_PHASE] = scoring.mean_over_groups(target_truth(data, auto.train_rows(data)), h.scores, h.half)
+    out = dict(scores)
+    out[report.HONEST_PHASE] = honest_score(data, choice)
     if "train" in out:
         out[report.IN_SAMPLE_PHASE] = out.pop("train")
     return {ph: out[ph] for ph in report.REPORT_PHASES if ph in out}
